@@ -1,0 +1,21 @@
+"""Shared type aliases: units live in names, closed sets live here."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+Underlying = Literal["BTC", "ETH"]
+OptionType = Literal["C", "P"]
+Status = Literal["ok", "degraded", "failed"]
+Severity = Literal["info", "warning", "error"]
+RunSource = Literal["harvested", "live"]
+
+UNDERLYINGS: tuple[str, ...] = ("BTC", "ETH")
+OPTION_TYPES: tuple[str, ...] = ("C", "P")
+STATUSES: tuple[str, ...] = ("ok", "degraded", "failed")

@@ -1,0 +1,225 @@
+"""Frozen configuration objects, built-in defaults and `calib.toml` loading.
+
+Every knob a trader tunes (bands, skew anchors, thresholds, policy) has a
+built-in default here and can be overridden in an editable TOML file:
+`./calib.toml`, or the path in the `CALIB_CONFIG` environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from calib._typing import OPTION_TYPES, UNDERLYINGS
+from calib.errors import InvalidInputError
+
+DEFAULT_DATA_DIR = Path("data/live_deribit")
+DEFAULT_DB = Path("data/calibration.duckdb")
+MIN_TICK_COIN = 0.0001  # Deribit's minimum option price, in coin
+DAYS_PER_YEAR = 365.0  # crypto trades 24/7
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Band:
+    """A DTE band with its own multiplier: quotes with dte_min <= DTE < dte_max."""
+
+    name: str
+    dte_min: float
+    dte_max: float
+
+    def __post_init__(self) -> None:
+        if not self.dte_min < self.dte_max:
+            raise InvalidInputError(
+                f"band {self.name!r}: `dte_min` ({self.dte_min}) must be below `dte_max` ({self.dte_max})"
+            )
+
+
+DEFAULT_BANDS: tuple[Band, ...] = (
+    Band(name="weekly", dte_min=0.0, dte_max=10.0),
+    Band(name="monthly", dte_min=10.0, dte_max=45.0),
+    Band(name="quarterly", dte_min=45.0, dte_max=180.0),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SkewConfig:
+    """The trader's current skew curve: ratio to ATM vol at standardized moneyness z."""
+
+    anchors_z: tuple[float, ...] = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
+    current_ratios: tuple[float, ...] = (1.30, 1.10, 1.03, 1.0, 1.01, 1.06, 1.20)
+
+    def __post_init__(self) -> None:
+        if len(self.anchors_z) != len(self.current_ratios):
+            raise InvalidInputError(
+                f"skew: {len(self.anchors_z)} anchors but {len(self.current_ratios)} ratios"
+            )
+        if list(self.anchors_z) != sorted(set(self.anchors_z)):
+            raise InvalidInputError(f"skew: `anchors_z` must increase strictly; got {self.anchors_z}")
+        if 0.0 not in self.anchors_z:
+            raise InvalidInputError("skew: `anchors_z` must contain 0.0 (the ATM anchor, ratio 1.0)")
+        if any(r <= 0 for r in self.current_ratios):
+            raise InvalidInputError(f"skew: ratios must be positive; got {self.current_ratios}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QualityThresholds:
+    """Data-quality grading rules (SPEC section 3)."""
+
+    failed_coverage_pct: float = 25.0
+    degraded_coverage_pct: float = 80.0
+    degraded_invalid_pct: float = 5.0
+    min_iv_pct: float = 1.0
+    max_iv_pct: float = 500.0
+    usd_mark_median_coin: float = 5.0  # a coin mark this large is a USD price
+    fraction_iv_median: float = 3.0  # a median IV this small is a fraction, not percent
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RealismThresholds:
+    """Guardrails of SPEC section 4; None disables a check."""
+
+    min_mult: float = 0.7
+    max_mult: float = 1.6
+    max_mae_pct: float | None = 400.0
+    max_vega_mae_pct: float | None = 200.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HarvestConfig:
+    """Where harvested snapshots live and which window to read."""
+
+    data_root: Path = DEFAULT_DATA_DIR
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    snapshot_step: timedelta | None = None  # None: inferred from the data
+    max_snapshots: int | None = None
+    rv_warmup: timedelta = timedelta(days=7)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CalibrationConfig:
+    """Everything one calibration run needs (SPEC section 3)."""
+
+    underlying: str
+    source: str = "harvested"
+    min_dte: float = 3.0
+    max_dte: float = 10.0
+    bands: tuple[Band, ...] = DEFAULT_BANDS
+    option_types: tuple[str, ...] = OPTION_TYPES
+    fit_skew: bool = True
+    emit_recommended_vol_surface: bool = True
+    max_samples: int | None = None
+    multiplier_tested: float = 1.0
+    multiplier_bounds: tuple[float, float] = (0.25, 4.0)
+    lookback_days: float = 14.0
+    harvest: HarvestConfig = field(default_factory=HarvestConfig)
+    skew: SkewConfig = field(default_factory=SkewConfig)
+    quality: QualityThresholds = field(default_factory=QualityThresholds)
+    realism: RealismThresholds = field(default_factory=RealismThresholds)
+    min_tick_coin: float = MIN_TICK_COIN
+    replay: bool = False
+
+    def __post_init__(self) -> None:
+        if self.underlying not in UNDERLYINGS:
+            raise InvalidInputError(
+                f"`underlying` must be one of {', '.join(UNDERLYINGS)}; got {self.underlying!r}"
+            )
+        if self.source not in ("harvested", "live"):
+            raise InvalidInputError(f"`source` must be 'harvested' or 'live'; got {self.source!r}")
+        if self.min_dte < 0:
+            raise InvalidInputError(f"`min_dte` must be >= 0; got {self.min_dte}")
+        if self.min_dte > self.max_dte:
+            raise InvalidInputError(
+                f"`min_dte` ({self.min_dte}) must not exceed `max_dte` ({self.max_dte})"
+            )
+        bad = [t for t in self.option_types if t not in OPTION_TYPES]
+        if bad or not self.option_types:
+            raise InvalidInputError(f"`option_types` must be a non-empty subset of C,P; got {self.option_types}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise InvalidInputError(f"`max_samples` must be positive; got {self.max_samples}")
+        if not self.multiplier_tested > 0:
+            raise InvalidInputError(f"`multiplier_tested` must be positive; got {self.multiplier_tested}")
+        lo, hi = self.multiplier_bounds
+        if not 0 < lo < hi:
+            raise InvalidInputError(f"`multiplier_bounds` must satisfy 0 < lo < hi; got {self.multiplier_bounds}")
+        if self.lookback_days <= 0:
+            raise InvalidInputError(f"`lookback_days` must be positive; got {self.lookback_days}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyConfig:
+    """Update policy for live runs (SPEC section 5)."""
+
+    ewma_alpha: float = 0.3  # weight of the newest live recommendation
+    deadband: float = 0.02  # skip when |smoothed - applied| is below this
+    max_step: float = 0.10  # largest change of a multiplier per apply
+    cooldown_minutes: float = 60.0
+    min_samples: int = 50
+    max_vega_mae_pct: float = 50.0
+    min_multiplier: float = 0.7
+    max_multiplier: float = 1.6
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ewma_alpha <= 1:
+            raise InvalidInputError(f"policy `ewma_alpha` must be in (0, 1]; got {self.ewma_alpha}")
+        if self.deadband < 0 or self.max_step <= 0 or self.cooldown_minutes < 0:
+            raise InvalidInputError("policy: deadband >= 0, max_step > 0, cooldown_minutes >= 0 required")
+        if not 0 < self.min_multiplier < self.max_multiplier:
+            raise InvalidInputError("policy: 0 < min_multiplier < max_multiplier required")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """User-tunable settings loaded from `calib.toml` (all optional)."""
+
+    bands: tuple[Band, ...] = DEFAULT_BANDS
+    skew: SkewConfig = field(default_factory=SkewConfig)
+    quality: QualityThresholds = field(default_factory=QualityThresholds)
+    realism: RealismThresholds = field(default_factory=RealismThresholds)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    multiplier_bounds: tuple[float, float] = (0.25, 4.0)
+    source_path: str | None = None
+
+
+def _build(cls: type, table: dict[str, Any], where: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise InvalidInputError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise InvalidInputError(f"{where}: {e}") from e
+
+
+def config_path() -> Path:
+    """The settings file in force: `$CALIB_CONFIG`, else `./calib.toml`."""
+    return Path(os.environ.get("CALIB_CONFIG", "calib.toml"))
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read `calib.toml` (missing file: built-in defaults). Raises InvalidInputError on bad keys."""
+    path = path or config_path()
+    if not path.exists():
+        return Settings()
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise InvalidInputError(f"cannot read settings file {path}: {e}") from e
+    s = Settings(source_path=str(path))
+    if "bands" in doc:
+        bands = tuple(_build(Band, b, f"{path} [[bands]]") for b in doc["bands"])
+        s = replace(s, bands=bands)
+    for key, cls in (("skew", SkewConfig), ("quality", QualityThresholds),
+                     ("realism", RealismThresholds), ("policy", PolicyConfig)):
+        if key in doc:
+            s = replace(s, **{key: _build(cls, doc[key], f"{path} [{key}]")})
+    if "multiplier_bounds" in doc:
+        lo, hi = doc["multiplier_bounds"]
+        s = replace(s, multiplier_bounds=(float(lo), float(hi)))
+    return s

@@ -1,0 +1,51 @@
+"""Where harvested snapshots live on disk and how they are written (atomically)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+
+
+def partition_dir(data_root: Path, underlying: str, ts_utc: datetime) -> Path:
+    """`<data_root>/<UNDERLYING>/date=YYYY-MM-DD` for the UTC date of `ts_utc`."""
+    return Path(data_root) / underlying / f"date={ts_utc:%Y-%m-%d}"
+
+
+def snapshot_path(data_root: Path, underlying: str, ts_utc: datetime, stem: str = "snapshot") -> Path:
+    """File for one snapshot: `.../date=YYYY-MM-DD/<stem>_YYYYMMDDTHHMMSSZ.parquet`."""
+    return partition_dir(data_root, underlying, ts_utc) / f"{stem}_{ts_utc:%Y%m%dT%H%M%SZ}.parquet"
+
+
+def atomic_write_parquet(df: pl.DataFrame, path: Path, *, compression: str = "zstd") -> Path:
+    """Write `df` to `path` so readers see either no file or the whole file.
+
+    The data goes to a hidden temp file in the same directory (same filesystem),
+    is fsynced, then renamed over `path`; readers ignore dot-files.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            df.write_parquet(fh, compression=compression, statistics=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def list_parquet_files(data_root: Path, underlying: str) -> list[Path]:
+    """All visible Parquet files below `<data_root>/<UNDERLYING>/`, sorted (temp files excluded)."""
+    base = Path(data_root) / underlying
+    if not base.is_dir():
+        return []
+    return sorted(
+        p for p in base.rglob("*.parquet") if not any(part.startswith(".") for part in p.relative_to(base).parts)
+    )

@@ -1,0 +1,786 @@
+"""Stream Tardis.dev `options_chain` CSV(.gz) files into harvested snapshots (SPEC section 2).
+
+Tardis' `options_chain` dataset is one row per ticker update of one option
+(tens of millions of rows a day for Deribit BTC). This module replays those
+updates in timestamp order, keeps the last known state of every live
+instrument and, at every multiple of `every` since the epoch (12:00, 12:05,
+...), writes that state as one harvested snapshot with `snapshot_ts` = the
+boundary. Nothing is loaded whole: files are read in record batches through a
+gzip-decompressing stream, and the carried state is bounded by the number of
+live instruments.
+
+Input columns (Tardis docs, "Downloadable CSV files", data type
+`options_chain`), in order: ``exchange, symbol, timestamp, local_timestamp,
+type, strike_price, expiration, open_interest, last_price, bid_price,
+bid_amount, bid_iv, ask_price, ask_amount, ask_iv, mark_price, mark_iv,
+underlying_index, underlying_price, delta, gamma, vega, theta, rho``.
+Timestamps and `expiration` are microseconds since the epoch, UTC.
+
+Units, and why no conversion is applied:
+
+- prices (`mark_price`, `bid_price`, `ask_price`) are Deribit's, in coin;
+- IVs (`mark_iv`, `bid_iv`, `ask_iv`) are Deribit's ticker values, in
+  **percent**: the documented Tardis sample row for Deribit reads
+  ``...,bid_iv=55.91,...,ask_iv=68.94,mark_price=0.02210436,mark_iv=62.89,
+  underlying_index=SYN.BTC-9JUN20,underlying_price=9756.36,...`` and real
+  2020-07-01 files read ``mark_iv=49.5`` for a 0.0035 BTC call. The harvest
+  contract wants percent too, so IVs pass through unchanged;
+- `underlying_price` is the USD forward of the option's expiry (the future
+  named in `underlying_index`, or a synthetic `SYN.<COIN>-<EXPIRY>` forward);
+  Tardis carries no spot index for options, see `index_price` below.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from calib._typing import UNDERLYINGS
+from calib.data.layout import atomic_write_parquet, snapshot_path
+from calib.data.schema import HARVEST_SCHEMA, INSTRUMENT_PATTERN
+from calib.errors import InvalidInputError, NoDataError
+
+IndexSource = Literal["index_file", "nearest_forward", "none"]
+IndexFallback = Literal["nearest_forward", "none"]
+
+TARDIS_OPTIONS_CHAIN_COLUMNS: tuple[str, ...] = (
+    "exchange",
+    "symbol",
+    "timestamp",
+    "local_timestamp",
+    "type",
+    "strike_price",
+    "expiration",
+    "open_interest",
+    "last_price",
+    "bid_price",
+    "bid_amount",
+    "bid_iv",
+    "ask_price",
+    "ask_amount",
+    "ask_iv",
+    "mark_price",
+    "mark_iv",
+    "underlying_index",
+    "underlying_price",
+    "delta",
+    "gamma",
+    "vega",
+    "theta",
+    "rho",
+)
+# Columns a row cannot do without; a file lacking one of them is not an options_chain file.
+_REQUIRED_INPUT: tuple[str, ...] = (
+    "exchange",
+    "symbol",
+    "timestamp",
+    "type",
+    "strike_price",
+    "expiration",
+    "mark_price",
+    "underlying_price",
+)
+# Nullable float columns copied as they are (same name in Tardis and in the harvest schema).
+_OPTIONAL_FLOATS: tuple[str, ...] = (
+    "mark_iv",
+    "bid_price",
+    "ask_price",
+    "bid_iv",
+    "ask_iv",
+    "open_interest",
+    "delta",
+    "gamma",
+    "vega",
+    "theta",
+)
+_EXCHANGE = "deribit"
+_US_PER_S = 1_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_PROGRESS_EVERY_ROWS = 1_000_000
+_MIN_INDEX_TOLERANCE = timedelta(minutes=5)
+_EVERY_PATTERN = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
+_EVERY_UNITS_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+# The carried per-instrument state: one row per (window, instrument) or per instrument.
+_STATE_SCHEMA: dict[str, pl.DataType] = {
+    "ts": pl.Int64(),
+    "bnd": pl.Int64(),
+    "instrument_name": pl.String(),
+    "expiry_us": pl.Int64(),
+    "strike": pl.Float64(),
+    "option_type": pl.String(),
+    "mark_price": pl.Float64(),
+    "underlying_price": pl.Float64(),
+    **{name: pl.Float64() for name in _OPTIONAL_FLOATS},
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TardisImportResult:
+    """What `import_tardis` read, skipped and wrote.
+
+    `skipped` maps a reason to a row count: `unparsable` (malformed row, empty
+    or non-numeric required field, unknown `type`), `invalid_value`
+    (non-positive strike, forward or timestamp; negative mark), `other_exchange`,
+    `other_underlying`, `linear_usdc` (`BTC_USDC-...` options), `zero_mark`
+    (mark_price 0: the instrument leaves the snapshots until its next
+    non-zero mark), `out_of_order` (timestamp at or before a boundary already
+    written) and, for the index file, `index_unparsable` / `index_other_symbol`.
+    """
+
+    rows_read: int
+    snapshots_written: int
+    files_written: int
+    instruments: int
+    skipped: dict[str, int]
+    first_snapshot: datetime | None
+    last_snapshot: datetime | None
+    data_root: Path
+    index_source: IndexSource = "nearest_forward"
+    snapshots_without_index: int = 0
+    intervals_without_data: int = 0
+    files: tuple[Path, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready mapping (datetimes as ISO-8601 strings, paths as strings)."""
+        return {
+            "rows_read": self.rows_read,
+            "snapshots_written": self.snapshots_written,
+            "files_written": self.files_written,
+            "instruments": self.instruments,
+            "skipped": dict(self.skipped),
+            "first_snapshot": self.first_snapshot.isoformat() if self.first_snapshot else None,
+            "last_snapshot": self.last_snapshot.isoformat() if self.last_snapshot else None,
+            "data_root": str(self.data_root),
+            "index_source": self.index_source,
+            "snapshots_without_index": self.snapshots_without_index,
+            "intervals_without_data": self.intervals_without_data,
+            "files": [str(p) for p in self.files],
+        }
+
+
+def parse_every(text: str) -> timedelta:
+    """Parse a snapshot interval: ``"30s"``, ``"5m"``, ``"1h"``, ``"1d"`` or bare seconds ``"300"``.
+
+    Raises
+    ------
+    InvalidInputError
+        When the text is not a positive whole number with an optional s/m/h/d unit.
+    """
+    match = _EVERY_PATTERN.match(text)
+    if match is None or int(match.group(1)) <= 0:
+        raise InvalidInputError(
+            f"`every` must be a positive interval like 30s, 5m, 1h or 300 (seconds); got {text!r}"
+        )
+    return timedelta(seconds=int(match.group(1)) * _EVERY_UNITS_S[match.group(2).lower()])
+
+
+def import_tardis(
+    paths: Sequence[Path],
+    *,
+    underlying: str,
+    every: timedelta = timedelta(minutes=5),
+    data_root: Path,
+    index_file: Path | None = None,
+    batch_rows: int = 500_000,
+    progress: Callable[[str], None] | None = None,
+    index_fallback: IndexFallback = "nearest_forward",
+    reorder_window: timedelta = timedelta(seconds=60),
+    snapshots_per_file: int = 72,
+) -> TardisImportResult:
+    """Import Tardis `options_chain` files as harvested snapshots under `data_root`.
+
+    Parameters
+    ----------
+    paths
+        Tardis `options_chain` CSV files (``.csv`` or ``.csv.gz``), read in the
+        order given; consecutive days should be passed together so the state
+        carries over midnight.
+    underlying
+        ``"BTC"`` or ``"ETH"``; other currencies and linear ``<COIN>_USDC``
+        options are skipped and counted.
+    every
+        Snapshot interval; boundaries are the multiples of `every` since the epoch.
+    data_root
+        Harvest root: files go to ``<data_root>/<UNDERLYING>/date=YYYY-MM-DD/
+        tardis_YYYYMMDDTHHMMSSZ.parquet`` (named after their first snapshot),
+        written atomically, in exactly `HARVEST_SCHEMA`.
+    index_file
+        Optional CSV with a microsecond `timestamp` column and an `index_price`
+        (Tardis `derivative_ticker`) or `price` column; each snapshot takes the
+        last value at or before its boundary, if not older than
+        ``max(every, 5 min)``. With a `symbol` column only rows whose symbol
+        starts with ``<UNDERLYING>-`` are used.
+    batch_rows
+        Rows parsed per batch; bounds memory, never changes the output.
+    progress
+        Called with one human-readable line at each file start and every ~1M rows.
+    index_fallback
+        Without `index_file`: ``"nearest_forward"`` (default) writes the
+        forward of the nearest live expiry (the latest update among its
+        instruments) as `index_price`; ``"none"`` leaves it null so readers
+        apply their own fallback and grade the data as degraded.
+    reorder_window
+        How far exchange timestamps may run out of file order (Tardis files
+        follow arrival time; the first rows of a day carry the previous
+        second's state). A boundary is written once a row this much later has
+        been seen; rows arriving after their boundary was written are
+        skipped as `out_of_order`.
+    snapshots_per_file
+        Snapshots buffered per output file (files also never span a UTC day);
+        windows are aligned to the epoch so re-imports produce the same names.
+
+    Returns
+    -------
+    TardisImportResult
+
+    Raises
+    ------
+    InvalidInputError
+        Bad arguments, or a file that is not a Tardis `options_chain` CSV
+        (missing columns, unreadable stream).
+    NoDataError
+        A path that does not exist.
+
+    Notes
+    -----
+    Semantics, per boundary ``B``: an instrument's state is its update with
+    the greatest `timestamp` ``<= B`` (ties: the later row in the file); the
+    snapshot holds every instrument with ``expiration > B`` whose state has a
+    positive mark. The first boundary is the first multiple of `every`
+    strictly after the first row; the last one is at or before the last row.
+    A boundary whose interval ``(B - every, B]`` holds no row at all is not
+    written (counted in `intervals_without_data`) rather than repeating a
+    stale chain.
+    """
+    und = _check_underlying(underlying)
+    if not paths:
+        raise InvalidInputError("`paths` must name at least one Tardis options_chain file; got none")
+    if every < timedelta(seconds=1):
+        raise InvalidInputError(f"`every` must be at least 1 second; got {every}")
+    if batch_rows < 1:
+        raise InvalidInputError(f"`batch_rows` must be a positive row count; got {batch_rows}")
+    if snapshots_per_file < 1:
+        raise InvalidInputError(f"`snapshots_per_file` must be positive; got {snapshots_per_file}")
+    if reorder_window < timedelta(0):
+        raise InvalidInputError(f"`reorder_window` must not be negative; got {reorder_window}")
+    if index_fallback not in ("nearest_forward", "none"):
+        raise InvalidInputError(
+            f"`index_fallback` must be one of nearest_forward, none; got {index_fallback!r}"
+        )
+    files = [Path(p) for p in paths]
+    for path in [*files, *([Path(index_file)] if index_file is not None else [])]:
+        if not path.is_file():
+            raise NoDataError(f"Tardis file not found: {path}")
+
+    every_us = _to_us(every)
+    skipped: dict[str, int] = {}
+    index = (
+        _IndexSeries.from_file(
+            Path(index_file),
+            underlying=und,
+            every_us=every_us,
+            tolerance_us=_to_us(max(every, _MIN_INDEX_TOLERANCE)),
+            batch_rows=batch_rows,
+            skipped=skipped,
+        )
+        if index_file is not None
+        else None
+    )
+    importer = _Importer(
+        underlying=und,
+        every_us=every_us,
+        reorder_us=_to_us(reorder_window),
+        data_root=Path(data_root),
+        index=index,
+        index_fallback=index_fallback,
+        snapshots_per_file=snapshots_per_file,
+        skipped=skipped,
+    )
+    say = progress or (lambda _line: None)
+    started = time.perf_counter()
+    next_report = _PROGRESS_EVERY_ROWS
+    bad_lines: dict[str, int] = {}  # rows the CSV parser rejected (wrong field count)
+    for path in files:
+        say(f"tardis: reading {path}")
+        for raw in _iter_csv_batches(path, TARDIS_OPTIONS_CHAIN_COLUMNS, _REQUIRED_INPUT, batch_rows, bad_lines):
+            importer.rows_parsed += raw.height
+            importer.feed(_classify(raw, und, every_us, skipped))
+            if importer.rows_parsed >= next_report:
+                say(_progress_line(importer, skipped, started))
+                next_report += _PROGRESS_EVERY_ROWS
+    importer.finish()
+    n_bad_lines = bad_lines.get("unparsable", 0)
+    _add(skipped, "unparsable", n_bad_lines)
+    say(_progress_line(importer, skipped, started) + " (done)")
+    return importer.result(skipped, rows_read=importer.rows_parsed + n_bad_lines)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _check_underlying(underlying: str) -> str:
+    und = str(underlying).strip().upper()
+    if und not in UNDERLYINGS:
+        raise InvalidInputError(
+            f"`underlying` must be one of {', '.join(UNDERLYINGS)}; got {underlying!r}"
+        )
+    return und
+
+
+def _to_us(delta: timedelta) -> int:
+    return (delta.days * 86_400 + delta.seconds) * _US_PER_S + delta.microseconds
+
+
+def _read_header(path: Path) -> list[str]:
+    """Column names from the first line of a (possibly gzip-compressed) CSV."""
+    try:
+        with pa.input_stream(str(path), compression="detect") as stream:
+            head = b""
+            while b"\n" not in head:
+                chunk = stream.read(1 << 16)
+                if not chunk:
+                    break
+                head += chunk
+    except (OSError, pa.ArrowInvalid) as e:
+        raise InvalidInputError(f"cannot read {path}: {e}") from e
+    line = head.split(b"\n", 1)[0].decode("utf-8", errors="replace").strip().lstrip("\ufeff")
+    return [name.strip() for name in line.split(",")] if line else []
+
+
+def _iter_csv_batches(
+    path: Path,
+    columns: Sequence[str],
+    required: Sequence[str],
+    batch_rows: int,
+    skipped: dict[str, int],
+) -> Iterator[pl.DataFrame]:
+    """Yield frames of at most `batch_rows` rows, every column as nullable strings.
+
+    Reading as strings keeps one bad value from failing a whole block: numbers
+    are cast later, where a failed cast is counted per row. Rows with the wrong
+    number of fields are dropped by the parser and counted as `unparsable`.
+    """
+    header = _read_header(path)
+    missing = [name for name in required if name not in header]
+    if missing:
+        raise InvalidInputError(
+            f"{path} is not a Tardis {'options_chain' if 'symbol' in required else 'index'} CSV: "
+            f"missing column(s) {', '.join(missing)}; header is {','.join(header) or '(empty)'}"
+        )
+    include = [name for name in columns if name in header]
+
+    def on_invalid_row(_row: Any) -> str:
+        skipped["unparsable"] = skipped.get("unparsable", 0) + 1
+        return "skip"
+
+    read_options = pacsv.ReadOptions(block_size=int(min(max(batch_rows * 200, 1 << 14), 1 << 23)))
+    parse_options = pacsv.ParseOptions(invalid_row_handler=on_invalid_row)
+    convert_options = pacsv.ConvertOptions(
+        include_columns=include,
+        column_types={name: pa.string() for name in include},
+        null_values=[""],
+        strings_can_be_null=True,
+    )
+    buffered: list[pa.RecordBatch] = []
+    n_buffered = 0
+    try:
+        with pa.input_stream(str(path), compression="detect") as stream:
+            reader = pacsv.open_csv(
+                stream,
+                read_options=read_options,
+                parse_options=parse_options,
+                convert_options=convert_options,
+            )
+            for batch in reader:
+                offset = 0
+                while offset < batch.num_rows:
+                    take = min(batch_rows - n_buffered, batch.num_rows - offset)
+                    buffered.append(batch.slice(offset, take))
+                    n_buffered += take
+                    offset += take
+                    if n_buffered >= batch_rows:
+                        yield _to_frame(buffered, include, columns)
+                        buffered, n_buffered = [], 0
+    except (OSError, pa.ArrowInvalid) as e:
+        raise InvalidInputError(f"cannot read {path}: {e}") from e
+    if buffered:
+        yield _to_frame(buffered, include, columns)
+
+
+def _to_frame(batches: list[pa.RecordBatch], include: Sequence[str], columns: Sequence[str]) -> pl.DataFrame:
+    frame = pl.from_arrow(pa.Table.from_batches(batches))
+    assert isinstance(frame, pl.DataFrame)
+    absent = [name for name in columns if name not in include]
+    if absent:
+        frame = frame.with_columns(pl.lit(None, pl.String).alias(name) for name in absent)
+    return frame
+
+
+# --------------------------------------------------------------------------- cleaning
+
+
+def _finite_or_null(expr: pl.Expr) -> pl.Expr:
+    return pl.when(expr.is_finite()).then(expr)
+
+
+def _classify(raw: pl.DataFrame, underlying: str, every_us: int, skipped: dict[str, int]) -> pl.DataFrame:
+    """Type one raw string batch, count bad rows by reason, return the usable ones.
+
+    Usable rows keep their `zero_mark` rows too (counted as skipped): they are
+    the instrument's latest state, so its older non-zero mark must not linger.
+    """
+    ts = pl.col("timestamp").cast(pl.Int64, strict=False)
+    expiry = pl.col("expiration").cast(pl.Int64, strict=False)
+    strike = pl.col("strike_price").cast(pl.Float64, strict=False)
+    mark = pl.col("mark_price").cast(pl.Float64, strict=False)
+    fwd = pl.col("underlying_price").cast(pl.Float64, strict=False)
+    typed = raw.lazy().with_columns(
+        _ts=ts,
+        _expiry=expiry,
+        _strike=strike,
+        _mark=mark,
+        _fwd=fwd,
+        _prefix=pl.col("symbol").str.extract(r"^([^-]+)-", 1),
+        **{f"_{name}": pl.col(name).cast(pl.Float64, strict=False) for name in _OPTIONAL_FLOATS},
+    )
+    not_finite = [~pl.col(name).is_finite().fill_null(False) for name in ("_strike", "_mark", "_fwd")]
+    garbage = [pl.col(name).is_not_null() & pl.col(f"_{name}").is_null() for name in _OPTIONAL_FLOATS]
+    unparsable = pl.any_horizontal(
+        pl.col("_ts").is_null(),
+        pl.col("_expiry").is_null(),
+        *not_finite,
+        *garbage,
+        ~pl.col("type").is_in(["call", "put"]).fill_null(False),
+        ~pl.col("symbol").str.contains(INSTRUMENT_PATTERN).fill_null(False),
+    )
+    invalid = (
+        (pl.col("_ts") <= 0)
+        | (pl.col("_expiry") <= 0)
+        | (pl.col("_strike") <= 0)
+        | (pl.col("_fwd") <= 0)
+        | (pl.col("_mark") < 0)
+    )
+    reason = (
+        pl.when(pl.col("exchange").is_null() | pl.col("_prefix").is_null())
+        .then(pl.lit("unparsable"))
+        .when(pl.col("exchange") != _EXCHANGE)
+        .then(pl.lit("other_exchange"))
+        .when(pl.col("_prefix").str.starts_with(f"{underlying}_"))
+        .then(pl.lit("linear_usdc"))
+        .when(pl.col("_prefix") != underlying)
+        .then(pl.lit("other_underlying"))
+        .when(unparsable)
+        .then(pl.lit("unparsable"))
+        .when(invalid)
+        .then(pl.lit("invalid_value"))
+        .when(pl.col("_mark") == 0)
+        .then(pl.lit("zero_mark"))
+        .otherwise(pl.lit(None, pl.String))
+    )
+    df = typed.with_columns(_reason=reason).collect()
+    counts = df.get_column("_reason").drop_nulls().value_counts()
+    for name, n in counts.iter_rows():
+        skipped[name] = skipped.get(name, 0) + int(n)
+    return (
+        df.lazy()
+        .filter(pl.col("_reason").is_null() | (pl.col("_reason") == "zero_mark"))
+        .select(
+            ts=pl.col("_ts"),
+            bnd=((pl.col("_ts") + (every_us - 1)) // every_us) * every_us,
+            instrument_name=pl.col("symbol"),
+            expiry_us=pl.col("_expiry"),
+            strike=pl.col("_strike"),
+            option_type=pl.when(pl.col("type") == "call").then(pl.lit("C")).otherwise(pl.lit("P")),
+            mark_price=pl.col("_mark"),
+            underlying_price=pl.col("_fwd"),
+            **{name: _finite_or_null(pl.col(f"_{name}")) for name in _OPTIONAL_FLOATS},
+        )
+        .collect()
+    )
+
+
+# --------------------------------------------------------------------------- index
+
+
+@dataclass(frozen=True, slots=True)
+class _IndexSeries:
+    """Last index value per `every` window, for as-of look-ups at boundaries."""
+
+    window_end_us: np.ndarray
+    obs_ts_us: np.ndarray
+    price_usd: np.ndarray
+    tolerance_us: int
+
+    @classmethod
+    def from_file(
+        cls,
+        path: Path,
+        *,
+        underlying: str,
+        every_us: int,
+        tolerance_us: int,
+        batch_rows: int,
+        skipped: dict[str, int],
+    ) -> _IndexSeries:
+        header = _read_header(path)
+        value = "index_price" if "index_price" in header else "price"
+        if value not in header:
+            raise InvalidInputError(
+                f"index file {path} needs an `index_price` or `price` column; "
+                f"header is {','.join(header) or '(empty)'}"
+            )
+        columns = ["timestamp", value, *(["symbol"] if "symbol" in header else [])]
+        parts: list[pl.DataFrame] = []
+        counter: dict[str, int] = {}
+        for raw in _iter_csv_batches(path, columns, ["timestamp", value], batch_rows, counter):
+            df = raw.select(
+                ts=pl.col("timestamp").cast(pl.Int64, strict=False),
+                price=pl.col(value).cast(pl.Float64, strict=False),
+                raw_price=pl.col(value),
+                raw_ts=pl.col("timestamp"),
+                symbol=pl.col("symbol") if "symbol" in columns else pl.lit(None, pl.String),
+            )
+            other = df.get_column("symbol").is_not_null() & ~df.get_column("symbol").str.to_uppercase().str.starts_with(
+                f"{underlying}-"
+            )
+            bad = ~other & (
+                (df.get_column("raw_ts").is_null() | df.get_column("ts").is_null() | (df.get_column("ts") <= 0))
+                | (df.get_column("raw_price").is_not_null() & ~(df.get_column("price") > 0).fill_null(False))
+            )
+            _add(skipped, "index_other_symbol", int(other.sum()))
+            _add(skipped, "index_unparsable", int(bad.sum()))
+            # An empty index_price (derivative_ticker rows that only move funding) is no error.
+            usable = df.filter(~other & ~bad & df.get_column("price").is_not_null())
+            parts.append(_last_per_window(usable.select("ts", "price"), every_us))
+        _add(skipped, "index_unparsable", counter.get("unparsable", 0))
+        series = (
+            _last_per_window(pl.concat(parts), every_us).sort("bnd")
+            if parts
+            else pl.DataFrame(schema={"bnd": pl.Int64, "ts": pl.Int64, "price": pl.Float64})
+        )
+        return cls(
+            window_end_us=series.get_column("bnd").to_numpy(),
+            obs_ts_us=series.get_column("ts").to_numpy(),
+            price_usd=series.get_column("price").to_numpy(),
+            tolerance_us=tolerance_us,
+        )
+
+    def at(self, boundary_us: int) -> float | None:
+        """Last value observed at or before `boundary_us`, or None if none is recent enough."""
+        i = int(np.searchsorted(self.window_end_us, boundary_us, side="right")) - 1
+        if i < 0 or boundary_us - int(self.obs_ts_us[i]) > self.tolerance_us:
+            return None
+        return float(self.price_usd[i])
+
+
+def _last_per_window(df: pl.DataFrame, every_us: int) -> pl.DataFrame:
+    return (
+        df.with_columns(bnd=((pl.col("ts") + (every_us - 1)) // every_us) * every_us)
+        .sort("ts", maintain_order=True)
+        .group_by("bnd")
+        .agg(pl.col("ts").last(), pl.col("price").last())
+    )
+
+
+def _add(counter: dict[str, int], key: str, n: int) -> None:
+    if n:
+        counter[key] = counter.get(key, 0) + n
+
+
+# --------------------------------------------------------------------------- state machine
+
+
+def _us_to_datetime(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _last_per_key(df: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """Per key, the row with the greatest `ts` (ties: the later row)."""
+    return df.sort("ts", maintain_order=True).unique(subset=keys, keep="last")
+
+
+class _Importer:
+    """Carries instrument state across batches and writes snapshots at boundaries."""
+
+    def __init__(
+        self,
+        *,
+        underlying: str,
+        every_us: int,
+        reorder_us: int,
+        data_root: Path,
+        index: _IndexSeries | None,
+        index_fallback: IndexFallback,
+        snapshots_per_file: int,
+        skipped: dict[str, int],
+    ) -> None:
+        self.underlying = underlying
+        self.every_us = every_us
+        self.reorder_us = reorder_us
+        self.data_root = data_root
+        self.index = index
+        self.index_fallback = index_fallback
+        self.file_span_us = every_us * snapshots_per_file
+        self.skipped = skipped
+        empty = pl.DataFrame(schema=_STATE_SCHEMA)
+        self.state = empty  # last row per instrument as of `last_boundary`
+        self.pending = empty  # last row per (window, instrument) for windows after it
+        self.next_boundary: int | None = None
+        self.last_boundary: int | None = None
+        self.max_ts: int | None = None
+        self.rows_parsed = 0
+        self.snapshots_written = 0
+        self.snapshots_without_index = 0
+        self.intervals_without_data = 0
+        self.instruments: set[str] = set()
+        self.first_snapshot: int | None = None
+        self.last_snapshot: int | None = None
+        self.files: list[Path] = []
+        self.buffer: list[pl.DataFrame] = []
+        self.buffer_key: tuple[str, int] | None = None
+        self.buffer_first: int | None = None
+
+    # -- input
+    def feed(self, df: pl.DataFrame) -> None:
+        if self.last_boundary is not None and df.height:
+            late = df.get_column("ts") <= self.last_boundary
+            _add(self.skipped, "out_of_order", int(late.sum()))
+            df = df.filter(~late)
+        if df.height == 0:
+            return
+        ts = df.get_column("ts")
+        lo, hi = int(ts.min()), int(ts.max())  # type: ignore[arg-type]
+        if self.next_boundary is None:
+            self.next_boundary = (lo // self.every_us + 1) * self.every_us
+        self.max_ts = hi if self.max_ts is None else max(self.max_ts, hi)
+        self.pending = _last_per_key(pl.concat([self.pending, df]), ["bnd", "instrument_name"])
+        self._emit_until(self.max_ts - self.reorder_us)
+
+    def finish(self) -> None:
+        if self.max_ts is not None:
+            self._emit_until(self.max_ts)
+        self._flush()
+
+    # -- boundaries
+    def _emit_until(self, limit_us: int) -> None:
+        every = self.every_us
+        while self.next_boundary is not None and self.next_boundary <= limit_us:
+            boundary = self.next_boundary
+            bnd = self.pending.get_column("bnd")
+            due_mask = bnd <= boundary
+            if not due_mask.any():
+                # No row in (boundary - every, boundary]: skip to the next window with data
+                # (or past the limit) instead of repeating a stale chain.
+                last_allowed = (limit_us // every) * every
+                target = int(bnd.min()) if self.pending.height else last_allowed + every  # type: ignore[arg-type]
+                target = min(target, last_allowed + every)
+                self.intervals_without_data += (target - boundary) // every
+                self.last_boundary = target - every
+                self.next_boundary = target
+                continue
+            due = self.pending.filter(due_mask)
+            self.pending = self.pending.filter(~due_mask)
+            self.state = _last_per_key(pl.concat([self.state, due]), ["instrument_name"]).filter(
+                pl.col("expiry_us") > boundary
+            )
+            self.last_boundary = boundary
+            self.next_boundary = boundary + every
+            self._snapshot(boundary)
+
+    def _snapshot(self, boundary_us: int) -> None:
+        snap = self.state.filter(pl.col("mark_price") > 0).sort("instrument_name")
+        if snap.height == 0:
+            self.intervals_without_data += 1
+            return
+        index_price = self._index_price(boundary_us, snap)
+        if index_price is None:
+            self.snapshots_without_index += 1
+        frame = snap.select(
+            snapshot_ts=pl.lit(_us_to_datetime(boundary_us)),
+            instrument_name=pl.col("instrument_name"),
+            expiry_ts=pl.from_epoch("expiry_us", time_unit="us").dt.replace_time_zone("UTC"),
+            strike=pl.col("strike"),
+            option_type=pl.col("option_type"),
+            mark_price=pl.col("mark_price"),
+            mark_iv=pl.col("mark_iv"),
+            underlying_price=pl.col("underlying_price"),
+            index_price=pl.lit(index_price, pl.Float64),
+            bid_price=pl.col("bid_price"),
+            ask_price=pl.col("ask_price"),
+            bid_iv=pl.col("bid_iv"),
+            ask_iv=pl.col("ask_iv"),
+            open_interest=pl.col("open_interest"),
+            volume=pl.lit(None, pl.Float64),
+            interest_rate=pl.lit(None, pl.Float64),
+            delta=pl.col("delta"),
+            gamma=pl.col("gamma"),
+            vega=pl.col("vega"),
+            theta=pl.col("theta"),
+        ).select(pl.col(name).cast(dtype) for name, dtype in HARVEST_SCHEMA.items())
+        key = (f"{_us_to_datetime(boundary_us):%Y-%m-%d}", boundary_us // self.file_span_us)
+        if key != self.buffer_key:
+            self._flush()
+            self.buffer_key, self.buffer_first = key, boundary_us
+        self.buffer.append(frame)
+        self.snapshots_written += 1
+        self.instruments.update(snap.get_column("instrument_name").to_list())
+        if self.first_snapshot is None:
+            self.first_snapshot = boundary_us
+        self.last_snapshot = boundary_us
+
+    def _index_price(self, boundary_us: int, snap: pl.DataFrame) -> float | None:
+        if self.index is not None:
+            return self.index.at(boundary_us)
+        if self.index_fallback == "none":
+            return None
+        nearest = snap.filter(pl.col("expiry_us") == pl.col("expiry_us").min())
+        value = nearest.select(pl.col("underlying_price").sort_by("ts", maintain_order=True).last()).item()
+        return float(value)
+
+    def _flush(self) -> None:
+        if not self.buffer or self.buffer_first is None:
+            return
+        path = snapshot_path(
+            self.data_root, self.underlying, _us_to_datetime(self.buffer_first), stem="tardis"
+        )
+        atomic_write_parquet(pl.concat(self.buffer), path)
+        self.files.append(path)
+        self.buffer, self.buffer_key, self.buffer_first = [], None, None
+
+    # -- output
+    def result(self, skipped: dict[str, int], *, rows_read: int) -> TardisImportResult:
+        source: IndexSource = "index_file" if self.index is not None else self.index_fallback
+        return TardisImportResult(
+            rows_read=rows_read,
+            snapshots_written=self.snapshots_written,
+            files_written=len(self.files),
+            instruments=len(self.instruments),
+            skipped=dict(sorted(skipped.items())),
+            first_snapshot=None if self.first_snapshot is None else _us_to_datetime(self.first_snapshot),
+            last_snapshot=None if self.last_snapshot is None else _us_to_datetime(self.last_snapshot),
+            data_root=self.data_root,
+            index_source=source,
+            snapshots_without_index=self.snapshots_without_index,
+            intervals_without_data=self.intervals_without_data,
+            files=tuple(self.files),
+        )
+
+
+def _progress_line(importer: _Importer, skipped: dict[str, int], started: float) -> str:
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    n_skipped = sum(skipped.values())
+    return (
+        f"tardis: {importer.rows_parsed:,} rows read ({importer.rows_parsed / elapsed:,.0f}/s), "
+        f"{n_skipped:,} skipped, {importer.snapshots_written:,} snapshots written"
+    )

@@ -1,0 +1,135 @@
+"""CalibrationResult and its parts; `to_dict()` feeds `--json` and the store (no NaN)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from calib._typing import Status
+from calib.data.quality import DataQuality
+from calib.engine.metrics import ErrorMetrics
+from calib.engine.skew import SkewFit
+
+
+def clean_json(obj: Any) -> Any:
+    """Replace NaN/inf with None recursively and datetimes with ISO strings."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [clean_json(v) for v in obj]
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalar
+        return clean_json(obj.item())
+    return obj
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BandMetrics:
+    name: str
+    dte_min: float
+    dte_max: float
+    n_samples: int
+    recommended_iv_multiplier: float | None
+    at_bound: bool
+    metrics: ErrorMetrics
+    tested: ErrorMetrics
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dte_min": self.dte_min,
+            "dte_max": self.dte_max,
+            "n_samples": self.n_samples,
+            "recommended_iv_multiplier": self.recommended_iv_multiplier,
+            "at_bound": self.at_bound,
+            **self.metrics.to_dict(),
+            "tested": self.tested.to_dict(),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OptionTypeMetrics:
+    option_type: str
+    metrics: ErrorMetrics
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"option_type": self.option_type, "n_samples": self.metrics.n_samples, **self.metrics.to_dict()}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GlobalMetrics:
+    multiplier_tested: float
+    recommended_iv_multiplier: float | None
+    at_bound: bool
+    at_recommended: ErrorMetrics
+    tested: ErrorMetrics
+    rv_7d_pct: float | None
+    atm_iv_pct: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "multiplier_tested": self.multiplier_tested,
+            "recommended_iv_multiplier": self.recommended_iv_multiplier,
+            "at_bound": self.at_bound,
+            **self.at_recommended.to_dict(),
+            "tested": self.tested.to_dict(),
+            "rv_7d_pct": self.rv_7d_pct,
+            "atm_iv_pct": self.atm_iv_pct,
+            "iv_rv_ratio": (self.atm_iv_pct / self.rv_7d_pct)
+            if self.atm_iv_pct and self.rv_7d_pct else None,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CalibrationResult:
+    run_id: str
+    created_at: datetime
+    source: str
+    underlying: str
+    status: Status
+    reason: str
+    applied: bool
+    dte_min: float
+    dte_max: float
+    lookback_days: float | None
+    n_samples: int
+    n_snapshots: int
+    global_metrics: GlobalMetrics
+    bands: tuple[BandMetrics, ...]
+    option_type_metrics: tuple[OptionTypeMetrics, ...]
+    skew: SkewFit | None
+    recommended_surface: dict[str, Any] | None
+    data_quality: DataQuality
+    window: dict[str, Any] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    replay: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return clean_json({
+            "run_id": self.run_id,
+            "created_at": self.created_at,
+            "source": self.source,
+            "underlying": self.underlying,
+            "status": self.status,
+            "reason": self.reason,
+            "applied": self.applied,
+            "replay": self.replay,
+            "dte_min": self.dte_min,
+            "dte_max": self.dte_max,
+            "lookback_days": self.lookback_days,
+            "n_samples": self.n_samples,
+            "n_snapshots": self.n_snapshots,
+            "global_metrics": self.global_metrics.to_dict(),
+            "bands": [b.to_dict() for b in self.bands],
+            "option_type_metrics": [o.to_dict() for o in self.option_type_metrics],
+            "skew": self.skew.to_dict() if self.skew else None,
+            "recommended_surface": self.recommended_surface,
+            "data_quality": self.data_quality.to_dict(),
+            "window": self.window,
+            "timings_s": self.timings_s,
+        })

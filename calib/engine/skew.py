@@ -1,0 +1,136 @@
+"""Skew fit: the anchor ratios the market implies, against the trader's current ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from calib._typing import FloatArray
+from calib.engine.model import QuoteArrays, skew_ratio, standardized_moneyness
+
+MIN_ANCHOR_WEIGHT_SHARE = 1e-4  # below this share of total weight an anchor keeps its current ratio
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SkewFit:
+    anchors: tuple[float, ...]
+    current: tuple[float, ...]
+    recommended: tuple[float, ...]
+    n_per_anchor: tuple[int, ...]
+    misfit: float | None  # RMS of (recommended - current) over anchors with data
+    max_abs_diff: float | None
+    largest_diff_anchor: float | None
+    smile: dict[str, list[Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "anchors": list(self.anchors),
+            "current": list(self.current),
+            "recommended": list(self.recommended),
+            "n_per_anchor": list(self.n_per_anchor),
+            "misfit": self.misfit,
+            "max_abs_diff": self.max_abs_diff,
+            "largest_diff_anchor": self.largest_diff_anchor,
+            "smile": self.smile,
+        }
+
+
+def _hat_weights(z: FloatArray, anchors: FloatArray) -> tuple[np.ndarray, FloatArray]:
+    """Linear-interpolation weights: each z splits between its two neighbouring anchors."""
+    zc = np.clip(z, anchors[0], anchors[-1])
+    right = np.clip(np.searchsorted(anchors, zc, side="right"), 1, anchors.size - 1)
+    left = right - 1
+    frac = (zc - anchors[left]) / (anchors[right] - anchors[left])
+    return left, frac
+
+
+def fit_skew(
+    q: QuoteArrays, multiplier: float, *, anchors_z: FloatArray, current: FloatArray, smile_bin: float = 0.25
+) -> SkewFit:
+    """Weighted least squares of the piecewise-linear ratio curve on observed IV / (RV m).
+
+    Notes
+    -----
+    The observed ratio of a quote is ``IV / (RV_7d m)`` at ``z(m)``. The curve
+    is linear in its anchor values (hat basis), so the fit is a small
+    ``A x A`` normal-equation solve built from weighted sums; the ATM anchor
+    is held at 1.0 (the multiplier carries the level). Weights are vegas.
+    Anchors with (almost) no weight keep their current ratio.
+    """
+    a = anchors_z.size
+    atm = int(np.flatnonzero(anchors_z == 0.0)[0])
+    if len(q) == 0:
+        return SkewFit(anchors=tuple(anchors_z.tolist()), current=tuple(current.tolist()),
+                       recommended=tuple(current.tolist()), n_per_anchor=(0,) * a, misfit=None,
+                       max_abs_diff=None, largest_diff_anchor=None, smile=_empty_smile())
+    z = standardized_moneyness(q, multiplier)
+    ratio = q.iv / (q.rv * multiplier)
+    w = q.vega_coin
+    left, frac = _hat_weights(z, anchors_z)
+    # Normal equations for sum_i w_i (sum_a B_ia x_a - r_i)^2 with B the hat basis.
+    wl, wr = w * (1 - frac), w * frac
+    gram = np.zeros((a, a))
+    np.add.at(gram, (left, left), wl * (1 - frac))
+    np.add.at(gram, (left + 1, left + 1), wr * frac)
+    np.add.at(gram, (left, left + 1), wl * frac)
+    np.add.at(gram, (left + 1, left), wl * frac)
+    rhs = np.bincount(left, weights=wl * ratio, minlength=a) + np.bincount(left + 1, weights=wr * ratio, minlength=a)
+    support = np.bincount(left, weights=wl, minlength=a) + np.bincount(left + 1, weights=wr, minlength=a)
+    counts = np.bincount(np.where(frac < 0.5, left, left + 1), minlength=a)
+    free = (support > MIN_ANCHOR_WEIGHT_SHARE * support.sum()) & (np.arange(a) != atm)
+    fixed_vals = current.astype(np.float64).copy()
+    fixed_vals[atm] = 1.0
+    rec = fixed_vals.copy()
+    if free.any():
+        g_ff = gram[np.ix_(free, free)]
+        b_f = rhs[free] - gram[np.ix_(free, ~free)] @ fixed_vals[~free]
+        try:
+            rec[free] = np.linalg.solve(g_ff + 1e-12 * np.eye(int(free.sum())), b_f)
+        except np.linalg.LinAlgError:
+            rec[free] = np.linalg.lstsq(g_ff, b_f, rcond=None)[0]
+    rec = np.clip(rec, 0.2, 5.0)
+    has_data = free | (np.arange(a) == atm)
+    diff = rec - current
+    if has_data.any():
+        d = np.abs(diff[has_data])
+        misfit = float(np.sqrt(np.mean(diff[has_data] ** 2)))
+        k = int(np.flatnonzero(has_data)[np.argmax(d)])
+        max_abs, largest = float(d.max()), float(anchors_z[k])
+    else:
+        misfit = max_abs = largest = None
+    smile = _smile(z, q, multiplier, anchors_z, current, rec, smile_bin)
+    return SkewFit(anchors=tuple(anchors_z.tolist()), current=tuple(current.tolist()),
+                   recommended=tuple(float(x) for x in rec), n_per_anchor=tuple(int(c) for c in counts),
+                   misfit=misfit, max_abs_diff=max_abs, largest_diff_anchor=largest, smile=smile)
+
+
+def _empty_smile() -> dict[str, list[Any]]:
+    return {"z": [], "n": [], "market_iv_pct": [], "model_iv_pct": [], "recommended_iv_pct": []}
+
+
+def _smile(z: FloatArray, q: QuoteArrays, m: float, anchors: FloatArray, current: FloatArray,
+           rec: FloatArray, width: float) -> dict[str, list[Any]]:
+    """Market vs model IV by z bin, for the newest snapshot (all snapshots if it is thin)."""
+    newest = q.snapshot_us == q.snapshot_us.max()
+    sel = newest if newest.sum() >= 20 else np.ones_like(newest)
+    zs, iv, rv = z[sel], q.iv[sel], q.rv[sel]
+    lo, hi = anchors[0] - width, anchors[-1] + width
+    keep = (zs >= lo) & (zs <= hi)
+    zs, iv, rv = zs[keep], iv[keep], rv[keep]
+    if zs.size == 0:
+        return _empty_smile()
+    bins = np.round(zs / width).astype(np.int64)
+    uniq, inv = np.unique(bins, return_inverse=True)
+    n = np.bincount(inv)
+    mkt = np.bincount(inv, weights=iv) / n
+    rv_b = np.bincount(inv, weights=rv) / n
+    zc = uniq * width
+    return {
+        "z": [float(x) for x in zc],
+        "n": [int(x) for x in n],
+        "market_iv_pct": [float(x) for x in mkt * 100],
+        "model_iv_pct": [float(x) for x in rv_b * m * skew_ratio(zc, anchors, current) * 100],
+        "recommended_iv_pct": [float(x) for x in rv_b * m * skew_ratio(zc, anchors, rec) * 100],
+    }

@@ -1,0 +1,186 @@
+"""Live calibration, the update policy in action, and Force-Apply.
+
+`run_calibration_extended` scores one current chain (Deribit, or `--replay`
+of the newest harvested snapshot) with the same engine as auto-calibrate,
+tested at the applied multiplier read from the store. `calibrate_live_and_record`
+then lets the policy decide and records run + outcome (+ applied state) in
+one transaction. `force_apply_latest` is what `calib apply --force` and the
+UI button call.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from calib.calibration import calibrate_harvest_read
+from calib.config import CalibrationConfig, PolicyConfig
+from calib.data.layout import list_parquet_files
+from calib.data.reader import HarvestRead, read_harvest
+from calib.engine.result import CalibrationResult
+from calib.errors import NoDataError, PolicyError, StoreError
+from calib.policy import FORCED_REASON, PolicyOutcome, PolicyState, decide
+from calib.store.applied import read_applied, write_applied
+from calib.store.connection import connect
+from calib.store.history import record_run
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LiveRunRecord:
+    result: CalibrationResult
+    outcome: PolicyOutcome
+    applied_at: datetime | None
+
+
+def applied_global(db_path: Path, underlying: str) -> float | None:
+    """The currently applied global multiplier (None when nothing was ever applied)."""
+    if not Path(db_path).exists():
+        return None
+    with connect(db_path, read_only=True) as con:
+        if not _has_table(con, "applied_multipliers"):
+            return None
+        state = read_applied(con, underlying)
+    return state["global"][0] if "global" in state else None
+
+
+def _has_table(con: Any, name: str) -> bool:
+    row = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()
+    return bool(row and row[0])
+
+
+def newest_snapshot_ts(data_root: Path, underlying: str) -> datetime:
+    """Newest `snapshot_ts` in a harvest directory (for `--replay`)."""
+    files = list_parquet_files(data_root, underlying)
+    if not files:
+        raise NoDataError(f"no harvested snapshots for {underlying} under {Path(data_root) / underlying}")
+    newest: datetime | None = None
+    # Partitions sort by date; scan the newest partitions first and stop at the first readable one.
+    by_dir: dict[Path, list[Path]] = {}
+    for f in files:
+        by_dir.setdefault(f.parent, []).append(f)
+    for d in sorted(by_dir, reverse=True):
+        for f in by_dir[d]:
+            try:
+                v = pl.scan_parquet(f).select(pl.col("snapshot_ts").max()).collect().item()
+            except Exception:  # unreadable files are reported by the reader itself
+                continue
+            if v is not None:
+                v = v if v.tzinfo else v.replace(tzinfo=UTC)
+                newest = v if newest is None or v > newest else newest
+        if newest is not None:
+            return newest
+    raise NoDataError(f"no readable snapshot for {underlying} under {Path(data_root) / underlying}")
+
+
+def run_calibration_extended(config: CalibrationConfig, *, chain: HarvestRead | None = None) -> CalibrationResult:
+    """Score one current chain with the shared engine (source = live).
+
+    With `config.replay`, the chain is the newest snapshot under
+    `config.harvest.data_root` and RV comes from the 7 days of index before it.
+    Otherwise `chain` must be given (built from the Deribit API by the caller).
+    """
+    if chain is None:
+        if not config.replay:
+            raise NoDataError("live calibration needs a chain from Deribit or --replay DATA_DIR")
+        ts = newest_snapshot_ts(config.harvest.data_root, config.underlying)
+        chain = read_harvest(config.harvest.data_root, config.underlying, window_start=ts, window_end=ts,
+                             warmup=config.harvest.rv_warmup)
+    return calibrate_harvest_read(chain, config, coverage_applies=False)
+
+
+def load_policy_state(db_path: Path, underlying: str) -> PolicyState:
+    """Applied values, last apply time and the EWMA carried by the newest non-failed live run."""
+    if not Path(db_path).exists():
+        return PolicyState(applied_global=None, applied_bands={}, last_applied_at=None, prev_ewma=None,
+                           prev_ewma_bands={})
+    with connect(db_path, read_only=True) as con:
+        if not _has_table(con, "applied_multipliers"):
+            return PolicyState(applied_global=None, applied_bands={}, last_applied_at=None, prev_ewma=None,
+                               prev_ewma_bands={})
+        applied = read_applied(con, underlying)
+        last = con.execute(
+            "SELECT max(applied_at) FROM calibration_runs WHERE underlying = ? AND source = 'live' AND applied",
+            [underlying],
+        ).fetchone()
+        prev = con.execute(
+            "SELECT result FROM calibration_runs WHERE underlying = ? AND source = 'live' AND status <> 'failed' "
+            "ORDER BY created_at DESC LIMIT 1",
+            [underlying],
+        ).fetchone()
+    policy = (json.loads(prev[0]).get("policy") or {}) if prev and prev[0] else {}
+    g = applied.get("global")
+    return PolicyState(
+        applied_global=g[0] if g else None,
+        applied_bands={k: v[0] for k, v in applied.items() if k != "global"},
+        last_applied_at=last[0] if last else None,
+        prev_ewma=policy.get("ewma_multiplier"),
+        prev_ewma_bands=policy.get("ewma_bands") or {},
+    )
+
+
+def calibrate_live_and_record(
+    config: CalibrationConfig, db_path: Path, policy: PolicyConfig, *, chain: HarvestRead | None = None
+) -> LiveRunRecord:
+    """Live run tested at the applied multiplier, policy decision, one-transaction record."""
+    tested = applied_global(db_path, config.underlying)
+    config = replace(config, source="live", multiplier_tested=tested if tested is not None else 1.0)
+    result = run_calibration_extended(config, chain=chain)
+    state = load_policy_state(db_path, config.underlying)
+    outcome = decide(result, state, policy, datetime.now(UTC))
+    applied_at = record_run(db_path, result, outcome)
+    return LiveRunRecord(result=result, outcome=outcome, applied_at=applied_at)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForceApplyResult:
+    run_id: str
+    multiplier: float
+    bands: dict[str, float]
+    applied_at: datetime
+    already_applied: bool
+
+
+def force_apply_latest(db_path: Path, underlying: str) -> ForceApplyResult:
+    """Apply the newest live run's smoothed multipliers ("Forced by user"), in one transaction.
+
+    Raises PolicyError for a failed run or a run without a smoothed value,
+    StoreError when there is no live run.
+    """
+    now = datetime.now(UTC)
+    with connect(db_path, read_only=False) as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            row = con.execute(
+                "SELECT run_id, status, reason, smoothed_multiplier, smoothed_band_multipliers, applied, applied_at "
+                "FROM calibration_runs WHERE underlying = ? AND source = 'live' ORDER BY created_at DESC LIMIT 1",
+                [underlying],
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"no live run for {underlying} yet: run `calib calibrate-live --underlying {underlying}` first")
+            run_id, status, reason, smoothed, bands_json, applied, applied_at = row
+            if status == "failed":
+                raise PolicyError(f"refusing to apply run {run_id}: its status is failed ({reason})")
+            if smoothed is None:
+                raise PolicyError(f"run {run_id} has no smoothed multiplier to apply")
+            bands = {k: float(v) for k, v in (json.loads(bands_json) if bands_json else {}).items() if v is not None}
+            if applied:
+                con.execute("ROLLBACK")
+                return ForceApplyResult(run_id=run_id, multiplier=float(smoothed), bands=bands,
+                                        applied_at=applied_at, already_applied=True)
+            write_applied(con, underlying, float(smoothed), bands, run_id=run_id, at=now, reason=FORCED_REASON)
+            con.execute(
+                "UPDATE calibration_runs SET applied = true, applied_at = ?, policy_decision = 'applied', "
+                "policy_reason = ? WHERE run_id = ?",
+                [now, FORCED_REASON, run_id],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    return ForceApplyResult(run_id=run_id, multiplier=float(smoothed), bands=bands, applied_at=now,
+                            already_applied=False)

@@ -1,0 +1,66 @@
+"""Short-lived DuckDB connections with bounded retry on lock conflicts.
+
+DuckDB allows one read-write process or many read-only ones, never both,
+and fails at once with IOException "Could not set lock on file". So every
+connection here lives for one query or one write transaction, and opening
+retries with backoff for a bounded time before a clear StoreError.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from calib.errors import StoreError
+
+# Files stay readable by the DuckDB 1.5 CLI (`pip install duckdb-cli==1.5.6`).
+STORAGE_COMPATIBILITY = "v1.5.0"
+LOCK_RETRY_SECONDS = 10.0
+
+
+def _is_lock_error(e: Exception) -> bool:
+    text = str(e).lower()
+    return "lock" in text or "conflicting" in text or "already open" in text
+
+
+@contextmanager
+def connect(db_path: Path | str, *, read_only: bool, retry_s: float = LOCK_RETRY_SECONDS) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open `db_path` briefly; retry lock conflicts for up to `retry_s` seconds.
+
+    Read-only opens of a missing file raise StoreError (nothing to read yet).
+    Writers create the parent directory and the file, and apply migrations.
+    """
+    path = Path(db_path)
+    if read_only and not path.exists():
+        raise StoreError(f"history file {path} does not exist yet: run `calib auto-calibrate` or `calib demo-data` first")
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    config = {} if read_only else {"storage_compatibility_version": STORAGE_COMPATIBILITY}
+    deadline = time.monotonic() + retry_s
+    delay = 0.05
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only, config=config)
+            break
+        except duckdb.Error as e:
+            if not _is_lock_error(e):
+                raise StoreError(f"cannot open history file {path}: {e}") from e
+            if time.monotonic() >= deadline:
+                raise StoreError(
+                    f"history file {path} is locked by another process (tried for {retry_s:.0f}s); "
+                    "close the other writer or retry"
+                ) from e
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+    try:
+        if not read_only:
+            from calib.store.migrations import migrate
+
+            migrate(con)
+        yield con
+    finally:
+        con.close()

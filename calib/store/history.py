@@ -1,0 +1,103 @@
+"""Writing calibration runs: one transaction per run, applied state in the same one."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from calib.engine.result import CalibrationResult, clean_json
+from calib.errors import StoreError
+from calib.policy import PolicyOutcome
+from calib.store.applied import write_applied
+from calib.store.connection import connect
+
+RUN_COLUMNS: tuple[str, ...] = (
+    "run_id", "created_at", "source", "underlying", "dte_min", "dte_max", "lookback_days", "n_samples",
+    "multiplier_tested", "recommended_multiplier", "smoothed_multiplier", "mae_pct", "mae_vol_points",
+    "vega_weighted_mae_pct", "bias_pct", "status", "reason", "applied", "applied_at", "data_quality_status",
+    "result", "n_snapshots", "at_bound", "rv_7d_pct", "atm_iv_pct", "coverage_pct", "rows_scanned",
+    "window_start", "window_end", "replay", "policy_decision", "policy_reason", "smoothed_band_multipliers",
+)
+
+
+def run_row(result: CalibrationResult, outcome: PolicyOutcome | None, applied_at: datetime | None) -> dict[str, Any]:
+    d = result.to_dict()
+    gm = d["global_metrics"]
+    dq = d["data_quality"]
+    applied = applied_at is not None
+    d["applied"] = applied
+    if outcome is not None:
+        d["policy"] = {"decision": outcome.decision, "reason": outcome.reason,
+                       "smoothed_multiplier": outcome.smoothed_multiplier,
+                       "smoothed_bands": outcome.smoothed_bands, "ewma_multiplier": outcome.ewma_multiplier,
+                       "ewma_bands": outcome.ewma_bands}
+    return {
+        "run_id": result.run_id,
+        "created_at": result.created_at,
+        "source": result.source,
+        "underlying": result.underlying,
+        "dte_min": result.dte_min,
+        "dte_max": result.dte_max,
+        "lookback_days": result.lookback_days,
+        "n_samples": result.n_samples,
+        "multiplier_tested": gm["multiplier_tested"],
+        "recommended_multiplier": gm["recommended_iv_multiplier"],
+        "smoothed_multiplier": outcome.smoothed_multiplier if outcome else None,
+        "mae_pct": gm["mae_pct"],
+        "mae_vol_points": gm["mae_vol_points"],
+        "vega_weighted_mae_pct": gm["vega_weighted_mae_pct"],
+        "bias_pct": gm["bias_pct"],
+        "status": result.status,
+        "reason": result.reason,
+        "applied": applied,
+        "applied_at": applied_at,
+        "data_quality_status": dq["status"],
+        "result": json.dumps(d, allow_nan=False),
+        "n_snapshots": result.n_snapshots,
+        "at_bound": gm["at_bound"],
+        "rv_7d_pct": gm["rv_7d_pct"],
+        "atm_iv_pct": gm["atm_iv_pct"],
+        "coverage_pct": dq["coverage_pct"],
+        "rows_scanned": dq["rows_scanned"],
+        "window_start": result.window.get("start"),
+        "window_end": result.window.get("end"),
+        "replay": result.replay,
+        "policy_decision": outcome.decision if outcome else None,
+        "policy_reason": outcome.reason if outcome else None,
+        "smoothed_band_multipliers": json.dumps(clean_json(outcome.smoothed_bands)) if outcome else None,
+    }
+
+
+def insert_run(con: duckdb.DuckDBPyConnection, row: dict[str, Any]) -> None:
+    cols = ", ".join(RUN_COLUMNS)
+    marks = ", ".join("?" for _ in RUN_COLUMNS)
+    con.execute(f"INSERT INTO calibration_runs ({cols}) VALUES ({marks})", [row[c] for c in RUN_COLUMNS])
+
+
+def record_run(db_path: Path | str, result: CalibrationResult, outcome: PolicyOutcome | None = None) -> datetime | None:
+    """Insert the run; when the policy applies it, write applied_multipliers in the same transaction.
+
+    Harvested runs are always recorded with applied = false and never touch
+    the applied state. Returns `applied_at` when the run was applied.
+    """
+    if result.source != "live" and outcome is not None and outcome.apply:
+        raise StoreError("harvested runs never change applied multipliers")
+    applying = outcome is not None and outcome.apply and result.source == "live"
+    applied_at = datetime.now(UTC) if applying else None
+    row = run_row(result, outcome, applied_at)
+    with connect(db_path, read_only=False) as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            insert_run(con, row)
+            if applying and outcome is not None and outcome.smoothed_multiplier is not None:
+                write_applied(con, result.underlying, outcome.smoothed_multiplier, outcome.smoothed_bands,
+                              run_id=result.run_id, at=applied_at, reason=outcome.reason)  # type: ignore[arg-type]
+            con.execute("COMMIT")
+        except Exception as e:
+            con.execute("ROLLBACK")
+            raise StoreError(f"could not record run {result.run_id}: {e}") from e
+    return applied_at

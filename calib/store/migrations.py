@@ -1,0 +1,121 @@
+"""Named schema migrations, recorded in `schema_migrations`; applied in place on open.
+
+Old rows are kept as they are: new columns are NULL for them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import duckdb
+
+MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+    (
+        1,
+        "initial_runs_and_applied_state",
+        (
+            """CREATE TABLE IF NOT EXISTS calibration_runs (
+                run_id VARCHAR PRIMARY KEY,
+                created_at TIMESTAMPTZ NOT NULL,
+                source VARCHAR NOT NULL,
+                underlying VARCHAR NOT NULL,
+                dte_min DOUBLE,
+                dte_max DOUBLE,
+                lookback_days DOUBLE,
+                n_samples BIGINT,
+                multiplier_tested DOUBLE,
+                recommended_multiplier DOUBLE,
+                smoothed_multiplier DOUBLE,
+                mae_pct DOUBLE,
+                mae_vol_points DOUBLE,
+                vega_weighted_mae_pct DOUBLE,
+                bias_pct DOUBLE,
+                status VARCHAR NOT NULL,
+                reason VARCHAR,
+                applied BOOLEAN NOT NULL DEFAULT false,
+                applied_at TIMESTAMPTZ,
+                data_quality_status VARCHAR,
+                result JSON
+            )""",
+            """CREATE TABLE IF NOT EXISTS applied_multipliers (
+                underlying VARCHAR NOT NULL,
+                scope VARCHAR NOT NULL,
+                multiplier DOUBLE NOT NULL,
+                updated_at TIMESTAMPTZ NOT NULL,
+                run_id VARCHAR,
+                PRIMARY KEY (underlying, scope)
+            )""",
+        ),
+    ),
+    (
+        2,
+        "run_detail_policy_log_and_views",
+        (
+            "ALTER TABLE calibration_runs ADD COLUMN IF NOT EXISTS n_snapshots BIGINT",
+            "ALTER TABLE calibration_runs ADD COLUMN IF NOT EXISTS at_bound BOOLEAN",
+            "ALTER TABLE calibration_runs ADD COLUMN IF NOT EXISTS rv_7d_pct DOUBLE",
+            "ALTER TABLE calibration_runs ADD COLUMN IF NOT EXISTS atm_iv_pct DOUBLE",
+            "ALTER TABLE calibration_runs ADD COLUMN IF NOT EXISTS coverage_pct DOUBLE",
+            "ALTER TABLE calibration_runs ADD COLUMN IF NOT EXISTS rows_scanned BIGINT",
+            "ALTER TABLE calibration_runs ADD COLUMN IF NOT EXISTS window_start TIMESTAMPTZ",
+            "ALTER TABLE calibration_runs ADD COLUMN IF NOT EXISTS window_end TIMESTAMPTZ",
+            "ALTER TABLE calibration_runs ADD COLUMN IF NOT EXISTS replay BOOLEAN",
+            "ALTER TABLE calibration_runs ADD COLUMN IF NOT EXISTS policy_decision VARCHAR",
+            "ALTER TABLE calibration_runs ADD COLUMN IF NOT EXISTS policy_reason VARCHAR",
+            "ALTER TABLE calibration_runs ADD COLUMN IF NOT EXISTS smoothed_band_multipliers JSON",
+            """CREATE TABLE IF NOT EXISTS applied_multipliers_log (
+                change_id BIGINT PRIMARY KEY,
+                changed_at TIMESTAMPTZ NOT NULL,
+                underlying VARCHAR NOT NULL,
+                scope VARCHAR NOT NULL,
+                old_multiplier DOUBLE,
+                new_multiplier DOUBLE NOT NULL,
+                run_id VARCHAR,
+                reason VARCHAR
+            )""",
+            """CREATE OR REPLACE VIEW auto_calibration_history AS
+                SELECT * FROM calibration_runs WHERE source = 'harvested' ORDER BY created_at DESC""",
+            """CREATE OR REPLACE VIEW live_calibration_history AS
+                SELECT * FROM calibration_runs WHERE source = 'live' ORDER BY created_at DESC""",
+            """CREATE OR REPLACE VIEW current_applied_multipliers AS
+                SELECT underlying, scope, multiplier, updated_at, run_id
+                FROM applied_multipliers
+                ORDER BY underlying, CASE WHEN scope = 'global' THEN 0 ELSE 1 END, scope""",
+        ),
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def current_version(con: duckdb.DuckDBPyConnection) -> int:
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
+    ).fetchone()
+    if not exists or not exists[0]:
+        return 0
+    row = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def migrate(con: duckdb.DuckDBPyConnection, *, upto: int | None = None) -> list[int]:
+    """Apply pending migrations (each in its own transaction); returns the versions applied."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
+    )
+    have = current_version(con)
+    applied = []
+    for version, name, statements in MIGRATIONS:
+        if version <= have or (upto is not None and version > upto):
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for sql in statements:
+                con.execute(sql)
+            con.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, name, datetime.now(UTC)])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(version)
+    return applied

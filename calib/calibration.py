@@ -149,6 +149,12 @@ def calibrate_harvest_read(
                 code="rv_short_history", severity="warning",
                 message=(f"RV_7d warm-up incomplete: median history {rv_span:.1f} d of 7 d "
                          "(harvest the week before the window for a full estimate)")))
+    if excluded.get("no_rv"):
+        issues.append(DataQualityIssue(
+            code="rv_unavailable", severity="warning",
+            message=(f"{excluded['no_rv']} quotes have no RV_7d: fewer than 12 index observations "
+                     "(or < 6 h of history) in the 7 days before their snapshot"),
+            count=excluded["no_rv"]))
     if inverted:
         issues.append(DataQualityIssue(code="iv_inverted_rows", severity="info",
                                        message=f"{inverted} implied vols inverted from mark_price",
@@ -229,7 +235,9 @@ def _rv_per_snapshot(index: pl.DataFrame) -> tuple[pl.DataFrame, list[DataQualit
             code="rv_fallback", severity="warning",
             message=f"index_price missing on {fallback} snapshot(s): RV from the nearest-expiry forward",
             count=fallback))
-    frame = pl.DataFrame({"snapshot_ts": idx["snapshot_ts"], "rv": rv, "rv_span_days": span / 86400.0})
+    # NaN compares greater than everything in polars: make "no RV" a null.
+    frame = pl.DataFrame({"snapshot_ts": idx["snapshot_ts"], "rv": rv, "rv_span_days": span / 86400.0}).with_columns(
+        pl.col("rv").fill_nan(None))
     return frame, issues
 
 
@@ -248,7 +256,7 @@ def _prepare(quotes: pl.DataFrame, rv_frame: pl.DataFrame, config: CalibrationCo
         .join(rv_frame.lazy(), on="snapshot_ts", how="left", maintain_order="left")
         .with_columns(reason)
         .with_columns(
-            pl.when(pl.col("exclude_reason").is_null() & ~(pl.col("rv") > 0))
+            pl.when(pl.col("exclude_reason").is_null() & (pl.col("rv").is_null() | (pl.col("rv") <= 0)))
             .then(pl.lit("no_rv"))
             .otherwise(pl.col("exclude_reason"))
             .alias("exclude_reason")

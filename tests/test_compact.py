@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -226,24 +227,32 @@ def test_unreadable_compact_file_is_never_overwritten(tmp_path: Path) -> None:
     assert len(list_parquet_files(tmp_path, "BTC")) == 3
 
 
-def test_concurrent_reader_sees_each_row_once(tmp_path: Path) -> None:
-    """Harvest and compact in rounds while a reader uses `effective_parquet_files`."""
-    write_snapshots(tmp_path, 1)
-    committed = [5]  # rows durably written so far
+def _run_with_reader(
+    tmp_path: Path, work: Callable[[list[int]], None], *, dedupe: bool
+) -> tuple[list[str], int]:
+    """Run `work` while a reader thread reads `effective_parquet_files` in a loop.
+
+    `work` bumps ``committed[0]`` after rows are durably written; the reader checks
+    it never sees fewer rows than were committed when it started, nor duplicates.
+    """
+    committed = [0]
     stop = threading.Event()
     problems: list[str] = []
     good_reads = [0]
+    key = ["snapshot_ts", "instrument_name"]
 
     def reader() -> None:
         while not stop.is_set():
             floor = committed[0]
             try:
-                frame = read_all(effective_parquet_files(tmp_path, "BTC"))
+                files = effective_parquet_files(tmp_path, "BTC")
+                frame = read_all(files) if files else pl.DataFrame()
             except FileNotFoundError:
                 continue  # unlinked between listing and reading: list again
-            duplicates = frame.height - frame.unique(["snapshot_ts", "instrument_name"]).height
-            if duplicates:
-                problems.append(f"{duplicates} rows double counted")
+            if dedupe and files:
+                frame = frame.unique(key)
+            if files and (dups := frame.height - frame.unique(key).height):
+                problems.append(f"{dups} rows double counted")
             if frame.height < floor:
                 problems.append(f"saw {frame.height} rows, {floor} were committed")
             good_reads[0] += 1
@@ -251,15 +260,36 @@ def test_concurrent_reader_sees_each_row_once(tmp_path: Path) -> None:
     thread = threading.Thread(target=reader)
     thread.start()
     try:
-        start = datetime(DAY.year, DAY.month, DAY.day, 1, tzinfo=UTC)
-        for round_ in range(12):
-            write_snapshots(tmp_path, 2, start=start + timedelta(hours=round_ + 1))
-            committed[0] += 10
-            compact_day(tmp_path, "BTC", DAY)
+        work(committed)
     finally:
         stop.set()
         thread.join()
+    return problems, good_reads[0]
 
-    assert problems == []
-    assert good_reads[0] > 0
-    assert pl.read_parquet(compact_path(tmp_path, "BTC", DAY)).height == committed[0] == 125
+
+def test_reader_sees_each_row_exactly_once_while_days_are_compacted(tmp_path: Path) -> None:
+    days = [DAY - timedelta(days=d) for d in range(10, 0, -1)]
+
+    def work(committed: list[int]) -> None:
+        for day in days:
+            write_snapshots(tmp_path, 4, start=datetime(day.year, day.month, day.day, 9, tzinfo=UTC))
+            committed[0] += 20
+        for day in days:
+            compact_day(tmp_path, "BTC", day)
+
+    problems, reads = _run_with_reader(tmp_path, work, dedupe=False)
+    assert problems == [] and reads > 0
+    assert len(list_parquet_files(tmp_path, "BTC")) == len(days)
+
+
+def test_reader_with_key_dedupe_survives_recompaction_of_a_day(tmp_path: Path) -> None:
+    def work(committed: list[int]) -> None:
+        start = datetime(DAY.year, DAY.month, DAY.day, 1, tzinfo=UTC)
+        for round_ in range(12):
+            write_snapshots(tmp_path, 2, start=start + timedelta(hours=round_))
+            committed[0] += 10
+            compact_day(tmp_path, "BTC", DAY)
+
+    problems, reads = _run_with_reader(tmp_path, work, dedupe=True)
+    assert problems == [] and reads > 0
+    assert pl.read_parquet(compact_path(tmp_path, "BTC", DAY)).height == 120

@@ -37,9 +37,18 @@ def at(hh: int, mm: int, ss: float = 0.0) -> datetime:
     return datetime(2024, 3, 2, hh, mm, tzinfo=UTC) + timedelta(seconds=ss)
 
 
-def row(symbol: str, t: datetime, mark: float | str, *, iv: float | str = 50.0, fwd_shift: float = 0.0,
-        exchange: str = "deribit", ts: str | None = None, kind: str | None = None,
-        bid_iv: float | str = 48.0) -> str:
+def row(
+    symbol: str,
+    t: datetime,
+    mark: float | str,
+    *,
+    iv: float | str = 50.0,
+    fwd_shift: float = 0.0,
+    exchange: str = "deribit",
+    ts: str | None = None,
+    kind: str | None = None,
+    bid_iv: float | str = 48.0,
+) -> str:
     """One line in the exact Tardis options_chain layout (prices in coin, IVs in percent)."""
     coin, expiry_code, strike, cp = symbol.split("-")
     expiry = EXPIRIES.get(expiry_code, E2)
@@ -143,7 +152,9 @@ def imported(chain_file: Path, tmp_path: Path) -> tuple[TardisImportResult, pl.D
     return result, read_back(root)
 
 
-def test_boundaries_are_multiples_of_every(imported: tuple[TardisImportResult, pl.DataFrame]) -> None:
+def test_boundaries_are_multiples_of_every(
+    imported: tuple[TardisImportResult, pl.DataFrame],
+) -> None:
     result, df = imported
     boundaries = df.get_column("snapshot_ts").unique().sort().to_list()
     assert boundaries == [at(7, 55), at(8, 0), at(8, 5), at(8, 10)]
@@ -211,9 +222,10 @@ def test_index_defaults_to_nearest_expiry_forward(
     result, df = imported
     assert result.index_source == "nearest_forward"
     index = dict(
-        df.group_by("snapshot_ts").agg(pl.col("index_price").unique()).select(
-            "snapshot_ts", pl.col("index_price").list.first()
-        ).iter_rows()
+        df.group_by("snapshot_ts")
+        .agg(pl.col("index_price").unique())
+        .select("snapshot_ts", pl.col("index_price").list.first())
+        .iter_rows()
     )
     # 07:55: nearest expiry is 2MAR24; its latest update (A at 07:54:30) carries 61002.
     assert index[at(7, 55)] == pytest.approx(61_002.0)
@@ -236,7 +248,9 @@ def test_index_from_index_file(chain_file: Path, tmp_path: Path) -> None:
         (at(8, 10, 0.5), "BTC-PERPETUAL", "99999"),
         (at(8, 10, 0.6), "BTC-PERPETUAL", "oops"),
     ]:
-        lines.append(f"deribit,{symbol},{us(t)},{us(t) + 10},,0.0001,0.0001,1e9,60000,{price},60001")
+        lines.append(
+            f"deribit,{symbol},{us(t)},{us(t) + 10},,0.0001,0.0001,1e9,60000,{price},60001"
+        )
     index_file = tmp_path / "deribit_derivative_ticker.csv"
     index_file.write_text("\n".join(lines) + "\n")
     root = tmp_path / "harvest"
@@ -254,7 +268,9 @@ def test_index_from_index_file(chain_file: Path, tmp_path: Path) -> None:
     }
 
 
-def test_simple_index_file_with_price_column_and_staleness(chain_file: Path, tmp_path: Path) -> None:
+def test_simple_index_file_with_price_column_and_staleness(
+    chain_file: Path, tmp_path: Path
+) -> None:
     index_file = tmp_path / "index.csv"
     index_file.write_text(f"timestamp,price\n{us(at(7, 30))},60000\n{us(at(8, 4))},61000\n")
     root = tmp_path / "harvest"
@@ -276,7 +292,9 @@ def test_batch_size_never_changes_the_output(chain_file: Path, tmp_path: Path) -
     outputs = []
     for batch_rows in (1, 3, 50, 500_000):
         root = tmp_path / f"harvest_{batch_rows}"
-        result = import_tardis([chain_file], underlying="BTC", data_root=root, batch_rows=batch_rows)
+        result = import_tardis(
+            [chain_file], underlying="BTC", data_root=root, batch_rows=batch_rows
+        )
         outputs.append((result.skipped, result.snapshots_written, read_back(root)))
     for skipped, n, df in outputs[1:]:
         assert skipped == outputs[0][0]
@@ -305,7 +323,9 @@ def test_rows_behind_a_written_boundary_are_out_of_order(chain_file: Path, tmp_p
     assert snapshot(read_back(root), 8, 0)[C]["mark_price"] == pytest.approx(0.0315)
 
 
-def test_zero_reorder_window_counts_late_rows_across_batches(chain_file: Path, tmp_path: Path) -> None:
+def test_zero_reorder_window_counts_late_rows_across_batches(
+    chain_file: Path, tmp_path: Path
+) -> None:
     root = tmp_path / "harvest"
     result = import_tardis(
         [chain_file], underlying="BTC", data_root=root, batch_rows=1, reorder_window=timedelta(0)
@@ -338,8 +358,10 @@ def test_files_split_by_day_and_window(tmp_path: Path) -> None:
         "BTC/date=2024-03-02/tardis_20240302T075500Z.parquet",  # window 07:00-08:00 (from 07:55)
         "BTC/date=2024-03-02/tardis_20240302T080000Z.parquet",
         "BTC/date=2024-03-02/tardis_20240302T090000Z.parquet",
-        "BTC/date=2024-03-03/tardis_20240303T000500Z.parquet",
+        "BTC/date=2024-03-02/tardis_20240302T100000Z.parquet",  # last boundary 10:15
+        "BTC/date=2024-03-03/tardis_20240303T000500Z.parquet",  # after a gap, a new day
     ]
+    assert result.snapshots_written == 30 + 1  # 07:55..10:20 (last row 10:16), then 00:05
     assert not list(root.rglob(".*"))  # no temp files left behind
 
 
@@ -354,15 +376,23 @@ def test_progress_lines(chain_file: Path, tmp_path: Path) -> None:
 def test_eth_import_skips_btc(chain_file: Path, tmp_path: Path) -> None:
     root = tmp_path / "harvest"
     result = import_tardis([chain_file], underlying="eth", data_root=root)
-    assert result.skipped["other_underlying"] == len(LINES) - 2 - 2 - 1 - 1  # all but ETH, USDC, okex, bad line
+    # BTC_USDC is another underlying here; the okex row and the short line keep their reasons.
+    assert result.skipped["other_underlying"] == len(LINES) - 2 - 1 - 1
     df = pl.read_parquet(root / "ETH" / "**" / "*.parquet")
-    assert set(df.get_column("instrument_name")) == {"ETH-29MAR24-3500-C", "ETH-29MAR24-3000-P"}
+    # ETH rows end at 07:57: only the 07:55 boundary is covered by ETH data.
+    assert df.get_column("snapshot_ts").unique().to_list() == [at(7, 55)]
+    assert df.get_column("instrument_name").to_list() == ["ETH-29MAR24-3500-C"]
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("5m", timedelta(minutes=5)), ("1h", timedelta(hours=1)), ("30s", timedelta(seconds=30)),
-     ("300", timedelta(seconds=300)), (" 2D ", timedelta(days=2))],
+    [
+        ("5m", timedelta(minutes=5)),
+        ("1h", timedelta(hours=1)),
+        ("30s", timedelta(seconds=30)),
+        ("300", timedelta(seconds=300)),
+        (" 2D ", timedelta(days=2)),
+    ],
 )
 def test_parse_every(text: str, expected: timedelta) -> None:
     assert parse_every(text) == expected

@@ -26,9 +26,13 @@ The double count is made harmless two ways:
   each merged source as ``{"name", "size_bytes", "mtime_ns"}``;
   `effective_parquet_files` (the reader-side rule) drops a file that sits next to
   a compact file listing it with the same size and mtime. Size and mtime, not
-  just the name, so a *new* file that reuses a merged name is never hidden;
+  just the name, so a *new* file that reuses a merged name is never hidden. This
+  is exact for a day compacted once (completed days, `compact_all`);
 - every row is keyed by ``(snapshot_ts, instrument_name)``, so a reader may also
-  ``unique()`` on that key.
+  ``unique()`` on that key. That is needed only when late files are merged into
+  a day that already has a compact file: the compact file is then replaced in
+  place, and a reader that read its footer before the replacement and its rows
+  after it would see the late rows twice.
 
 Re-running is idempotent: sources already listed in the compact file are only
 unlinked (crash recovery), new files arriving later in the day are merged into
@@ -42,6 +46,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -171,42 +176,51 @@ def read_compacted_sources(compact_file: Path) -> list[dict[str, Any]]:
     return [e for e in entries if isinstance(e, dict) and {"name", "size_bytes", "mtime_ns"} <= e.keys()]
 
 
-def _already_merged(directory: Path) -> set[tuple[str, int, int]]:
+def _merged_keys(compact_files: Iterable[Path]) -> set[tuple[str, int, int]]:
     merged: set[tuple[str, int, int]] = set()
-    for compact in directory.glob(f"{COMPACT_STEM}_*.parquet"):
+    for compact in compact_files:
         try:
             merged.update(_sig_key(e) for e in read_compacted_sources(compact))
         except (OSError, ValueError, pl.exceptions.PolarsError):
-            continue  # an unreadable compact file hides nothing
+            continue  # an unreadable (or vanished) compact file hides nothing
     return merged
 
 
 def effective_parquet_files(data_root: Path, underlying: str) -> list[Path]:
     """`calib.data.layout.list_parquet_files` minus sources already merged into a compact file.
 
-    This is the reader-side rule that keeps the publish-first window of
-    `compact_day` from double counting: a file is dropped when a
-    ``compact_*.parquet`` in the same directory lists it with the same name,
-    size and mtime. A file can still vanish between listing and reading (the
-    compactor unlinks it); a reader that gets `FileNotFoundError` should list
-    again.
+    The reader-side rule for the publish-first window of `compact_day`: a file is
+    dropped when a ``compact_*.parquet`` *of the same listing and directory* lists
+    it with the same name, size and mtime. Only compact files seen in the listing
+    count, so a compact file published after the listing never hides sources
+    whose rows the reader would then not see.
+
+    Exact for a day compacted once (the `compact_all` case): a reader sees either
+    the sources or the compact file, never both. Two cases need the reader's help:
+
+    - a source may vanish between listing and reading (the compactor unlinked
+      it): on `FileNotFoundError`, list again;
+    - when late files are merged into a day that already has a compact file, the
+      compact file is replaced in place, so a reader that read its footer before
+      the replacement and its rows after it sees the late rows twice. Readers
+      that may run while such a day is recompacted dedupe on
+      ``(snapshot_ts, instrument_name)``, the natural key of a row.
     """
     files = list_parquet_files(data_root, underlying)
-    merged_by_dir: dict[Path, set[tuple[str, int, int]]] = {}
-    result: list[Path] = []
+    compacts_by_dir: dict[Path, list[Path]] = {}
     for path in files:
         if _is_compact(path):
-            result.append(path)
-            continue
+            compacts_by_dir.setdefault(path.parent, []).append(path)
+    merged_by_dir = {d: _merged_keys(c) for d, c in compacts_by_dir.items()}
+    result: list[Path] = []
+    for path in files:
         merged = merged_by_dir.get(path.parent)
-        if merged is None:
-            merged = merged_by_dir[path.parent] = _already_merged(path.parent)
-        if merged:
+        if merged and not _is_compact(path):
             try:
                 if _sig_key(_signature(path)) in merged:
                     continue
             except FileNotFoundError:
-                continue  # just unlinked by the compactor: its rows are in the compact file
+                continue  # unlinked by the compactor: its rows are in the compact file
         result.append(path)
     return result
 

@@ -265,7 +265,9 @@ def import_tardis(
     """
     und = _check_underlying(underlying)
     if not paths:
-        raise InvalidInputError("`paths` must name at least one Tardis options_chain file; got none")
+        raise InvalidInputError(
+            "`paths` must name at least one Tardis options_chain file; got none"
+        )
     if every < timedelta(seconds=1):
         raise InvalidInputError(f"`every` must be at least 1 second; got {every}")
     if batch_rows < 1:
@@ -313,7 +315,9 @@ def import_tardis(
     bad_lines: dict[str, int] = {}  # rows the CSV parser rejected (wrong field count)
     for path in files:
         say(f"tardis: reading {path}")
-        for raw in _iter_csv_batches(path, TARDIS_OPTIONS_CHAIN_COLUMNS, _REQUIRED_INPUT, batch_rows, bad_lines):
+        for raw in _iter_csv_batches(
+            path, TARDIS_OPTIONS_CHAIN_COLUMNS, _REQUIRED_INPUT, batch_rows, bad_lines
+        ):
             importer.rows_parsed += raw.height
             importer.feed(_classify(raw, und, every_us, skipped))
             if importer.rows_parsed >= next_report:
@@ -342,10 +346,16 @@ def _to_us(delta: timedelta) -> int:
     return (delta.days * 86_400 + delta.seconds) * _US_PER_S + delta.microseconds
 
 
+def _compression(path: Path) -> str | None:
+    """``"gzip"`` when the file starts with the gzip magic bytes, whatever its name."""
+    with open(path, "rb") as fh:
+        return "gzip" if fh.read(2) == b"\x1f\x8b" else None
+
+
 def _read_header(path: Path) -> list[str]:
     """Column names from the first line of a (possibly gzip-compressed) CSV."""
     try:
-        with pa.input_stream(str(path), compression="detect") as stream:
+        with pa.input_stream(str(path), compression=_compression(path)) as stream:
             head = b""
             while b"\n" not in head:
                 chunk = stream.read(1 << 16)
@@ -395,7 +405,7 @@ def _iter_csv_batches(
     buffered: list[pa.RecordBatch] = []
     n_buffered = 0
     try:
-        with pa.input_stream(str(path), compression="detect") as stream:
+        with pa.input_stream(str(path), compression=_compression(path)) as stream:
             reader = pacsv.open_csv(
                 stream,
                 read_options=read_options,
@@ -418,7 +428,9 @@ def _iter_csv_batches(
         yield _to_frame(buffered, include, columns)
 
 
-def _to_frame(batches: list[pa.RecordBatch], include: Sequence[str], columns: Sequence[str]) -> pl.DataFrame:
+def _to_frame(
+    batches: list[pa.RecordBatch], include: Sequence[str], columns: Sequence[str]
+) -> pl.DataFrame:
     frame = pl.from_arrow(pa.Table.from_batches(batches))
     assert isinstance(frame, pl.DataFrame)
     absent = [name for name in columns if name not in include]
@@ -434,7 +446,9 @@ def _finite_or_null(expr: pl.Expr) -> pl.Expr:
     return pl.when(expr.is_finite()).then(expr)
 
 
-def _classify(raw: pl.DataFrame, underlying: str, every_us: int, skipped: dict[str, int]) -> pl.DataFrame:
+def _classify(
+    raw: pl.DataFrame, underlying: str, every_us: int, skipped: dict[str, int]
+) -> pl.DataFrame:
     """Type one raw string batch, count bad rows by reason, return the usable ones.
 
     Usable rows keep their `zero_mark` rows too (counted as skipped): they are
@@ -454,8 +468,12 @@ def _classify(raw: pl.DataFrame, underlying: str, every_us: int, skipped: dict[s
         _prefix=pl.col("symbol").str.extract(r"^([^-]+)-", 1),
         **{f"_{name}": pl.col(name).cast(pl.Float64, strict=False) for name in _OPTIONAL_FLOATS},
     )
-    not_finite = [~pl.col(name).is_finite().fill_null(False) for name in ("_strike", "_mark", "_fwd")]
-    garbage = [pl.col(name).is_not_null() & pl.col(f"_{name}").is_null() for name in _OPTIONAL_FLOATS]
+    not_finite = [
+        ~pl.col(name).is_finite().fill_null(False) for name in ("_strike", "_mark", "_fwd")
+    ]
+    garbage = [
+        pl.col(name).is_not_null() & pl.col(f"_{name}").is_null() for name in _OPTIONAL_FLOATS
+    ]
     unparsable = pl.any_horizontal(
         pl.col("_ts").is_null(),
         pl.col("_expiry").is_null(),
@@ -544,24 +562,25 @@ class _IndexSeries:
         parts: list[pl.DataFrame] = []
         counter: dict[str, int] = {}
         for raw in _iter_csv_batches(path, columns, ["timestamp", value], batch_rows, counter):
+            ts = pl.col("timestamp").cast(pl.Int64, strict=False)
+            price = pl.col(value).cast(pl.Float64, strict=False)
+            other = pl.col("symbol").is_not_null() & ~pl.col(
+                "symbol"
+            ).str.to_uppercase().str.starts_with(f"{underlying}-")
+            bad_ts = ~(ts > 0).fill_null(False)
+            bad_price = pl.col(value).is_not_null() & ~(price > 0).fill_null(False)
+            if "symbol" not in raw.columns:
+                raw = raw.with_columns(symbol=pl.lit(None, pl.String))
             df = raw.select(
-                ts=pl.col("timestamp").cast(pl.Int64, strict=False),
-                price=pl.col(value).cast(pl.Float64, strict=False),
-                raw_price=pl.col(value),
-                raw_ts=pl.col("timestamp"),
-                symbol=pl.col("symbol") if "symbol" in columns else pl.lit(None, pl.String),
+                ts=ts,
+                price=price,
+                other=other,
+                bad=~other & (bad_ts | bad_price),
             )
-            other = df.get_column("symbol").is_not_null() & ~df.get_column("symbol").str.to_uppercase().str.starts_with(
-                f"{underlying}-"
-            )
-            bad = ~other & (
-                (df.get_column("raw_ts").is_null() | df.get_column("ts").is_null() | (df.get_column("ts") <= 0))
-                | (df.get_column("raw_price").is_not_null() & ~(df.get_column("price") > 0).fill_null(False))
-            )
-            _add(skipped, "index_other_symbol", int(other.sum()))
-            _add(skipped, "index_unparsable", int(bad.sum()))
+            _add(skipped, "index_other_symbol", int(df.get_column("other").sum()))
+            _add(skipped, "index_unparsable", int(df.get_column("bad").sum()))
             # An empty index_price (derivative_ticker rows that only move funding) is no error.
-            usable = df.filter(~other & ~bad & df.get_column("price").is_not_null())
+            usable = df.filter(~pl.col("other") & ~pl.col("bad") & pl.col("price").is_not_null())
             parts.append(_last_per_window(usable.select("ts", "price"), every_us))
         _add(skipped, "index_unparsable", counter.get("unparsable", 0))
         series = (
@@ -745,7 +764,9 @@ class _Importer:
         if self.index_fallback == "none":
             return None
         nearest = snap.filter(pl.col("expiry_us") == pl.col("expiry_us").min())
-        value = nearest.select(pl.col("underlying_price").sort_by("ts", maintain_order=True).last()).item()
+        value = nearest.select(
+            pl.col("underlying_price").sort_by("ts", maintain_order=True).last()
+        ).item()
         return float(value)
 
     def _flush(self) -> None:
@@ -767,8 +788,12 @@ class _Importer:
             files_written=len(self.files),
             instruments=len(self.instruments),
             skipped=dict(sorted(skipped.items())),
-            first_snapshot=None if self.first_snapshot is None else _us_to_datetime(self.first_snapshot),
-            last_snapshot=None if self.last_snapshot is None else _us_to_datetime(self.last_snapshot),
+            first_snapshot=None
+            if self.first_snapshot is None
+            else _us_to_datetime(self.first_snapshot),
+            last_snapshot=None
+            if self.last_snapshot is None
+            else _us_to_datetime(self.last_snapshot),
             data_root=self.data_root,
             index_source=source,
             snapshots_without_index=self.snapshots_without_index,

@@ -112,6 +112,8 @@ def _rv_and_atm(g: QuoteArrays, m: float) -> tuple[float | None, float | None]:
         near = k <= np.min(k) * 1.5 + 1e-12
     w = g.vega_coin[newest][near]
     iv = g.iv[newest][near]
+    if iv.size == 0:
+        return rv_now, None
     atm = float(np.dot(w, iv) / w.sum()) * 100 if w.sum() > 0 else float(np.mean(iv)) * 100
     return rv_now, atm
 

@@ -15,6 +15,7 @@ def trailing_realized_vol(
     *,
     window_seconds: float = 7 * 86400.0,
     min_span_seconds: float = 86400.0,
+    min_returns: int = 12,
 ) -> tuple[FloatArray, FloatArray]:
     """Annualized trailing realized volatility at every observation.
 
@@ -24,6 +25,8 @@ def trailing_realized_vol(
     index_usd : index price at those times, USD.
     window_seconds : trailing window length (7 days for ``RV_7d``).
     min_span_seconds : shortest history that yields a value; less gives NaN.
+    min_returns : fewest returns in the window that yield a value (one weekly
+        return is not a volatility estimate); fewer gives NaN.
 
     Returns
     -------
@@ -54,5 +57,6 @@ def trailing_realized_vol(
     span = ts - ts[first]
     with np.errstate(divide="ignore", invalid="ignore"):
         rv = np.sqrt(sum_sq / (span / SECONDS_PER_YEAR))
-    rv = np.where(span >= min_span_seconds, rv, np.nan)
+    n_returns = j - first
+    rv = np.where((span >= min_span_seconds) & (n_returns >= min_returns), rv, np.nan)
     return rv, span

@@ -14,6 +14,7 @@ import pytest
 
 from calib.data.compact import (
     SOURCES_METADATA_KEY,
+    CompactResult,
     compact_all,
     compact_day,
     compact_path,
@@ -132,8 +133,28 @@ def test_late_files_are_merged_into_the_existing_compact_file(tmp_path: Path) ->
     assert pl.read_parquet(result.path).equals(
         pl.concat([early, late]).sort("snapshot_ts", "instrument_name")
     )
-    assert len(read_compacted_sources(result.path)) == 5
+    # a new generation: the old compact file is never rewritten in place
+    assert result.path == compact_path(tmp_path, "BTC", DAY, generation=2)
+    assert result.path.name == "compact_2025-03-14_v2.parquet"
+    names = {e["name"] for e in read_compacted_sources(result.path)}
+    assert len(names) == 6 and "compact_2025-03-14.parquet" in names
     assert list_parquet_files(tmp_path, "BTC") == [result.path]
+    assert compact_day(tmp_path, "BTC", DAY).path == result.path  # idempotent
+
+
+def test_crash_after_a_recompaction_is_not_double_counted(tmp_path: Path) -> None:
+    write_snapshots(tmp_path, 2)
+    first = compact_day(tmp_path, "BTC", DAY).path
+    assert first is not None
+    backup = tmp_path / first.name
+    shutil.copy2(first, backup)
+    write_snapshots(tmp_path, 1, start=datetime(2025, 3, 14, 20, tzinfo=UTC))
+    second = compact_day(tmp_path, "BTC", DAY).path
+    shutil.copy2(backup, first)  # the old generation survived a crash
+
+    assert effective_parquet_files(tmp_path, "BTC") == [second]
+    recovered = compact_day(tmp_path, "BTC", DAY)
+    assert recovered.removed == (first,) and recovered.path == second and recovered.n_rows == 15
 
 
 def test_crash_between_publish_and_unlink_is_not_double_counted(tmp_path: Path) -> None:
@@ -282,14 +303,19 @@ def test_reader_sees_each_row_exactly_once_while_days_are_compacted(tmp_path: Pa
     assert len(list_parquet_files(tmp_path, "BTC")) == len(days)
 
 
-def test_reader_with_key_dedupe_survives_recompaction_of_a_day(tmp_path: Path) -> None:
+def test_reader_sees_each_row_exactly_once_while_a_day_is_recompacted(tmp_path: Path) -> None:
+    results: list[CompactResult] = []
+
     def work(committed: list[int]) -> None:
         start = datetime(DAY.year, DAY.month, DAY.day, 1, tzinfo=UTC)
         for round_ in range(12):
             write_snapshots(tmp_path, 2, start=start + timedelta(hours=round_))
             committed[0] += 10
-            compact_day(tmp_path, "BTC", DAY)
+            results.append(compact_day(tmp_path, "BTC", DAY))
 
-    problems, reads = _run_with_reader(tmp_path, work, dedupe=True)
+    problems, reads = _run_with_reader(tmp_path, work, dedupe=False)
     assert problems == [] and reads > 0
-    assert pl.read_parquet(compact_path(tmp_path, "BTC", DAY)).height == 120
+    last = results[-1].path
+    assert last is not None and last.name == "compact_2025-03-14_v12.parquet"
+    assert list_parquet_files(tmp_path, "BTC") == [last]
+    assert pl.read_parquet(last).height == 120

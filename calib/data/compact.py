@@ -5,46 +5,48 @@ readers are faster on one sorted file with row-group statistics. `compact_day`
 turns ``<root>/<UND>/date=YYYY-MM-DD/*.parquet`` into
 ``<root>/<UND>/date=YYYY-MM-DD/compact_YYYY-MM-DD.parquet``.
 
-How a reader never loses a row and need not double count one
-----------------------------------------------------------------
+How a reader never loses a row and never double counts one
+-----------------------------------------------------------
 There is no atomic "swap N files for 1" on a POSIX filesystem, so one of two
 windows must exist:
 
 1. *delete first* (write merged under a hidden name, unlink the sources, rename
-   the merged file in): readers never double count, but between the unlinks and
-   the rename the rows are missing, and a crash in that window loses them from
-   view until recovery;
+   the merged file in): no double count, but between the unlinks and the rename
+   the rows are missing, and a crash in that window hides them until recovery;
 2. *publish first* (what this module does): write the merged file under a hidden
-   temp name, fsync it, verify its row count, ``os.replace`` it in, fsync the
-   directory, and only then unlink the sources. No row is ever missing and a crash
-   at any point loses nothing; in the short window between the rename and the
-   unlinks (or after a crash there) a row is visible twice.
+   temp name, fsync it, verify its row count, rename it in, fsync the directory,
+   and only then unlink the sources. No row is ever missing and a crash at any
+   point loses nothing; between the rename and the unlinks (or after a crash
+   there) the rows are visible twice, which the reader-side rule removes.
 
-The double count is made harmless two ways:
+Reader-side rule (`effective_parquet_files`): the compact file's Parquet
+key-value metadata ``calib.compacted_from`` lists every file it absorbed as
+``{"name", "size_bytes", "mtime_ns"}``; a reader drops a file that a compact file
+*of the same listing and directory* lists with the same size and mtime (size and
+mtime, not just the name, so a new file reusing a merged name is never hidden).
+A file may vanish between listing and reading; on `FileNotFoundError` the
+reader lists again. Rows also carry a natural key ``(snapshot_ts,
+instrument_name)`` that a reader can ``unique()`` on as a belt and braces.
 
-- the compact file's Parquet key-value metadata ``calib.compacted_from`` lists
-  each merged source as ``{"name", "size_bytes", "mtime_ns"}``;
-  `effective_parquet_files` (the reader-side rule) drops a file that sits next to
-  a compact file listing it with the same size and mtime. Size and mtime, not
-  just the name, so a *new* file that reuses a merged name is never hidden. This
-  is exact for a day compacted once (completed days, `compact_all`);
-- every row is keyed by ``(snapshot_ts, instrument_name)``, so a reader may also
-  ``unique()`` on that key. That is needed only when late files are merged into
-  a day that already has a compact file: the compact file is then replaced in
-  place, and a reader that read its footer before the replacement and its rows
-  after it would see the late rows twice.
+Files are immutable once visible: a path never gets new content. This matters
+because polars reads a Parquet footer and its pages in separate opens, so a file
+replaced in place between the two gives a corrupt read. Hence when late files
+arrive for a day that is already compacted, the new merged file gets the next
+generation name ``compact_YYYY-MM-DD_v2.parquet`` (``_v3`` ...), lists the old
+compact file among its sources, and the old one is unlinked after it.
 
-Re-running is idempotent: sources already listed in the compact file are only
-unlinked (crash recovery), new files arriving later in the day are merged into
-the existing compact file (rewritten whole, again publish-first). Unreadable or
-incompatible files are left in place and reported. One compactor per partition
-at a time is assumed (the harvester may keep writing new files meanwhile).
+Re-running is idempotent: files already listed by a compact file are only
+unlinked (crash recovery). Unreadable or incompatible files are left in place
+and reported; an unreadable compact file stops work on that day (it may hold the
+only copy of its rows). One compactor per partition at a time is assumed; the
+harvester may keep writing new files meanwhile.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -62,6 +64,10 @@ from calib.errors import InvalidInputError, NoDataError
 COMPACT_STEM = "compact"
 SOURCES_METADATA_KEY = "calib.compacted_from"
 SORT_KEY: tuple[str, ...] = ("snapshot_ts", "instrument_name")
+_COMPACT_NAME = re.compile(rf"^{COMPACT_STEM}_(\d{{4}}-\d{{2}}-\d{{2}})(?:_v(\d+))?\.parquet$")
+
+_SigKey = tuple[str, int, int]
+_READ_ERRORS = (OSError, ValueError, pl.exceptions.PolarsError)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,16 +79,16 @@ class CompactResult:
     underlying, day
         The partition.
     path
-        The compact file (new or pre-existing), or None if the day has none.
+        The current compact file (new or pre-existing), or None if there is none.
     n_sources_merged
-        Source files merged in this run.
+        Snapshot files merged in this run (previous compact files not counted).
     n_rows
         Rows in the compact file after this run.
     removed
-        Source files unlinked (merged now, or merged by an earlier interrupted run).
+        Files unlinked: merged now, or merged by an earlier interrupted run.
     skipped
         ``(file, reason)`` for files left in place: unreadable, missing a key
-        column, or with columns of an incompatible type.
+        column, with columns of an incompatible type, or an unreadable compact file.
     not_removed
         ``(file, reason)`` for merged files that could not be unlinked; the compact
         file lists them, so `effective_parquet_files` already ignores them.
@@ -99,14 +105,15 @@ class CompactResult:
 
     @property
     def changed(self) -> bool:
-        """True when this run wrote a compact file or removed a source."""
+        """True when this run wrote a compact file or removed a file."""
         return self.n_sources_merged > 0 or bool(self.removed)
 
     def describe(self) -> str:
         """One log line."""
+        where = self.path if self.path is not None else "no compact file"
         text = (
             f"{self.underlying} {self.day:%Y-%m-%d}: merged {self.n_sources_merged} file(s), "
-            f"removed {len(self.removed)}, {self.n_rows} rows in {self.path}"
+            f"removed {len(self.removed)}, {self.n_rows} rows in {where}"
         )
         for path, reason in self.skipped:
             text += f"; skipped {path.name}: {reason}"
@@ -115,15 +122,27 @@ class CompactResult:
         return text
 
 
-def compact_path(data_root: Path, underlying: str, day: date) -> Path:
-    """``<root>/<UND>/date=YYYY-MM-DD/compact_YYYY-MM-DD.parquet``."""
-    return (
-        partition_dir(data_root, underlying, _day_start(day)) / f"{COMPACT_STEM}_{day:%Y-%m-%d}.parquet"
-    )
-
-
 def _day_start(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def compact_path(data_root: Path, underlying: str, day: date, generation: int = 1) -> Path:
+    """``<root>/<UND>/date=YYYY-MM-DD/compact_YYYY-MM-DD.parquet`` (``_vN`` for N > 1)."""
+    suffix = "" if generation <= 1 else f"_v{generation}"
+    name = f"{COMPACT_STEM}_{day:%Y-%m-%d}{suffix}.parquet"
+    return partition_dir(data_root, underlying, _day_start(day)) / name
+
+
+def _compact_generation(path: Path) -> int | None:
+    """Generation of a compact file name (1 for the plain name), None if not one."""
+    match = _COMPACT_NAME.match(path.name)
+    if match is None:
+        return None
+    return int(match.group(2)) if match.group(2) else 1
+
+
+def _is_compact(path: Path) -> bool:
+    return _compact_generation(path) is not None
 
 
 def _as_day(day: date | str) -> date:
@@ -145,16 +164,12 @@ def _check_underlying(underlying: str) -> str:
     return underlying
 
 
-def _is_compact(path: Path) -> bool:
-    return path.name.startswith(f"{COMPACT_STEM}_") and path.suffix == ".parquet"
-
-
 def _signature(path: Path) -> dict[str, Any]:
     st = path.stat()
     return {"name": path.name, "size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _sig_key(entry: dict[str, Any]) -> tuple[str, int, int]:
+def _sig_key(entry: dict[str, Any]) -> _SigKey:
     return (str(entry["name"]), int(entry["size_bytes"]), int(entry["mtime_ns"]))
 
 
@@ -163,48 +178,41 @@ def read_compacted_sources(compact_file: Path) -> list[dict[str, Any]]:
 
     Raises
     ------
-    OSError, polars.exceptions.PolarsError, ValueError
-        The footer cannot be read or the metadata is not valid JSON.
+    OSError, ValueError, polars.exceptions.PolarsError
+        The footer cannot be read or the metadata is not a JSON list.
     """
-    meta = pl.read_parquet_metadata(compact_file)
-    raw = meta.get(SOURCES_METADATA_KEY)
+    raw = pl.read_parquet_metadata(compact_file).get(SOURCES_METADATA_KEY)
     if raw is None:
         return []
     entries = json.loads(raw)
     if not isinstance(entries, list):
         raise ValueError(f"{SOURCES_METADATA_KEY} is not a list")
-    return [e for e in entries if isinstance(e, dict) and {"name", "size_bytes", "mtime_ns"} <= e.keys()]
+    required = {"name", "size_bytes", "mtime_ns"}
+    return [e for e in entries if isinstance(e, dict) and required <= e.keys()]
 
 
-def _merged_keys(compact_files: Iterable[Path]) -> set[tuple[str, int, int]]:
-    merged: set[tuple[str, int, int]] = set()
+def _merged_keys(compact_files: Iterable[Path]) -> set[_SigKey]:
+    merged: set[_SigKey] = set()
     for compact in compact_files:
         try:
             merged.update(_sig_key(e) for e in read_compacted_sources(compact))
-        except (OSError, ValueError, pl.exceptions.PolarsError):
+        except _READ_ERRORS:
             continue  # an unreadable (or vanished) compact file hides nothing
     return merged
 
 
 def effective_parquet_files(data_root: Path, underlying: str) -> list[Path]:
-    """`calib.data.layout.list_parquet_files` minus sources already merged into a compact file.
+    """`calib.data.layout.list_parquet_files` minus files a compact file already absorbed.
 
-    The reader-side rule for the publish-first window of `compact_day`: a file is
-    dropped when a ``compact_*.parquet`` *of the same listing and directory* lists
-    it with the same name, size and mtime. Only compact files seen in the listing
-    count, so a compact file published after the listing never hides sources
-    whose rows the reader would then not see.
+    The reader-side rule that keeps `compact_day`'s publish-first window from
+    double counting: a file is dropped when a compact file *of the same listing
+    and directory* lists it with the same name, size and mtime. Only compact
+    files seen in the listing count, so a compact file published after the
+    listing never hides files whose rows the reader would then miss. Compact and
+    snapshot files are immutable, so what the footer said is what gets read.
 
-    Exact for a day compacted once (the `compact_all` case): a reader sees either
-    the sources or the compact file, never both. Two cases need the reader's help:
-
-    - a source may vanish between listing and reading (the compactor unlinked
-      it): on `FileNotFoundError`, list again;
-    - when late files are merged into a day that already has a compact file, the
-      compact file is replaced in place, so a reader that read its footer before
-      the replacement and its rows after it sees the late rows twice. Readers
-      that may run while such a day is recompacted dedupe on
-      ``(snapshot_ts, instrument_name)``, the natural key of a row.
+    A listed file can vanish before it is read (the compactor unlinked it): on
+    `FileNotFoundError`, list again.
     """
     files = list_parquet_files(data_root, underlying)
     compacts_by_dir: dict[Path, list[Path]] = {}
@@ -215,12 +223,12 @@ def effective_parquet_files(data_root: Path, underlying: str) -> list[Path]:
     result: list[Path] = []
     for path in files:
         merged = merged_by_dir.get(path.parent)
-        if merged and not _is_compact(path):
+        if merged:
             try:
                 if _sig_key(_signature(path)) in merged:
                     continue
             except FileNotFoundError:
-                continue  # unlinked by the compactor: its rows are in the compact file
+                continue  # unlinked by the compactor: a listed compact file holds its rows
         result.append(path)
     return result
 
@@ -243,7 +251,7 @@ def _normalize(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(exprs)
 
 
-def _read_source(path: Path) -> pl.DataFrame:
+def _read_rows(path: Path) -> pl.DataFrame:
     frame = pl.read_parquet(path)
     missing = [c for c in SORT_KEY if c not in frame.columns]
     if missing:
@@ -271,10 +279,10 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _publish(frame: pl.DataFrame, target: Path, sources: list[dict[str, Any]]) -> None:
-    """Write ``frame`` to a hidden temp file, fsync, verify, rename over ``target``.
+    """Write ``frame`` to a hidden temp file, fsync, verify, rename to ``target``.
 
-    `calib.data.layout.atomic_write_parquet` cannot attach key-value metadata,
-    which the double-count rule needs, hence this twin of it.
+    A twin of `calib.data.layout.atomic_write_parquet` that also attaches the
+    ``calib.compacted_from`` key-value metadata the reader rule needs.
     """
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     tmp = Path(tmp_name)
@@ -324,73 +332,79 @@ def compact_day(data_root: Path, underlying: str, date: date | str) -> CompactRe
 
     Notes
     -----
-    Merged rows are sorted by ``(snapshot_ts, instrument_name)``, contract columns
-    cast to `calib.data.schema.HARVEST_SCHEMA` (timestamps ms UTC), extra columns
-    kept; zstd, row-group statistics on. Publish-first ordering and the reader
-    rule are described in the module docstring.
+    Merged rows are sorted by ``(snapshot_ts, instrument_name)``; contract columns
+    are cast to `calib.data.schema.HARVEST_SCHEMA` (timestamps ms UTC), extra
+    columns kept; zstd, row-group statistics on. Only the partition directory's
+    own files are merged (not subdirectories). Ordering, crash safety and the
+    reader rule are described in the module docstring.
     """
     und = _check_underlying(underlying)
     day = _as_day(date)
-    target = compact_path(Path(data_root), und, day)
-    directory = target.parent
+    directory = compact_path(Path(data_root), und, day).parent
     if not directory.is_dir():
         raise NoDataError(f"no partition for {und} on {day:%Y-%m-%d}: {directory} does not exist")
 
-    listed: list[dict[str, Any]] = []
-    base: pl.DataFrame | None = None
-    if target.exists():
-        try:
-            listed = read_compacted_sources(target)
-            base = _normalize(pl.read_parquet(target))
-        except (OSError, ValueError, pl.exceptions.PolarsError) as e:
-            # Never overwrite a compact file we cannot read: it may hold the only copy.
-            return CompactResult(
-                underlying=und,
-                day=day,
-                path=target,
-                n_sources_merged=0,
-                n_rows=0,
-                skipped=((target, f"unreadable compact file: {e}"),),
-            )
-    listed_keys = {_sig_key(e) for e in listed}
-
-    stale: list[Path] = []
-    new_frames: list[pl.DataFrame] = []
-    new_sources: list[tuple[Path, dict[str, Any]]] = []
-    skipped: list[tuple[Path, str]] = []
-    candidates = sorted(
-        p
-        for p in directory.glob("*.parquet")
-        if p.is_file() and not p.name.startswith(".") and p != target
+    files = sorted(
+        p for p in directory.glob("*.parquet") if p.is_file() and not p.name.startswith(".")
     )
-    for path in candidates:
+    compacts = [p for p in files if _is_compact(p)]
+    listed: dict[_SigKey, dict[str, Any]] = {}
+    for compact in compacts:
+        try:
+            listed.update((_sig_key(e), e) for e in read_compacted_sources(compact))
+        except _READ_ERRORS as e:
+            return _unreadable_compact(und, day, compact, e)
+
+    stale: list[Path] = []  # absorbed by a compact file already
+    pending: list[tuple[Path, dict[str, Any], bool]] = []  # (file, signature, is_compact)
+    for path in files:
         try:
             sig = _signature(path)
         except FileNotFoundError:
             continue
-        if _sig_key(sig) in listed_keys:
-            stale.append(path)  # merged by an earlier run that stopped before unlinking
-            continue
-        try:
-            frame = _read_source(path)
-            if _sig_key(_signature(path)) != _sig_key(sig):
-                raise ValueError("file changed while being read; will retry next run")
-        except (OSError, ValueError, pl.exceptions.PolarsError) as e:
-            skipped.append((path, f"{type(e).__name__}: {e}"))
-            continue
-        new_frames.append(frame)
-        new_sources.append((path, sig))
+        if _sig_key(sig) in listed:
+            stale.append(path)
+        else:
+            pending.append((path, sig, _is_compact(path)))
 
-    n_rows = base.height if base is not None else 0
-    if new_frames:
-        parts = ([base] if base is not None else []) + new_frames
-        merged = _order_columns(pl.concat(parts, how="diagonal_relaxed")).sort(list(SORT_KEY))
-        _publish(merged, target, listed + [sig for _, sig in new_sources])
+    current = [p for p, _, is_compact in pending if is_compact]
+    new_sources = [(p, sig) for p, sig, is_compact in pending if not is_compact]
+    frames: list[pl.DataFrame] = []
+    absorbed: list[tuple[Path, dict[str, Any]]] = []
+    skipped: list[tuple[Path, str]] = []
+    merged_count = 0
+    if new_sources or len(current) > 1:
+        for path, sig, is_compact in pending:
+            try:
+                frame = _read_rows(path)
+                if _sig_key(_signature(path)) != _sig_key(sig):
+                    raise ValueError("file changed while being read; will retry next run")
+            except _READ_ERRORS as e:
+                if is_compact:
+                    return _unreadable_compact(und, day, path, e)
+                skipped.append((path, f"{type(e).__name__}: {e}"))
+                continue
+            frames.append(frame)
+            absorbed.append((path, sig))
+            merged_count += 0 if is_compact else 1
+
+    target = current[0] if len(current) == 1 else None
+    n_rows = _row_count(target)
+    if merged_count > 0 or len(current) > 1:
+        generation = max((g for p in files if (g := _compact_generation(p))), default=0) + 1
+        target = compact_path(Path(data_root), und, day, generation)
+        while target.exists():  # never give an existing path new content
+            generation += 1
+            target = compact_path(Path(data_root), und, day, generation)
+        merged = _order_columns(pl.concat(frames, how="diagonal_relaxed")).sort(list(SORT_KEY))
+        _publish(merged, target, [*listed.values(), *(sig for _, sig in absorbed)])
         n_rows = merged.height
+    else:
+        absorbed = []
 
     removed: list[Path] = []
     not_removed: list[tuple[Path, str]] = []
-    for path in stale + [p for p, _ in new_sources]:
+    for path in [*stale, *(p for p, _ in absorbed)]:
         try:
             path.unlink()
             removed.append(path)
@@ -401,12 +415,33 @@ def compact_day(data_root: Path, underlying: str, date: date | str) -> CompactRe
     return CompactResult(
         underlying=und,
         day=day,
-        path=target if target.exists() else None,
-        n_sources_merged=len(new_frames),
+        path=target,
+        n_sources_merged=merged_count,
         n_rows=n_rows,
         removed=tuple(removed),
         skipped=tuple(skipped),
         not_removed=tuple(not_removed),
+    )
+
+
+def _row_count(path: Path | None) -> int:
+    if path is None:
+        return 0
+    try:
+        return int(pl.scan_parquet(path).select(pl.len()).collect().item())
+    except _READ_ERRORS:
+        return 0
+
+
+def _unreadable_compact(und: str, day: date, path: Path, error: BaseException) -> CompactResult:
+    # Never touch a day whose compact file we cannot read: it may hold the only copy.
+    return CompactResult(
+        underlying=und,
+        day=day,
+        path=path,
+        n_sources_merged=0,
+        n_rows=0,
+        skipped=((path, f"unreadable compact file: {type(error).__name__}: {error}"),),
     )
 
 

@@ -90,6 +90,7 @@ _REQUIRED_INPUT: tuple[str, ...] = (
     "mark_price",
     "underlying_price",
 )
+_REQUIRED_FLOATS: tuple[str, ...] = ("strike", "mark_price", "underlying_price")
 # Nullable float columns copied as they are (same name in Tardis and in the harvest schema).
 _OPTIONAL_FLOATS: tuple[str, ...] = (
     "mark_iv",
@@ -394,7 +395,7 @@ def _iter_csv_batches(
         skipped["unparsable"] = skipped.get("unparsable", 0) + 1
         return "skip"
 
-    read_options = pacsv.ReadOptions(block_size=int(min(max(batch_rows * 200, 1 << 14), 1 << 23)))
+    read_options = pacsv.ReadOptions(block_size=_block_size(batch_rows))
     parse_options = pacsv.ParseOptions(invalid_row_handler=on_invalid_row)
     convert_options = pacsv.ConvertOptions(
         include_columns=include,
@@ -420,12 +421,18 @@ def _iter_csv_batches(
                     n_buffered += take
                     offset += take
                     if n_buffered >= batch_rows:
-                        yield _to_frame(buffered, include, columns)
-                        buffered, n_buffered = [], 0
+                        frame = _to_frame(buffered, include, columns)
+                        buffered, n_buffered = [], 0  # free the Arrow copy before yielding
+                        yield frame
     except (OSError, pa.ArrowInvalid) as e:
         raise InvalidInputError(f"cannot read {path}: {e}") from e
     if buffered:
         yield _to_frame(buffered, include, columns)
+
+
+def _block_size(batch_rows: int) -> int:
+    """CSV block bytes: about `batch_rows` rows (~200 bytes each), within 16 KiB..8 MiB."""
+    return int(min(max(batch_rows * 200, 1 << 14), 1 << 23))
 
 
 def _to_frame(
@@ -451,81 +458,86 @@ def _classify(
 ) -> pl.DataFrame:
     """Type one raw string batch, count bad rows by reason, return the usable ones.
 
-    Usable rows keep their `zero_mark` rows too (counted as skipped): they are
-    the instrument's latest state, so its older non-zero mark must not linger.
+    Rows of other exchanges and currencies are dropped first, on two cheap
+    string tests, so only this underlying's rows are cast. Usable rows keep
+    their `zero_mark` rows (counted as skipped): they are the instrument's
+    latest state, so its older non-zero mark must not linger.
     """
-    ts = pl.col("timestamp").cast(pl.Int64, strict=False)
-    expiry = pl.col("expiration").cast(pl.Int64, strict=False)
-    strike = pl.col("strike_price").cast(pl.Float64, strict=False)
-    mark = pl.col("mark_price").cast(pl.Float64, strict=False)
-    fwd = pl.col("underlying_price").cast(pl.Float64, strict=False)
-    typed = raw.lazy().with_columns(
-        _ts=ts,
-        _expiry=expiry,
-        _strike=strike,
-        _mark=mark,
-        _fwd=fwd,
-        _prefix=pl.col("symbol").str.extract(r"^([^-]+)-", 1),
-        **{f"_{name}": pl.col(name).cast(pl.Float64, strict=False) for name in _OPTIONAL_FLOATS},
-    )
-    not_finite = [
-        ~pl.col(name).is_finite().fill_null(False) for name in ("_strike", "_mark", "_fwd")
-    ]
-    garbage = [
-        pl.col(name).is_not_null() & pl.col(f"_{name}").is_null() for name in _OPTIONAL_FLOATS
-    ]
-    unparsable = pl.any_horizontal(
-        pl.col("_ts").is_null(),
-        pl.col("_expiry").is_null(),
-        *not_finite,
-        *garbage,
-        ~pl.col("type").is_in(["call", "put"]).fill_null(False),
-        ~pl.col("symbol").str.contains(INSTRUMENT_PATTERN).fill_null(False),
-    )
-    invalid = (
-        (pl.col("_ts") <= 0)
-        | (pl.col("_expiry") <= 0)
-        | (pl.col("_strike") <= 0)
-        | (pl.col("_fwd") <= 0)
-        | (pl.col("_mark") < 0)
-    )
-    reason = (
-        pl.when(pl.col("exchange").is_null() | pl.col("_prefix").is_null())
+    symbol = pl.col("symbol")
+    scope = (
+        pl.when(pl.col("exchange").is_null() | symbol.is_null())
         .then(pl.lit("unparsable"))
         .when(pl.col("exchange") != _EXCHANGE)
         .then(pl.lit("other_exchange"))
-        .when(pl.col("_prefix").str.starts_with(f"{underlying}_"))
+        .when(symbol.str.starts_with(f"{underlying}-"))
+        .then(pl.lit(None, pl.String))
+        .when(symbol.str.starts_with(f"{underlying}_"))
         .then(pl.lit("linear_usdc"))
-        .when(pl.col("_prefix") != underlying)
-        .then(pl.lit("other_underlying"))
-        .when(unparsable)
+        .otherwise(pl.lit("other_underlying"))
+    )
+    scoped = raw.select(_reason=scope)
+    _count_reasons(skipped, scoped.get_column("_reason"))
+    mine = raw.filter(scoped.get_column("_reason").is_null())
+    names = mine.get_column("symbol").unique()
+    valid_names = names.filter(names.str.contains(INSTRUMENT_PATTERN))
+
+    def number(name: str) -> pl.Expr:
+        return pl.col(name).cast(pl.Float64, strict=False)
+
+    typed = mine.lazy().select(
+        instrument_name=symbol,
+        option_type=pl.col("type").replace_strict(
+            {"call": "C", "put": "P"}, default=None, return_dtype=pl.String
+        ),
+        ts=pl.col("timestamp").cast(pl.Int64, strict=False),
+        expiry_us=pl.col("expiration").cast(pl.Int64, strict=False),
+        strike=number("strike_price"),
+        mark_price=number("mark_price"),
+        underlying_price=number("underlying_price"),
+        _name_ok=symbol.is_in(valid_names.implode()),
+        # text that is present but not a number (empty cells are plain nulls)
+        _garbage=pl.any_horizontal(
+            pl.col(name).is_not_null() & number(name).is_null() for name in _OPTIONAL_FLOATS
+        ),
+        **{name: _finite_or_null(number(name)) for name in _OPTIONAL_FLOATS},
+    )
+    unparsable = pl.any_horizontal(
+        pl.col("ts").is_null(),
+        pl.col("expiry_us").is_null(),
+        pl.col("option_type").is_null(),
+        ~pl.col("_name_ok"),
+        pl.col("_garbage"),
+        *(~pl.col(name).is_finite().fill_null(False) for name in _REQUIRED_FLOATS),
+    )
+    invalid = (
+        (pl.col("ts") <= 0)
+        | (pl.col("expiry_us") <= 0)
+        | (pl.col("strike") <= 0)
+        | (pl.col("underlying_price") <= 0)
+        | (pl.col("mark_price") < 0)
+    )
+    reason = (
+        pl.when(unparsable)
         .then(pl.lit("unparsable"))
         .when(invalid)
         .then(pl.lit("invalid_value"))
-        .when(pl.col("_mark") == 0)
+        .when(pl.col("mark_price") == 0)
         .then(pl.lit("zero_mark"))
         .otherwise(pl.lit(None, pl.String))
     )
     df = typed.with_columns(_reason=reason).collect()
-    counts = df.get_column("_reason").drop_nulls().value_counts()
-    for name, n in counts.iter_rows():
-        skipped[name] = skipped.get(name, 0) + int(n)
+    _count_reasons(skipped, df.get_column("_reason"))
+    usable = pl.col("_reason").is_null() | (pl.col("_reason") == "zero_mark")
     return (
-        df.lazy()
-        .filter(pl.col("_reason").is_null() | (pl.col("_reason") == "zero_mark"))
-        .select(
-            ts=pl.col("_ts"),
-            bnd=((pl.col("_ts") + (every_us - 1)) // every_us) * every_us,
-            instrument_name=pl.col("symbol"),
-            expiry_us=pl.col("_expiry"),
-            strike=pl.col("_strike"),
-            option_type=pl.when(pl.col("type") == "call").then(pl.lit("C")).otherwise(pl.lit("P")),
-            mark_price=pl.col("_mark"),
-            underlying_price=pl.col("_fwd"),
-            **{name: _finite_or_null(pl.col(f"_{name}")) for name in _OPTIONAL_FLOATS},
-        )
-        .collect()
+        df.filter(usable)
+        .with_columns(bnd=((pl.col("ts") + (every_us - 1)) // every_us) * every_us)
+        .select(list(_STATE_SCHEMA))
     )
+
+
+def _count_reasons(skipped: dict[str, int], reasons: pl.Series) -> None:
+    for name, n in reasons.drop_nulls().value_counts().iter_rows():
+        skipped[name] = skipped.get(name, 0) + int(n)
 
 
 # --------------------------------------------------------------------------- index

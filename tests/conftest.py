@@ -1,0 +1,27 @@
+"""Shared fixtures: exact-model harvests on disk and a temporary history file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.synth import END, exact_market
+
+
+@pytest.fixture
+def exact_harvest(tmp_path: Path) -> Path:
+    """BTC harvest, 10 days hourly, market IV = RV_7d x 1.2 (flat skew)."""
+    root = tmp_path / "harvest"
+    exact_market(root)
+    return root
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "history.duckdb"
+
+
+@pytest.fixture
+def end_ts() -> str:
+    return END.isoformat()

@@ -1,0 +1,109 @@
+"""Engine: recovery of known multipliers and skew on an exact-model market; result contract."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calib.calibration import run_historical_calibration_from_harvest
+from calib.config import CalibrationConfig, HarvestConfig, SkewConfig
+from tests.synth import END, exact_market
+
+FLAT = SkewConfig(anchors_z=(-2.0, -1.0, 0.0, 1.0, 2.0), current_ratios=(1.0, 1.0, 1.0, 1.0, 1.0))
+
+
+def _config(root: Path, **kw: object) -> CalibrationConfig:
+    base = dict(underlying="BTC", min_dte=0.0, max_dte=10.0, lookback_days=2.0, skew=FLAT,
+                harvest=HarvestConfig(data_root=root, end_time=END))
+    base.update(kw)
+    return CalibrationConfig(**base)  # type: ignore[arg-type]
+
+
+def test_recovers_known_multiplier(exact_harvest: Path) -> None:
+    r = run_historical_calibration_from_harvest(_config(exact_harvest))
+    gm = r.global_metrics
+    assert gm.recommended_iv_multiplier == pytest.approx(1.2, abs=1e-9)
+    assert gm.at_recommended.mae_pct == pytest.approx(0.0, abs=1e-6)
+    assert gm.at_recommended.vega_weighted_mae_pct == pytest.approx(0.0, abs=1e-6)
+    assert gm.tested.bias_pct < 0  # tested at 1.0 < 1.2: model prices too low
+    assert r.status == "ok", r.reason
+    assert r.data_quality.coverage_pct == pytest.approx(100.0)
+
+
+def test_recovers_band_multipliers_and_skew(tmp_path: Path) -> None:
+    root = tmp_path / "h"
+    ratios = (1.4, 1.15, 1.0, 1.05, 1.2)
+    exact_market(root, m_by_dte=((0, 10, 1.1), (10, 45, 1.3), (45, 1000, 0.9)), ratios=ratios)
+    skew = SkewConfig(anchors_z=FLAT.anchors_z, current_ratios=ratios)
+    # The global range (the skew's fitting set) is the weekly band: one multiplier there.
+    r = run_historical_calibration_from_harvest(_config(root, skew=skew))
+    by_name = {b.name: b for b in r.bands}
+    assert by_name["weekly"].recommended_iv_multiplier == pytest.approx(1.1, abs=1e-6)
+    assert by_name["monthly"].recommended_iv_multiplier == pytest.approx(1.3, abs=1e-6)
+    assert by_name["quarterly"].recommended_iv_multiplier == pytest.approx(0.9, abs=1e-6)
+    assert by_name["monthly"].metrics.mae_pct == pytest.approx(0.0, abs=1e-5)
+    # Skew fit with the flat current curve finds the market's ratios.
+    flat = run_historical_calibration_from_harvest(_config(root))
+    assert flat.global_metrics.recommended_iv_multiplier == pytest.approx(1.1, abs=1e-6)
+    assert flat.global_metrics.at_recommended.mae_pct == pytest.approx(0.0, abs=1e-5)
+    assert flat.skew is not None
+    assert np.allclose(flat.skew.recommended, ratios, atol=0.02)
+    assert flat.skew.largest_diff_anchor == -2.0
+    assert flat.skew.max_abs_diff == pytest.approx(0.4, abs=0.02)
+
+
+def test_result_json_has_contract_keys_and_no_nan(exact_harvest: Path) -> None:
+    d = run_historical_calibration_from_harvest(_config(exact_harvest)).to_dict()
+    text = json.dumps(d, allow_nan=False)
+    assert "NaN" not in text
+    for key in ("run_id", "created_at", "source", "underlying", "status", "reason", "applied", "dte_min",
+                "dte_max", "lookback_days", "n_samples", "n_snapshots", "global_metrics", "bands",
+                "option_type_metrics", "skew", "recommended_surface", "data_quality"):
+        assert key in d
+    for key in ("multiplier_tested", "recommended_iv_multiplier", "at_bound", "mae_pct", "mae_vol_points",
+                "vega_weighted_mae_pct", "bias_pct", "tested", "rv_7d_pct", "atm_iv_pct"):
+        assert key in d["global_metrics"]
+    assert set(d["skew"]) >= {"anchors", "current", "recommended", "misfit", "max_abs_diff", "largest_diff_anchor"}
+    assert set(d["data_quality"]) >= {"status", "issues", "rows_scanned", "rows_used", "excluded", "coverage_pct"}
+    assert [b["name"] for b in d["bands"]] == ["weekly", "monthly", "quarterly"]
+    assert {o["option_type"] for o in d["option_type_metrics"]} == {"C", "P"}
+    assert d["applied"] is False
+
+
+def test_max_samples_is_deterministic(exact_harvest: Path) -> None:
+    cfg = _config(exact_harvest, max_samples=500)
+    a = run_historical_calibration_from_harvest(cfg)
+    b = run_historical_calibration_from_harvest(cfg)
+    assert a.n_samples <= 500
+    assert a.data_quality.excluded["sampled_out"] > 0
+    assert a.global_metrics.to_dict() == b.global_metrics.to_dict()
+
+
+def test_option_type_filter(exact_harvest: Path) -> None:
+    r = run_historical_calibration_from_harvest(_config(exact_harvest, option_types=("P",)))
+    assert [o.option_type for o in r.option_type_metrics] == ["P"]
+    assert r.data_quality.excluded["option_type_not_selected"] > 0
+
+
+def test_at_bound_fails(tmp_path: Path) -> None:
+    root = tmp_path / "h"
+    exact_market(root, m_by_dte=((0, 1000, 5.0),))
+    r = run_historical_calibration_from_harvest(_config(root))
+    assert r.global_metrics.at_bound is True
+    assert r.global_metrics.recommended_iv_multiplier == pytest.approx(4.0)
+    assert r.status == "failed"
+    assert "bound" in r.reason
+
+
+def test_live_and_harvested_share_the_engine(exact_harvest: Path) -> None:
+    from calib.live import run_calibration_extended
+
+    cfg = replace(_config(exact_harvest), source="live", replay=True)
+    live = run_calibration_extended(cfg)
+    assert live.source == "live"
+    assert live.n_snapshots == 1
+    assert live.global_metrics.recommended_iv_multiplier == pytest.approx(1.2, abs=1e-9)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +132,201 @@ def run_sql(db_path: Path, sql: str) -> pl.DataFrame:
             return _frame(con, text)
     except duckdb.Error as e:
         raise StoreError(f"query failed: {e}") from e
+
+
+# --------------------------------------------------------------------------- dashboard (app.py)
+#
+# One read-only connection per call, every timestamp as a UTC polars datetime
+# (polars converts through Arrow; fetching TIMESTAMPTZ as Python objects would
+# need pytz). Columns an old file lacks come back as nulls, like `list_runs`.
+
+APP_RUN_COLUMNS: tuple[str, ...] = (
+    *HISTORY_COLUMNS, "mae_vol_points", "n_snapshots", "coverage_pct", "window_start", "window_end",
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryFileInfo:
+    """What the history file holds, so the app can say which command to run."""
+
+    path: str
+    exists: bool
+    initialized: bool  # has the `calibration_runs` table
+    schema_version: int | None
+    runs: dict[str, dict[str, int]] = field(default_factory=dict)  # underlying -> source -> count
+
+    @property
+    def n_runs(self) -> int:
+        return sum(n for by_source in self.runs.values() for n in by_source.values())
+
+    def count(self, underlying: str, source: str | None = None) -> int:
+        by_source = self.runs.get(underlying, {})
+        return by_source.get(source, 0) if source else sum(by_source.values())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunDetail:
+    """One run: its flat columns (`APP_RUN_COLUMNS`) and its stored result JSON ({} if none)."""
+
+    run: dict[str, Any]
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DashboardData:
+    """Everything the dashboard shows for one underlying, read in one connection."""
+
+    underlying: str
+    info: HistoryFileInfo
+    latest_live: RunDetail | None
+    live_runs: pl.DataFrame  # newest first
+    auto_history: pl.DataFrame  # harvested runs, newest window first
+    applied: pl.DataFrame  # scope, multiplier, updated_at, run_id (global first)
+    loaded_at: datetime
+
+
+def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    # fetchall (not fetchone): duckdb 2.0 refuses `con.sql` while an execute() result is unfinished
+    return {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+
+
+def _utc(df: pl.DataFrame) -> pl.DataFrame:
+    """Every datetime column in UTC (naive values are taken as UTC)."""
+    exprs = []
+    for name, dtype in df.schema.items():
+        if isinstance(dtype, pl.Datetime):
+            col = pl.col(name)
+            exprs.append(col.dt.convert_time_zone("UTC") if dtype.time_zone else col.dt.replace_time_zone("UTC"))
+    return df.with_columns(exprs) if exprs else df
+
+
+def _info(con: duckdb.DuckDBPyConnection, db_path: Path) -> HistoryFileInfo:
+    tables = _tables(con)
+    if "calibration_runs" not in tables:
+        return HistoryFileInfo(path=str(db_path), exists=True, initialized=False, schema_version=None)
+    version = None
+    if "schema_migrations" in tables:
+        row = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        version = int(row[0]) if row and row[0] is not None else None
+    runs: dict[str, dict[str, int]] = {}
+    for und, source, n in con.execute(
+        "SELECT underlying, source, count(*) FROM calibration_runs GROUP BY ALL ORDER BY ALL"
+    ).fetchall():
+        runs.setdefault(str(und), {})[str(source)] = int(n)
+    return HistoryFileInfo(path=str(db_path), exists=True, initialized=True, schema_version=version, runs=runs)
+
+
+def _runs(con: duckdb.DuckDBPyConnection, *, underlying: str, source: str | None = None,
+          run_id: str | None = None, limit: int = 50, by_window: bool = False,
+          with_result: bool = False) -> pl.DataFrame:
+    have = _columns(con, "calibration_runs")
+    names = (*APP_RUN_COLUMNS, "result") if with_result else APP_RUN_COLUMNS
+    cols = ", ".join(c if c in have else f"NULL AS {c}" for c in names)
+    where, params = ["underlying = ?"], [underlying]
+    if source:
+        where.append("source = ?")
+        params.append(source)
+    if run_id:
+        where.append("run_id = ?")
+        params.append(run_id)
+    order = "coalesce(window_end, created_at)" if by_window and "window_end" in have else "created_at"
+    sql = (f"SELECT {cols} FROM calibration_runs WHERE {' AND '.join(where)} "
+           f"ORDER BY {order} DESC, created_at DESC LIMIT ?")
+    return _utc(_frame(con, sql, [*params, int(limit)]))
+
+
+def _detail(frame: pl.DataFrame) -> RunDetail | None:
+    if frame.height == 0:
+        return None
+    row = frame.row(0, named=True)
+    text = row.pop("result", None)
+    try:
+        result = json.loads(text) if text else {}
+    except (TypeError, ValueError):
+        result = {}
+    return RunDetail(run=row, result=result if isinstance(result, dict) else {})
+
+
+def _applied(con: duckdb.DuckDBPyConnection, underlying: str) -> pl.DataFrame:
+    tables = _tables(con)
+    view = "current_applied_multipliers" if "current_applied_multipliers" in tables else None
+    if view is None and "applied_multipliers" in tables:
+        view = "applied_multipliers"
+    if view is None:
+        return pl.DataFrame(schema={"scope": pl.String, "multiplier": pl.Float64,
+                                    "updated_at": pl.Datetime("us", "UTC"), "run_id": pl.String})
+    return _utc(_frame(
+        con,
+        f"SELECT scope, multiplier, updated_at, run_id FROM {view} WHERE underlying = ? "
+        "ORDER BY CASE WHEN scope = 'global' THEN 0 ELSE 1 END, scope",
+        [underlying],
+    ))
+
+
+def history_file_info(db_path: Path) -> HistoryFileInfo:
+    """Whether the file exists and is initialized, and its run counts per underlying and source."""
+    if not Path(db_path).exists():
+        return HistoryFileInfo(path=str(db_path), exists=False, initialized=False, schema_version=None)
+    with connect(db_path, read_only=True) as con:
+        return _info(con, Path(db_path))
+
+
+def applied_multipliers(db_path: Path, underlying: str) -> pl.DataFrame:
+    """Current applied multipliers per scope (global first) with their own `updated_at` and `run_id`.
+
+    Reads only the view `current_applied_multipliers` (the one source of truth);
+    an empty frame when nothing was ever applied or the file does not exist.
+    """
+    if not Path(db_path).exists():
+        return pl.DataFrame(schema={"scope": pl.String, "multiplier": pl.Float64,
+                                    "updated_at": pl.Datetime("us", "UTC"), "run_id": pl.String})
+    with connect(db_path, read_only=True) as con:
+        return _applied(con, underlying)
+
+
+def run_detail(db_path: Path, underlying: str, run_id: str) -> RunDetail | None:
+    """One run of `underlying` with its parsed result JSON (None when it does not exist)."""
+    with connect(db_path, read_only=True) as con:
+        if "calibration_runs" not in _tables(con):
+            return None
+        return _detail(_runs(con, underlying=underlying, run_id=run_id, limit=1, with_result=True))
+
+
+def latest_live_run_id(db_path: Path, underlying: str) -> str | None:
+    """The newest live run of `underlying`: the run Force-Apply Latest would apply."""
+    if not Path(db_path).exists():
+        return None
+    with connect(db_path, read_only=True) as con:
+        if "calibration_runs" not in _tables(con):
+            return None
+        row = con.execute(
+            "SELECT run_id FROM calibration_runs WHERE underlying = ? AND source = 'live' "
+            "ORDER BY created_at DESC LIMIT 1",
+            [underlying],
+        ).fetchone()
+    return str(row[0]) if row else None
+
+
+def dashboard_data(db_path: Path, underlying: str, *, history_limit: int = 50,
+                   live_limit: int = 20) -> DashboardData:
+    """All sections of the app for one underlying, read in one short read-only connection.
+
+    A missing or empty file is not an error: `info` says so and the frames are empty.
+    """
+    now = datetime.now(UTC)
+    empty = pl.DataFrame()
+    if not Path(db_path).exists():
+        return DashboardData(underlying=underlying, info=history_file_info(db_path), latest_live=None,
+                             live_runs=empty, auto_history=empty, applied=applied_multipliers(db_path, underlying),
+                             loaded_at=now)
+    with connect(db_path, read_only=True) as con:
+        info = _info(con, Path(db_path))
+        applied = _applied(con, underlying)
+        if not info.initialized:
+            return DashboardData(underlying=underlying, info=info, latest_live=None, live_runs=empty,
+                                 auto_history=empty, applied=applied, loaded_at=now)
+        live = _runs(con, underlying=underlying, source="live", limit=live_limit)
+        history = _runs(con, underlying=underlying, source="harvested", limit=history_limit, by_window=True)
+        latest = _detail(_runs(con, underlying=underlying, source="live", limit=1, with_result=True))
+    return DashboardData(underlying=underlying, info=info, latest_live=latest, live_runs=live,
+                         auto_history=history, applied=applied, loaded_at=now)

@@ -87,7 +87,9 @@ def book_entries(currency: str, now: datetime | None = None) -> list[dict[str, A
                         "volume_usd": 1200.5,
                         "volume": 12.0,
                         "underlying_price": forward,
-                        "underlying_index": f"{currency}-{code}" if days == 30 else f"SYN.{currency}-{code}",
+                        "underlying_index": f"{currency}-{code}"
+                        if days == 30
+                        else f"SYN.{currency}-{code}",
                         "quote_currency": currency,
                         "price_change": None,
                         "open_interest": 150.5,
@@ -223,7 +225,14 @@ class FakeDeribit:
             body = {"jsonrpc": "2.0", "error": {"code": -32602, "message": f"Invalid params: {e}"}}
             self._send(h, 400, json.dumps(body).encode())
             return
-        body = {"jsonrpc": "2.0", "result": result, "usIn": 1, "usOut": 2, "usDiff": 1, "testnet": False}
+        body = {
+            "jsonrpc": "2.0",
+            "result": result,
+            "usIn": 1,
+            "usOut": 2,
+            "usDiff": 1,
+            "testnet": False,
+        }
         self._send(h, 200, json.dumps(body).encode())
 
     def _result(self, method: str, params: dict[str, str]) -> Any:
@@ -234,14 +243,17 @@ class FakeDeribit:
             return self.book.get(currency) or book_entries(currency)
         if method == "public/get_index_price":
             currency = params["index_name"].split("_")[0].upper()
-            return {"index_price": INDEX_USD[currency], "estimated_delivery_price": INDEX_USD[currency]}
+            return {
+                "index_price": INDEX_USD[currency],
+                "estimated_delivery_price": INDEX_USD[currency],
+            }
         if method == "public/get_index_chart_data":
             currency = params["index_name"].split("_")[0].upper()
-            hours = {"1h": 1, "1d": 24, "2d": 48, "1m": 720, "1y": 8760, "all": 8760}[params["range"]]
-            now_ms = int(datetime.now(UTC).timestamp() * 1000) // 3_600_000 * 3_600_000
-            return [
-                [now_ms - i * 3_600_000, INDEX_USD[currency] + i] for i in range(hours, -1, -1)
+            hours = {"1h": 1, "1d": 24, "2d": 48, "1m": 720, "1y": 8760, "all": 8760}[
+                params["range"]
             ]
+            now_ms = int(datetime.now(UTC).timestamp() * 1000) // 3_600_000 * 3_600_000
+            return [[now_ms - i * 3_600_000, INDEX_USD[currency] + i] for i in range(hours, -1, -1)]
         if method == "public/get_tradingview_chart_data":
             start, end = int(params["start_timestamp"]), int(params["end_timestamp"])
             step = 60_000 * (1440 if params["resolution"] == "1D" else int(params["resolution"]))

@@ -10,11 +10,11 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import polars as pl
 import pytest
-from fake_deribit import INDEX_USD, Fail, FakeDeribit, book_entries
 
 from calib.data.schema import HARVEST_SCHEMA
 from calib.errors import InvalidInputError, SourceError
 from calib.sources.deribit import DeribitClient
+from tests.fake_deribit import INDEX_USD, Fail, FakeDeribit, book_entries
 
 BOOK = "public/get_book_summary_by_currency"
 INDEX = "public/get_index_price"
@@ -37,10 +37,14 @@ def test_book_summary_fields_and_units(client: DeribitClient, fake: FakeDeribit)
     frame = client.book_summary("BTC", snapshot_ts=snap)
 
     assert frame.schema == pl.Schema(HARVEST_SCHEMA)
-    raw = {e["instrument_name"]: e for e in book_entries("BTC") if "_USDC" not in e["instrument_name"]}
+    raw = {
+        e["instrument_name"]: e for e in book_entries("BTC") if "_USDC" not in e["instrument_name"]
+    }
     assert frame.height == len(raw) == 12  # the linear BTC_USDC option is skipped
     assert not frame["instrument_name"].str.contains("_USDC").any()
-    assert frame["snapshot_ts"].unique().to_list() == [datetime(2025, 1, 2, 3, 4, 5, 678_000, tzinfo=UTC)]
+    assert frame["snapshot_ts"].unique().to_list() == [
+        datetime(2025, 1, 2, 3, 4, 5, 678_000, tzinfo=UTC)
+    ]
 
     row = frame.row(0, named=True)
     src = raw[row["instrument_name"]]
@@ -129,7 +133,10 @@ def test_other_4xx_is_not_retried(client: DeribitClient, fake: FakeDeribit) -> N
 
 def test_jsonrpc_error_object_is_a_source_error(client: DeribitClient, fake: FakeDeribit) -> None:
     fake.script(BOOK, [Fail.rpc_error(-32602, "Invalid params")])
-    with pytest.raises(SourceError, match=r"Deribit error for public/get_book_summary_by_currency .*-32602: Invalid params"):
+    with pytest.raises(
+        SourceError,
+        match=r"Deribit error for public/get_book_summary_by_currency .*-32602: Invalid params",
+    ):
         client.book_summary("BTC")
     assert fake.calls(BOOK) == 1
 
@@ -166,8 +173,12 @@ def _free_port() -> int:
 def test_connection_refused_is_unreachable() -> None:
     url = f"http://127.0.0.1:{_free_port()}/api/v2"
     sleeps: list[float] = []
-    with DeribitClient(base_url=url, timeout_s=1.0, max_retries=2, backoff_s=0.01, sleep=sleeps.append) as c:
-        with pytest.raises(SourceError, match=rf"Deribit unreachable at {url}/public/get_index_price"):
+    with DeribitClient(
+        base_url=url, timeout_s=1.0, max_retries=2, backoff_s=0.01, sleep=sleeps.append
+    ) as c:
+        with pytest.raises(
+            SourceError, match=rf"Deribit unreachable at {url}/public/get_index_price"
+        ):
             c.index_price("BTC")
     # exponential backoff with jitter in [0.5, 1.5): 0.01 * 2**k
     assert len(sleeps) == 2
@@ -190,5 +201,15 @@ def test_retry_after_header_is_honoured() -> None:
 
 def test_missing_result_is_a_source_error() -> None:
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"jsonrpc": "2.0"}))
-    with DeribitClient(transport=transport) as c, pytest.raises(SourceError, match="no JSON-RPC `result`"):
+    with (
+        DeribitClient(transport=transport) as c,
+        pytest.raises(SourceError, match="no JSON-RPC `result`"),
+    ):
         c.index_price("BTC")
+
+
+def test_option_chain_fills_the_index(client: DeribitClient, fake: FakeDeribit) -> None:
+    chain = client.option_chain("ETH")
+    assert chain.schema == pl.Schema(HARVEST_SCHEMA)
+    assert chain["index_price"].unique().to_list() == [INDEX_USD["ETH"]]
+    assert [m for m, _ in fake.requests[-2:]] == [BOOK, INDEX]

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from fake_deribit import INDEX_USD, Fail, FakeDeribit, book_entries
 
 from calib.data.layout import list_parquet_files
 from calib.data.schema import HARVEST_SCHEMA
 from calib.errors import InvalidInputError
 from calib.sources.deribit import DeribitClient
 from calib.sources.harvester import harvest_once, run_harvester
+from tests.fake_deribit import INDEX_USD, Fail, FakeDeribit, book_entries
 
 BOOK = "public/get_book_summary_by_currency"
 
@@ -63,7 +63,7 @@ def test_files_appear_atomically_to_a_concurrent_reader(
 ) -> None:
     # Big chains make each write take a while, widening any partial-file window.
     now = datetime.now(UTC)
-    fake.book["BTC"] = [e for _ in range(150) for e in book_entries("BTC", now)]
+    fake.book["BTC"] = [e for _ in range(100) for e in book_entries("BTC", now)]
     stop = threading.Event()
     errors: list[str] = []
     reads = 0
@@ -82,7 +82,7 @@ def test_files_appear_atomically_to_a_concurrent_reader(
     thread.start()
     try:
         summary = run_harvester(
-            client, ["BTC"], tmp_path, 0.01, max_iterations=12, log=lambda _: None
+            client, ["BTC"], tmp_path, 0.01, max_iterations=8, log=lambda _: None
         )
     finally:
         stop.set()
@@ -90,8 +90,8 @@ def test_files_appear_atomically_to_a_concurrent_reader(
 
     assert errors == []
     assert reads > 0
-    assert summary.snapshots_written == 12 and summary.failures == 0
-    assert len(list_parquet_files(tmp_path, "BTC")) == 12
+    assert summary.snapshots_written == 8 and summary.failures == 0
+    assert len(list_parquet_files(tmp_path, "BTC")) == 8
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]  # no temp left
 
 

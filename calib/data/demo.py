@@ -79,7 +79,7 @@ class _Params:
 
 _PARAMS = {
     "BTC": _Params((65e3, 90e3), 0.52, 1.0, (0.0055, 0.011, 0.045, 0.11, 0.22), -0.13, 0.10, 300.0),
-    "ETH": _Params((2.3e3, 3.5e3), 0.66, 1.3, (0.01, 0.02, 0.045, 0.2, 0.4), -0.09, 0.11, 3000.0),
+    "ETH": _Params((2.3e3, 3.5e3), 0.60, 1.3, (0.01, 0.02, 0.045, 0.2, 0.4), -0.09, 0.11, 3000.0),
 }
 
 
@@ -204,18 +204,33 @@ def _ou(rng: np.random.Generator, n: int, dt_years: float, half_life_days: float
 # --------------------------------------------------------------------------- market paths
 
 
-def _regime(t_ms: np.ndarray, end_ms: int, scenario: str) -> tuple[FloatArray, int | None, float]:
-    """Realized-vol multiplier per path point, the index where IV stops following it, IV drift."""
-    factor = np.ones(t_ms.size)
+def _regime(t_ms: np.ndarray, end_ms: int, scenario: str) -> tuple[FloatArray, FloatArray]:
+    """Realized-vol multiplier per path point, and the factor on the vol level IV prices.
+
+    In ``vol_shock`` and ``mult_at_bound`` the option market keeps pricing the
+    counterfactual calm path (IV lags the regime change, drifting up 20% in a
+    shock) while the index realizes ``VOL_SHOCK_FACTOR`` / ``FREEZE_FACTOR`` times it.
+    """
+    ones = np.ones(t_ms.size)
     if scenario == "vol_shock":
         t0, target, drift = end_ms - VOL_SHOCK_LEAD_DAYS * MS_PER_DAY, VOL_SHOCK_FACTOR, 0.2
     elif scenario == "mult_at_bound":
         t0, target, drift = end_ms - FREEZE_LEAD_DAYS * MS_PER_DAY, FREEZE_FACTOR, 0.0
     else:
-        return factor, None, 0.0
+        return ones, ones
     ramp = np.clip((t_ms - t0) / (0.5 * MS_PER_DAY), 0.0, 1.0)  # 12-hour transition
-    i0 = int(np.searchsorted(t_ms, t0))
-    return 1.0 + (target - 1.0) * ramp, (i0 if i0 < t_ms.size else None), drift
+    prog = np.clip((t_ms - t0) / max(end_ms - t0, 1.0), 0.0, 1.0)
+    return 1.0 + (target - 1.0) * ramp, 1.0 + drift * prog
+
+
+def _variance_estimate(t_ms: np.ndarray, index_usd: FloatArray, dt: float, v_long: float) -> FloatArray:
+    """The market's current variance: 0.65 RV_7d^2 + 0.35 x 1-day-half-life EWMA of squared returns."""
+    rv, _ = trailing_realized_vol(t_ms / 1e3, index_usd)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = np.concatenate(([0.0], np.diff(np.log(index_usd)) ** 2)) / dt
+    a = float(np.exp(-np.log(2.0) * dt * DAYS_PER_YEAR))
+    ewma = _ar1(a, (1.0 - a) * r2, v_long)
+    return np.where(np.isfinite(rv), 0.65 * rv**2 + 0.35 * ewma, v_long)
 
 
 def _simulate_markets(t_ms: np.ndarray, end_ms: int, seed: int, scenario: str) -> dict[str, _Market]:
@@ -223,35 +238,30 @@ def _simulate_markets(t_ms: np.ndarray, end_ms: int, seed: int, scenario: str) -
     rng = np.random.default_rng([seed, 0x5EED])
     n = t_ms.size
     dt = float(t_ms[1] - t_ms[0]) / MS_PER_YEAR if n > 1 else 1.0 / (DAYS_PER_YEAR * 24)
-    eps = rng.standard_normal((4, n))
+    eps = rng.standard_normal((2, n))
     jump_on = rng.random(n) < 20.0 * dt  # ~20 crypto-wide jumps a year
     jump_size = rng.normal(-0.003, 0.02, n) * jump_on
     hours = (t_ms % MS_PER_DAY) / 3.6e6
     weekday = (t_ms // MS_PER_DAY + 3) % 7  # Monday = 0
     season = (1.0 + 0.2 * np.cos(2 * np.pi * (hours - 15.0) / 24.0)) * np.where(weekday >= 5, 0.75, 1.0)
-    regime, i_freeze, iv_drift = _regime(t_ms, end_ms, scenario)
-    common_vol = _ou(rng, n, dt, 4.0, 0.25, 0.3 * jump_on)
+    regime, iv_level = _regime(t_ms, end_ms, scenario)
+    common_vol = _ou(rng, n, dt, 4.0, 0.2, 0.2 * jump_on)
     out: dict[str, _Market] = {}
     for j, und in enumerate(UNDERLYINGS):
         p = _PARAMS[und]
-        log_vol = common_vol + _ou(rng, n, dt, 3.0, 0.15)
-        sigma = p.vol_level * np.exp(log_vol - 0.5 * 0.3**2) * season * regime
+        log_vol = common_vol + _ou(rng, n, dt, 3.0, 0.12)
+        sigma = p.vol_level * np.exp(log_vol - 0.5 * 0.23**2) * season
         shock = eps[0] if j == 0 else 0.8 * eps[0] + 0.6 * eps[1]
-        ret = sigma * np.sqrt(dt) * shock - 0.5 * sigma**2 * dt + p.jump_scale * regime * jump_size
-        ret[0] = 0.0
         spot0 = rng.uniform(*p.spot0_usd)
-        index_usd = np.round(spot0 * np.exp(np.cumsum(ret)), 2)
-        rv, _ = trailing_realized_vol(t_ms / 1e3, index_usd)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r2 = np.concatenate(([0.0], np.diff(np.log(index_usd)) ** 2)) / dt
-        a = float(np.exp(-np.log(2.0) * dt * DAYS_PER_YEAR))  # 1-day half-life EWMA of squared returns
-        ewma = _ar1(a, (1.0 - a) * r2, p.vol_level**2)
-        v_now = np.where(np.isfinite(rv), 0.65 * rv**2 + 0.35 * ewma, p.vol_level**2)
-        if i_freeze is not None:  # IV stops following realized vol: it lags the regime change
-            prog = (t_ms[i_freeze:] - t_ms[i_freeze]) / max(end_ms - int(t_ms[i_freeze]), 1)
-            v_now[i_freeze:] = v_now[i_freeze] * (1.0 + iv_drift * prog) ** 2
+        paths = []
+        for x in (np.ones(n), regime) if scenario in ("vol_shock", "mult_at_bound") else (regime,):
+            ret = x * sigma * np.sqrt(dt) * shock - 0.5 * (x * sigma) ** 2 * dt + p.jump_scale * x * jump_size
+            ret[0] = 0.0
+            paths.append(np.round(spot0 * np.exp(np.cumsum(ret)), 2))
+        # IV follows the calm path where the scenario says the market lags.
+        v_now = _variance_estimate(t_ms, paths[0], dt, p.vol_level**2) * iv_level**2
         out[und] = _Market(
-            index_usd=index_usd,
+            index_usd=paths[-1],
             v_now=v_now,
             premium=1.1 + 0.2 * np.tanh(_ou(rng, n, dt, 5.0, 0.7)),
             basis=0.065 + 0.03 * np.tanh(_ou(rng, n, dt, 10.0, 0.8)),
@@ -350,9 +360,10 @@ def _quote_iv_pct(price_coin: FloatArray, f: FloatArray, k: FloatArray, t: Float
     """Implied vol (percent, 2 dp) of tick-rounded quotes by log-price Newton from a nearby start.
 
     Starts from the unrounded quote's vol ``sigma0`` (price ``price0``): rounding
-    moves a quote by about one tick, so one or two steps usually suffice. A step
-    below 1e-6 in vol is accepted without another evaluation (Newton's error is
-    then ~1e-12). NaN where the quote has no vol (no quote, at or below intrinsic).
+    moves a quote by about one tick, so two steps usually suffice. A step below
+    1e-4 in vol is accepted without another evaluation (Newton's error is then
+    ~1e-8, far below the 0.01-point rounding). NaN where the quote has no vol
+    (no quote, at or below intrinsic).
     """
     intr = intrinsic_coin(f, k, c)
     out = np.full(price_coin.size, np.nan)
@@ -367,7 +378,7 @@ def _quote_iv_pct(price_coin: FloatArray, f: FloatArray, k: FloatArray, t: Float
             step = (np.log(p) - np.log(qa)) * p / black76_vega_coin(fa, ka, ta, s)
             s_new = np.where(np.isfinite(step), np.clip(s - step, 0.01, 20.0),
                              np.where(p < qa, s * 1.5, s * 0.7))  # fmt: skip
-            done = np.abs(step) < 1e-6
+            done = np.abs(step) < 1e-4
             out[act[done]] = s_new[done]
             act, s = act[~done], s_new[~done]
             if act.size == 0:
@@ -473,7 +484,8 @@ def _day_frame(und: str, mkt: _Market, t_ms: np.ndarray, snaps: np.ndarray, inst
         mark_iv_pct = mark_iv_pct / 100.0
         quotes = {key: (v / 100.0 if key.endswith("_iv") else v) for key, v in quotes.items()}
 
-    names = pl.DataFrame({"e": inst["expiry_ms"], "k": inst["strike"], "c": inst["is_call"]}).select(
+    labels = pl.DataFrame({"e": inst["expiry_ms"], "k": inst["strike"], "c": inst["is_call"]}).select(
+        pl.when("c").then(pl.lit("C")).otherwise(pl.lit("P")).alias("option_type"),
         pl.concat_str(
             pl.lit(und),
             pl.from_epoch("e", time_unit="ms").dt.strftime("%-d%b%y").str.to_uppercase(),
@@ -481,14 +493,14 @@ def _day_frame(und: str, mkt: _Market, t_ms: np.ndarray, snaps: np.ndarray, inst
             .otherwise(pl.col("k").cast(pl.String).str.replace(".", "d", literal=True)),
             pl.when("c").then(pl.lit("C")).otherwise(pl.lit("P")),
             separator="-",
-        ).alias("instrument_name")
-    )["instrument_name"]  # fmt: skip
+        ).alias("instrument_name"),
+    )[ii]  # fmt: skip
     data = {
         "snapshot_ts": pl.Series(snap_ms, dtype=pl.Int64).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC"),
-        "instrument_name": names.gather(ii),
+        "instrument_name": labels["instrument_name"],
         "expiry_ts": pl.Series(exp_ms, dtype=pl.Int64).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC"),
         "strike": k,
-        "option_type": np.where(c, "C", "P"),
+        "option_type": labels["option_type"],
         "mark_price": mark_coin,
         "mark_iv": mark_iv_pct,
         "underlying_price": f,

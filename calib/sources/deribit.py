@@ -122,6 +122,10 @@ def _float_or_none(value: Any) -> float | None:
         return None
 
 
+def _attempts(n: int) -> str:
+    return f"{n} attempt" if n == 1 else f"{n} attempts"
+
+
 def _snippet(text: str, limit: int = 200) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + "..."
@@ -209,7 +213,7 @@ class DeribitClient:
             retry_after = _float_or_none(response.headers.get("Retry-After"))
             if retry_after is not None and retry_after >= 0:
                 return min(retry_after, _MAX_RETRY_AFTER_S)
-        return self.backoff_s * (2**retry_index) * random.uniform(0.5, 1.5)
+        return self.backoff_s * float(2**retry_index) * random.uniform(0.5, 1.5)
 
     def call(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
         """Call one public JSON-RPC method and return its ``result``.
@@ -248,14 +252,14 @@ class DeribitClient:
                 if last_try:
                     raise SourceError(
                         f"Deribit did not answer within {self.timeout_s:g} s at {url} "
-                        f"({attempts} attempts): {type(e).__name__}"
+                        f"({_attempts(attempts)}): {type(e).__name__}"
                     ) from e
                 self._sleep(self._backoff_delay_s(attempt, None))
                 continue
             except httpx.TransportError as e:
                 if last_try:
                     raise SourceError(
-                        f"Deribit unreachable at {url} after {attempts} attempts: "
+                        f"Deribit unreachable at {url} after {_attempts(attempts)}: "
                         f"{type(e).__name__}: {e}"
                     ) from e
                 self._sleep(self._backoff_delay_s(attempt, None))
@@ -268,7 +272,7 @@ class DeribitClient:
                 if last_try:
                     raise SourceError(
                         f"Deribit answered HTTP {response.status_code} at {url} after "
-                        f"{attempts} attempts: {self._describe(payload, response)}"
+                        f"{_attempts(attempts)}: {self._describe(payload, response)}"
                     )
                 self._sleep(self._backoff_delay_s(attempt, response))
                 continue
@@ -326,7 +330,9 @@ class DeribitClient:
         result = self.call("public/get_index_price", {"index_name": f"{currency.lower()}_usd"})
         price = _float_or_none(result.get("index_price") if isinstance(result, dict) else None)
         if price is None or not price > 0:
-            raise SourceError(f"Deribit get_index_price for {currency}: bad index_price in {result!r}")
+            raise SourceError(
+                f"Deribit get_index_price for {currency}: bad index_price in {result!r}"
+            )
         return price
 
     def book_summary(self, currency: str, *, snapshot_ts: datetime | None = None) -> pl.DataFrame:
@@ -387,6 +393,15 @@ class DeribitClient:
             for c, dtype in HARVEST_SCHEMA.items()
         ).sort("expiry_ts", "strike", "option_type")
 
+    def option_chain(self, currency: str) -> pl.DataFrame:
+        """`book_summary` with ``index_price`` filled from `index_price` (one live snapshot).
+
+        The index is fetched right after the book summary, as the harvester does.
+        """
+        chain = self.book_summary(currency)
+        index_usd = self.index_price(currency)
+        return chain.with_columns(pl.lit(index_usd, dtype=pl.Float64).alias("index_price"))
+
     def index_history(
         self,
         currency: str,
@@ -438,7 +453,9 @@ class DeribitClient:
         frame = (
             frame.drop_nulls()
             .filter(pl.col("index_price") > 0)
-            .with_columns(pl.from_epoch("ts_ms", time_unit="ms").dt.replace_time_zone("UTC").alias("ts"))
+            .with_columns(
+                pl.from_epoch("ts_ms", time_unit="ms").dt.replace_time_zone("UTC").alias("ts")
+            )
             .filter(pl.col("ts").is_between(start_utc, end_utc))
             .sort("ts")
         )

@@ -72,9 +72,7 @@ class SnapshotLog:
     def describe(self) -> str:
         """One log line."""
         if self.ok:
-            return (
-                f"{self.underlying}: {self.n_rows} rows, {self.latency_ms:.0f} ms -> {self.path}"
-            )
+            return f"{self.underlying}: {self.n_rows} rows, {self.latency_ms:.0f} ms -> {self.path}"
         return f"{self.underlying}: poll failed after {self.latency_ms:.0f} ms: {self.error}"
 
 

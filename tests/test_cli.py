@@ -1,0 +1,119 @@
+"""CLI end to end on generated Parquet: graded runs recorded in DuckDB, exit codes, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from calib.queries import list_runs
+from cli import app
+from tests.synth import END, exact_market
+
+runner = CliRunner()
+AS_OF = END.isoformat().replace("+00:00", "Z")
+
+
+def _auto(root: Path, db: Path, *extra: str):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, ["auto-calibrate", "--underlying", "BTC", "--data-dir", str(root), "--db", str(db),
+                               "--as-of", AS_OF, "--lookback-days", "2", "--dte-min", "0", *extra])
+
+
+def test_ok_run_summary_and_record(exact_harvest: Path, db_path: Path) -> None:
+    res = _auto(exact_harvest, db_path)
+    assert res.exit_code == 0, res.output
+    assert "Status: OK - Calibration within thresholds" in res.stdout
+    assert "recommended 1.2000" in res.stdout
+    for band in ("weekly", "monthly", "quarterly"):
+        assert band in res.stdout
+    runs = list_runs(db_path)
+    assert runs["status"].to_list() == ["ok"]
+    assert runs["applied"].to_list() == [False]
+    assert runs["recommended_multiplier"][0] == pytest.approx(1.2, abs=1e-9)
+
+
+def test_failed_run_exit_3_warning_and_recorded(tmp_path: Path, db_path: Path) -> None:
+    root = tmp_path / "h"
+    exact_market(root, m_by_dte=((0, 1000, 5.0),))
+    res = _auto(root, db_path)
+    assert res.exit_code == 3, res.output
+    assert "WARNING: HARVESTED CALIBRATION FAILED" in res.stdout
+    assert "Unrealistic auto-calibration" in res.stdout
+    runs = list_runs(db_path)
+    assert runs["status"].to_list() == ["failed"]
+    assert "pinned at a search bound" in runs["reason"][0]
+    assert runs["applied"].to_list() == [False]
+
+
+def test_json_is_one_document(exact_harvest: Path, db_path: Path) -> None:
+    res = _auto(exact_harvest, db_path, "--json")
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert d["status"] == "ok"
+    assert d["global_metrics"]["recommended_iv_multiplier"] == pytest.approx(1.2, abs=1e-9)
+    assert d["data_quality"]["rows_used"] == d["n_samples"]
+
+
+def test_json_failed_keeps_stdout_clean(tmp_path: Path, db_path: Path) -> None:
+    root = tmp_path / "h"
+    exact_market(root, m_by_dte=((0, 1000, 5.0),))
+    res = _auto(root, db_path, "--json")
+    assert res.exit_code == 3
+    assert json.loads(res.stdout)["status"] == "failed"
+    assert "WARNING" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--underlying", "DOGE"], "DOGE"),
+        (["--underlying", "BTC", "--dte-min", "10", "--dte-max", "3"], "must not exceed"),
+        (["--underlying", "BTC", "--data-dir", "/nonexistent/dir"], "does not exist"),
+        (["--underlying", "BTC", "--as-of", "yesterday-ish"], "ISO-8601"),
+        (["--underlying", "BTC", "--option-types", "X"], "option_types"),
+    ],
+)
+def test_usage_errors_one_line_exit_2(args: list[str], message: str, exact_harvest: Path, db_path: Path) -> None:
+    extra = [] if "--data-dir" in args else ["--data-dir", str(exact_harvest)]
+    res = runner.invoke(app, ["auto-calibrate", *args, *extra, "--db", str(db_path)])
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert "Traceback" not in res.output
+
+
+def test_history_sql_and_help(exact_harvest: Path, db_path: Path) -> None:
+    assert _auto(exact_harvest, db_path).exit_code == 0
+    res = runner.invoke(app, ["history", "--db", str(db_path)])
+    assert res.exit_code == 0, res.output
+    assert "harvested" in res.stdout
+    res = runner.invoke(app, ["sql", "SELECT status, count(*) AS n FROM auto_calibration_history GROUP BY 1",
+                              "--db", str(db_path), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == [{"status": "ok", "n": 1}]
+    res = runner.invoke(app, ["sql", "DROP TABLE calibration_runs", "--db", str(db_path)])
+    assert res.exit_code == 2
+    assert "read-only" in res.output
+
+
+def test_every_command_has_help() -> None:
+    import typer.main
+
+    group = typer.main.get_command(app)
+    for name, cmd in group.commands.items():  # type: ignore[attr-defined]
+        assert cmd.help, f"command {name} has no help"
+        for p in cmd.params:
+            if p.name not in ("help",):
+                assert getattr(p, "help", None), f"{name} --{p.name} has no help"
+
+
+def test_python_cli_py_works(exact_harvest: Path, db_path: Path) -> None:
+    out = subprocess.run([sys.executable, "cli.py", "auto-calibrate", "--underlying", "BTC", "--data-dir",
+                          str(exact_harvest), "--db", str(db_path), "--as-of", AS_OF, "--lookback-days", "2",
+                          "--json"], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["underlying"] == "BTC"

@@ -60,7 +60,7 @@ _GRID: dict[int, tuple[tuple[int, float, float], ...]] = {
     KIND_DAILY: ((0, 0.04, 0.04), (1, 0.10, 0.12)),
     KIND_WEEKLY: ((1, 0.08, 0.10), (2, 0.20, 0.25)),
     KIND_MONTHLY: ((1, 0.15, 0.15), (2, 0.45, 0.50)),
-    KIND_QUARTERLY: ((1, 0.10, 0.10), (2, 0.35, 0.50), (3, 0.60, 1.5), (4, 0.75, 2.5)),
+    KIND_QUARTERLY: ((1, 0.08, 0.08), (2, 0.30, 0.40), (3, 0.55, 1.2), (4, 0.75, 2.5)),
 }
 _KIND_OI = np.array([0.3, 0.6, 1.5, 1.5])  # open-interest scale by kind
 _KIND_OI_WIDTH = np.array([0.04, 0.08, 0.2, 0.35])  # OI decay in |ln(K/S_listing)|

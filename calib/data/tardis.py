@@ -108,6 +108,7 @@ _EXCHANGE = "deribit"
 _US_PER_S = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PROGRESS_EVERY_ROWS = 1_000_000
+_MAX_BLOCK_BYTES = 1 << 20  # CSV text parsed per block (see `_iter_csv_blocks`)
 _MIN_INDEX_TOLERANCE = timedelta(minutes=5)
 _EVERY_PATTERN = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
 _EVERY_UNITS_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -328,13 +329,13 @@ def import_tardis(
             n_raw += raw.height
             typed.append(classify(raw, skipped))
             if n_raw >= batch_rows:
-                importer.feed(pl.concat(typed))
+                importer.feed(classify.finish(typed, skipped))
                 typed, n_raw = [], 0
             if importer.rows_parsed >= next_report:
                 say(_progress_line(importer, skipped, started))
                 next_report += _PROGRESS_EVERY_ROWS
         if typed:  # a file ends a batch: rows of the next file come after it
-            importer.feed(pl.concat(typed))
+            importer.feed(classify.finish(typed, skipped))
             typed, n_raw = [], 0
     importer.finish()
     n_bad_lines = bad_lines.get("unparsable", 0)
@@ -411,7 +412,7 @@ def _iter_csv_blocks(
         bad_lines["unparsable"] = bad_lines.get("unparsable", 0) + 1
         return "skip"
 
-    block_bytes = int(min(max(max_rows * 200, 1 << 14), 1 << 20))  # ~200 bytes a row
+    block_bytes = int(min(max(max_rows * 200, 1 << 14), _MAX_BLOCK_BYTES))  # ~200 bytes a row
     read_options = pacsv.ReadOptions(block_size=block_bytes)
     parse_options = pacsv.ParseOptions(invalid_row_handler=on_invalid_row)
     convert_options = pacsv.ConvertOptions(
@@ -485,7 +486,6 @@ class _Classifier:
             number("strike_price").alias("strike"),
             number("mark_price").alias("mark_price"),
             number("underlying_price").alias("underlying_price"),
-            symbol.str.contains(INSTRUMENT_PATTERN).fill_null(False).alias("_name_ok"),
             # text that is present but not a number (empty cells are plain nulls)
             pl.any_horizontal(
                 pl.col(name).is_not_null() & number(name).is_null() for name in _OPTIONAL_FLOATS
@@ -496,7 +496,6 @@ class _Classifier:
             pl.col("ts").is_null(),
             pl.col("expiry_us").is_null(),
             pl.col("option_type").is_null(),
-            ~pl.col("_name_ok"),
             pl.col("_garbage"),
             *(~pl.col(name).is_finite().fill_null(False) for name in _REQUIRED_FLOATS),
         )
@@ -512,16 +511,14 @@ class _Classifier:
             .then(pl.lit("unparsable"))
             .when(invalid)
             .then(pl.lit("invalid_value"))
-            .when(pl.col("mark_price") == 0)
-            .then(pl.lit("zero_mark"))
             .otherwise(pl.lit(None, pl.String))
             .alias("_reason")
         )
-        self.usable = pl.col("_reason").is_null() | (pl.col("_reason") == "zero_mark")
         self.bnd = (((pl.col("ts") + (every_us - 1)) // every_us) * every_us).alias("bnd")
         self.columns = list(_STATE_SCHEMA)
 
     def __call__(self, raw: pl.DataFrame, skipped: dict[str, int]) -> pl.DataFrame:
+        """Typed rows of one raw block, before the name and zero-mark checks of `finish`."""
         scoped = raw.lazy().with_columns(self.scope)
         typed = (
             scoped.filter(pl.col("_reason").is_null()).select(self.typed).with_columns(self.reason)
@@ -530,7 +527,9 @@ class _Classifier:
             [
                 scoped.group_by("_reason").len(),
                 typed.group_by("_reason").len(),
-                typed.filter(self.usable).with_columns(self.bnd).select(self.columns),
+                typed.filter(pl.col("_reason").is_null())
+                .with_columns(self.bnd)
+                .select(self.columns),
             ]
         )
         for counts in (out_of_scope, bad):
@@ -538,6 +537,23 @@ class _Classifier:
                 if name is not None:
                     skipped[name] = skipped.get(name, 0) + int(n)
         return usable
+
+    @staticmethod
+    def finish(typed: list[pl.DataFrame], skipped: dict[str, int]) -> pl.DataFrame:
+        """One batch of typed blocks: drop malformed names, count zero marks.
+
+        Names are checked once per distinct symbol (a regex on every row would
+        cost more than all the casts). Zero-mark rows stay in the batch.
+        """
+        batch = pl.concat(typed)
+        names = batch.get_column("instrument_name").unique()
+        bad_names = names.filter(~names.str.contains(INSTRUMENT_PATTERN))
+        if bad_names.len():
+            bad = batch.get_column("instrument_name").is_in(bad_names.implode())
+            _add(skipped, "unparsable", int(bad.sum()))
+            batch = batch.filter(~bad)
+        _add(skipped, "zero_mark", int((batch.get_column("mark_price") == 0).sum()))
+        return batch
 
 
 # --------------------------------------------------------------------------- index

@@ -394,6 +394,89 @@ def demo_data(
                f"{', '.join(summary.underlyings)} to {out} [{scenario}] in {time.perf_counter() - t0:.1f} s")
 
 
+@app.command("harvest")
+def harvest_cmd(
+    underlying: Annotated[list[Underlying], typer.Option("--underlying", "-u", case_sensitive=False,
+                                                         help="Underlying to poll (repeatable).")],
+    interval: Annotated[float, typer.Option(help="Seconds between snapshots.")] = 300.0,
+    once: Annotated[bool, typer.Option("--once", help="Take one snapshot per underlying and stop.")] = False,
+    data_dir: Annotated[Path, typer.Option(help="Harvested data root to write.")] = DEFAULT_DATA_DIR,
+    base_url: Annotated[str, typer.Option(envvar="CALIB_DERIBIT_URL", help="Deribit API base URL.")] = (
+        "https://www.deribit.com/api/v2"),
+) -> None:
+    """Poll Deribit's public book summary and index; one Parquet file per snapshot (Ctrl-C stops)."""
+    from calib.sources.deribit import DeribitClient
+    from calib.sources.harvester import run_harvester
+
+    if interval <= 0:
+        _err(f"`--interval` must be positive; got {interval}")
+        raise typer.Exit(code=EXIT_USAGE)
+    try:
+        with DeribitClient(base_url=base_url) as client:
+            summary = run_harvester(client, tuple(u.value for u in underlying), data_dir, interval, once=once)
+    except CalibError as e:
+        _fail(e)
+    typer.echo(summary.describe())
+    if once and summary.snapshots_written == 0:
+        raise typer.Exit(code=EXIT_NOT_RECORDED)
+
+
+@app.command("compact")
+def compact_cmd(
+    underlying: UndOpt,
+    data_dir: Annotated[Path, typer.Option(help="Harvested data root.")] = DEFAULT_DATA_DIR,
+    date: Annotated[str | None, typer.Option(help="Only this UTC day (YYYY-MM-DD); default every finished day.")] = None,
+) -> None:
+    """Merge each day's small snapshot files into one file, atomically (reads stay exact meanwhile)."""
+    from calib.data.compact import compact_all, compact_day
+
+    if not (data_dir / underlying.value).is_dir():
+        _err(f"no harvested data for {underlying.value} under {data_dir}")
+        raise typer.Exit(code=EXIT_USAGE)
+    try:
+        results = [compact_day(data_dir, underlying.value, date)] if date else compact_all(data_dir, underlying.value)
+    except (CalibError, ValueError) as e:
+        _fail(e)
+    for r in results:
+        typer.echo(r.describe())
+    if not results:
+        typer.echo("Nothing to compact.")
+
+
+@app.command("import-tardis")
+def import_tardis_cmd(
+    files: Annotated[list[Path], typer.Argument(help="Tardis options_chain CSV(.gz) files, in time order.")],
+    underlying: UndOpt,
+    every: Annotated[str, typer.Option(help="Snapshot interval: 30s, 5m, 1h or seconds.")] = "5m",
+    data_dir: Annotated[Path, typer.Option(help="Harvested data root to write.")] = DEFAULT_DATA_DIR,
+    index_file: Annotated[Path | None, typer.Option(help="Optional CSV with timestamp (us) and index_price.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Turn Tardis.dev options_chain history into harvested snapshots (streaming, bounded memory)."""
+    from calib.data.tardis import import_tardis, parse_every
+
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        _err(f"file(s) not found: {', '.join(missing)}")
+        raise typer.Exit(code=EXIT_USAGE)
+    try:
+        # Without an index file leave index_price null: the reader then computes RV from the
+        # nearest-expiry forward *and says so* (data quality degraded), instead of hiding it.
+        res = import_tardis(files, underlying=underlying.value, every=parse_every(every), data_root=data_dir,
+                            index_file=index_file, progress=_progress,
+                            index_fallback="nearest_forward" if index_file else "none")
+    except CalibError as e:
+        _fail(e)
+    if json_out:
+        typer.echo(json.dumps(res.to_dict()))
+        return
+    skipped = ", ".join(f"{k}={v:,}" for k, v in res.skipped.items() if v) or "none"
+    typer.echo(f"Read {res.rows_read:,} rows; wrote {res.snapshots_written:,} snapshots in {res.files_written} "
+               f"file(s) for {res.instruments:,} instruments to {data_dir}/{underlying.value}")
+    typer.echo(f"Snapshots {res.first_snapshot} -> {res.last_snapshot}; index from {res.index_source}")
+    typer.echo(f"Skipped rows: {skipped}")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

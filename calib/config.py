@@ -76,6 +76,8 @@ class QualityThresholds:
     max_iv_pct: float = 500.0
     usd_mark_median_coin: float = 5.0  # a coin mark this large is a USD price
     fraction_iv_median: float = 3.0  # a median IV this small is a fraction, not percent
+    # In the last hours Deribit marks sit at intrinsic (settlement TWAP, vega ~0): not a vol quote.
+    min_hours_to_expiry: float = 2.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

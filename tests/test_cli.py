@@ -33,7 +33,7 @@ def test_ok_run_summary_and_record(exact_harvest: Path, db_path: Path) -> None:
     runs = list_runs(db_path)
     assert runs["status"].to_list() == ["ok"]
     assert runs["applied"].to_list() == [False]
-    assert runs["recommended_multiplier"][0] == pytest.approx(1.2, abs=1e-9)
+    assert runs["recommended_multiplier"][0] == pytest.approx(1.2, abs=1e-6)
 
 
 def test_failed_run_exit_3_warning_and_recorded(tmp_path: Path, db_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_json_is_one_document(exact_harvest: Path, db_path: Path) -> None:
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
     assert d["status"] == "ok"
-    assert d["global_metrics"]["recommended_iv_multiplier"] == pytest.approx(1.2, abs=1e-9)
+    assert d["global_metrics"]["recommended_iv_multiplier"] == pytest.approx(1.2, abs=1e-6)
     assert d["data_quality"]["rows_used"] == d["n_samples"]
 
 

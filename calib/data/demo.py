@@ -14,14 +14,31 @@
   ``z = ln(K/F) / (atm_iv sqrt(T))``; marks are Black-76 coin prices;
 - quotes, greeks, open interest and volume in Deribit's conventions.
 
-Scenarios (`SCENARIOS`) inject the pathologies the calibration must grade.
+Scenarios (`SCENARIOS`) inject the pathologies the calibration must grade:
+
+``normal``            clean data (status ok).
+``vol_shock``         realized vol x3 over the last 12 days while IV keeps pricing the
+                      calm path (+20%): ATM IV / RV_7d ~0.4 for most of a 14-day
+                      lookback, so the recommended multiplier falls far below 0.7.
+``mult_at_bound``     index vol x0.2 over the last 20 days, IV unchanged: IV / RV ~5,
+                      so the recommended multiplier pins at the upper bound 4.0.
+``usd_marks``         ``mark_price``, ``bid_price``, ``ask_price`` in USD (x F), not coin.
+``iv_fraction``       ``mark_iv``, ``bid_iv``, ``ask_iv`` as fractions (0.55), not percent.
+``no_mark_iv``        no ``mark_iv`` column (IV must be inverted: degraded).
+``no_index``          no ``index_price`` column (RV falls back: degraded).
+``missing_required``  no ``underlying_price`` column (failed).
+``outage``            no snapshots from 11 to 4 days before ``end``: 50% coverage
+                      of the last 14 days (degraded).
+``truncated_file``    the middle file of the last 14 days cut to half its bytes.
+
 Generation is vectorized and runs day by day, so memory stays bounded.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -57,10 +74,10 @@ MAX_SMILE_RATIO = 3.0
 KIND_DAILY, KIND_WEEKLY, KIND_MONTHLY, KIND_QUARTERLY = 0, 1, 2, 3
 # Strike grid per expiry kind: (step level, downside fraction, upside fraction) around the spot range.
 _GRID: dict[int, tuple[tuple[int, float, float], ...]] = {
-    KIND_DAILY: ((0, 0.04, 0.04), (1, 0.10, 0.12)),
-    KIND_WEEKLY: ((1, 0.08, 0.10), (2, 0.20, 0.25)),
-    KIND_MONTHLY: ((1, 0.15, 0.15), (2, 0.45, 0.50)),
-    KIND_QUARTERLY: ((1, 0.08, 0.08), (2, 0.30, 0.40), (3, 0.55, 1.2), (4, 0.75, 2.5)),
+    KIND_DAILY: ((0, 0.03, 0.03), (1, 0.08, 0.10)),
+    KIND_WEEKLY: ((1, 0.06, 0.08), (2, 0.20, 0.25)),
+    KIND_MONTHLY: ((1, 0.12, 0.12), (2, 0.40, 0.50)),
+    KIND_QUARTERLY: ((1, 0.06, 0.06), (2, 0.25, 0.35), (3, 0.50, 1.0), (4, 0.70, 2.2)),
 }
 _KIND_OI = np.array([0.3, 0.6, 1.5, 1.5])  # open-interest scale by kind
 _KIND_OI_WIDTH = np.array([0.04, 0.08, 0.2, 0.35])  # OI decay in |ln(K/S_listing)|
@@ -78,8 +95,8 @@ class _Params:
 
 
 _PARAMS = {
-    "BTC": _Params((65e3, 90e3), 0.52, 1.0, (0.0055, 0.011, 0.045, 0.11, 0.22), -0.13, 0.10, 300.0),
-    "ETH": _Params((2.3e3, 3.5e3), 0.60, 1.3, (0.01, 0.02, 0.045, 0.2, 0.4), -0.09, 0.11, 3000.0),
+    "BTC": _Params((65e3, 90e3), 0.52, 1.0, (0.0045, 0.009, 0.045, 0.09, 0.18), -0.13, 0.10, 300.0),
+    "ETH": _Params((2.3e3, 3.5e3), 0.60, 1.3, (0.0075, 0.015, 0.03, 0.15, 0.3), -0.09, 0.11, 3000.0),
 }
 
 
@@ -110,6 +127,7 @@ class DemoSpec:
     max_instruments: int | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "underlyings", tuple(self.underlyings))  # accept lists
         bad = [u for u in self.underlyings if u not in UNDERLYINGS]
         if bad or not self.underlyings or len(set(self.underlyings)) != len(self.underlyings):
             raise InvalidInputError(
@@ -142,6 +160,19 @@ class DemoSummary:
     scenario: str
     data_root: Path
 
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready dict: times as ISO-8601 UTC strings, the root as a string."""
+        return {
+            "files": self.files,
+            "rows": self.rows,
+            "snapshots": self.snapshots,
+            "underlyings": list(self.underlyings),
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "scenario": self.scenario,
+            "data_root": str(self.data_root),
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class _Market:
@@ -154,8 +185,6 @@ class _Market:
     skew_slope: FloatArray
     skew_curv: FloatArray
 
-
-# --------------------------------------------------------------------------- randomness
 
 
 def _mix64(h: np.ndarray) -> np.ndarray:
@@ -201,8 +230,6 @@ def _ou(rng: np.random.Generator, n: int, dt_years: float, half_life_days: float
     return _ar1(a, innov)
 
 
-# --------------------------------------------------------------------------- market paths
-
 
 def _regime(t_ms: np.ndarray, end_ms: int, scenario: str) -> tuple[FloatArray, FloatArray]:
     """Realized-vol multiplier per path point, and the factor on the vol level IV prices.
@@ -245,7 +272,7 @@ def _simulate_markets(t_ms: np.ndarray, end_ms: int, seed: int, scenario: str) -
     weekday = (t_ms // MS_PER_DAY + 3) % 7  # Monday = 0
     season = (1.0 + 0.2 * np.cos(2 * np.pi * (hours - 15.0) / 24.0)) * np.where(weekday >= 5, 0.75, 1.0)
     regime, iv_level = _regime(t_ms, end_ms, scenario)
-    common_vol = _ou(rng, n, dt, 4.0, 0.2, 0.2 * jump_on)
+    common_vol = _ou(rng, n, dt, 4.0, 0.2, np.where(jump_on, 0.2, 0.0))
     out: dict[str, _Market] = {}
     for j, und in enumerate(UNDERLYINGS):
         p = _PARAMS[und]
@@ -270,8 +297,6 @@ def _simulate_markets(t_ms: np.ndarray, end_ms: int, seed: int, scenario: str) -
         )
     return out
 
-
-# --------------------------------------------------------------------------- instruments
 
 
 def _last_friday(month: np.ndarray) -> np.ndarray:
@@ -312,9 +337,9 @@ def expiry_calendar(first_ms: int, last_ms: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _nice_step(x: float) -> float:
-    """Smallest of {1, 2, 2.5, 5} x 10^k that is >= x."""
+    """Smallest of {1, 2.5, 5} x 10^k that is >= x (Deribit-style strike steps: 25, 50, 100, 250, ...)."""
     e = 10.0 ** np.floor(np.log10(x))
-    return float(e * next(m for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * e >= x * (1 - 1e-12)))
+    return float(e * next(m for m in (1.0, 2.5, 5.0, 10.0) if m * e >= x * (1 - 1e-12)))
 
 
 def strike_grid(kind: int, ref_usd: float, lo_usd: float, hi_usd: float, fracs: tuple[float, ...]) -> FloatArray:
@@ -352,8 +377,6 @@ def _day_instruments(und: str, cal: tuple[np.ndarray, ...], t_ms: np.ndarray, mk
     return out
 
 
-# --------------------------------------------------------------------------- quotes
-
 
 def _quote_iv_pct(price_coin: FloatArray, f: FloatArray, k: FloatArray, t: FloatArray, c: np.ndarray,
                   sigma0: FloatArray, price0: FloatArray) -> FloatArray:  # fmt: skip
@@ -390,6 +413,47 @@ def _quote_iv_pct(price_coin: FloatArray, f: FloatArray, k: FloatArray, t: Float
 def _tick_coin(price_coin: FloatArray) -> FloatArray:
     """Deribit option tick: 0.0001 below 0.005 coin, 0.0005 above."""
     return np.where(price_coin < 0.005, MIN_TICK_COIN, 5 * MIN_TICK_COIN)
+
+
+def _quotes(f: FloatArray, k: FloatArray, t: FloatArray, c: np.ndarray, sigma: FloatArray, mark_coin: FloatArray,
+            delta: FloatArray, z: FloatArray, rng: np.random.Generator) -> dict[str, FloatArray]:  # fmt: skip
+    """Bid/ask prices (coin, on the tick grid, NaN = no quote) and their IVs (percent).
+
+    The spread is set in vol points: wider near expiry, in the wings and in the
+    money; some quotes are missing, mostly deep in the money.
+    """
+    n = f.size
+    dte = t * DAYS_PER_YEAR
+    itm, deep = np.abs(delta) > 0.6, np.abs(delta) > 0.9
+    spread_vp = (1.3 + 4.5 * np.exp(-dte / 4.0)) * (1 + 0.35 * np.abs(z)) * np.where(itm, 1.6, 1.0)
+    half_vp = 0.5 * spread_vp * np.exp(0.25 * rng.standard_normal((2, n)))
+    out: dict[str, FloatArray] = {}
+    for j, side in enumerate(("bid", "ask")):
+        s_raw = np.maximum(sigma + (2 * j - 1) * half_vp[j] / 100.0, 0.01)
+        p_raw = black76_price_coin(f, k, t, s_raw, c)
+        tick = _tick_coin(p_raw)
+        if side == "bid":
+            px = np.round(np.floor(p_raw / tick + 1e-9) * tick, 4)
+            px = np.where((px > 0) & (rng.random(n) > 0.02 + 0.25 * deep + 0.08 * itm), px, np.nan)
+        else:
+            px = np.maximum(np.round(np.ceil(p_raw / tick - 1e-9) * tick, 4),
+                            np.round(mark_coin + _tick_coin(mark_coin), 4))  # fmt: skip
+            px = np.where(rng.random(n) > 0.01 + 0.2 * deep + 0.1 * itm, px, np.nan)
+        out[f"{side}_price"] = px
+        out[f"{side}_iv"] = _quote_iv_pct(px, f, k, t, c, s_raw, p_raw)
+    return out
+
+
+def _labels(und: str, inst: dict[str, np.ndarray]) -> pl.DataFrame:
+    """``option_type`` and the Deribit ``instrument_name`` (``BTC-5MAY23-30000-P``) per instrument."""
+    cp = pl.when("c").then(pl.lit("C")).otherwise(pl.lit("P"))
+    k = pl.col("k")
+    strike = pl.when(k == k.floor()).then(k.cast(pl.Int64).cast(pl.String))
+    strike = strike.otherwise(k.cast(pl.String).str.replace(".", "d", literal=True))
+    day = pl.from_epoch("e", time_unit="ms").dt.strftime("%-d%b%y").str.to_uppercase()
+    return pl.DataFrame({"e": inst["expiry_ms"], "k": inst["strike"], "c": inst["is_call"]}).select(
+        cp.alias("option_type"), pl.concat_str(pl.lit(und), day, strike, cp, separator="-").alias("instrument_name")
+    )
 
 
 def _day_frame(und: str, mkt: _Market, t_ms: np.ndarray, snaps: np.ndarray, inst: dict[str, np.ndarray],
@@ -440,31 +504,14 @@ def _day_frame(und: str, mkt: _Market, t_ms: np.ndarray, snaps: np.ndarray, inst
     vega_coin = pdf * sqrt_t
     delta = np.where(c, ndtr(d1), ndtr(d1) - 1.0)
     greeks = {
-        "delta": np.round(delta, 5),
+        "delta": np.round(delta, 5) + 0.0,  # no negative zeros
         "gamma": np.round(pdf / (f * sigma * sqrt_t), 5),
         "vega": np.round(f * vega_coin / 100.0, 5),
         "theta": np.round(-f * pdf * sigma / (2 * sqrt_t) / DAYS_PER_YEAR, 5),
     }
 
-    # Quotes: a spread in vol points that widens near expiry, in the wings and in the money.
-    dte = t_years * DAYS_PER_YEAR
     itm = np.abs(delta) > 0.6
-    spread_vp = (1.3 + 4.5 * np.exp(-dte / 4.0)) * (1 + 0.35 * np.abs(z)) * np.where(itm, 1.6, 1.0)
-    half_vp = 0.5 * spread_vp * np.exp(0.25 * rng.standard_normal((2, n)))
-    quotes = {}
-    for side, sgn in (("bid", -1.0), ("ask", 1.0)):
-        s_raw = np.maximum(sigma + sgn * half_vp[0 if sgn < 0 else 1] / 100.0, 0.01)
-        p_raw = black76_price_coin(f, k, t_years, s_raw, c)
-        tick = _tick_coin(p_raw)
-        if sgn < 0:
-            px = np.round(np.floor(p_raw / tick + 1e-9) * tick, 4)
-            px = np.where((px > 0) & (rng.random(n) > 0.02 + 0.25 * (np.abs(delta) > 0.9) + 0.08 * itm), px, np.nan)
-        else:
-            px = np.round(np.ceil(p_raw / tick - 1e-9) * tick, 4)
-            px = np.maximum(px, np.round(mark_coin + _tick_coin(mark_coin), 4))
-            px = np.where(rng.random(n) > 0.01 + 0.2 * (np.abs(delta) > 0.9) + 0.1 * itm, px, np.nan)
-        quotes[f"{side}_price"] = px
-        quotes[f"{side}_iv"] = _quote_iv_pct(px, f, k, t_years, c, s_raw, p_raw)
+    quotes = _quotes(f, k, t_years, c, sigma, mark_coin, delta, z, rng)
 
     # Open interest and 24h volume: stable per instrument, larger near the money and for long kinds.
     ikey = (exp_ms, np.round(k * 100), c)
@@ -484,17 +531,7 @@ def _day_frame(und: str, mkt: _Market, t_ms: np.ndarray, snaps: np.ndarray, inst
         mark_iv_pct = mark_iv_pct / 100.0
         quotes = {key: (v / 100.0 if key.endswith("_iv") else v) for key, v in quotes.items()}
 
-    labels = pl.DataFrame({"e": inst["expiry_ms"], "k": inst["strike"], "c": inst["is_call"]}).select(
-        pl.when("c").then(pl.lit("C")).otherwise(pl.lit("P")).alias("option_type"),
-        pl.concat_str(
-            pl.lit(und),
-            pl.from_epoch("e", time_unit="ms").dt.strftime("%-d%b%y").str.to_uppercase(),
-            pl.when(pl.col("k") == pl.col("k").floor()).then(pl.col("k").cast(pl.Int64).cast(pl.String))
-            .otherwise(pl.col("k").cast(pl.String).str.replace(".", "d", literal=True)),
-            pl.when("c").then(pl.lit("C")).otherwise(pl.lit("P")),
-            separator="-",
-        ).alias("instrument_name"),
-    )[ii]  # fmt: skip
+    labels = _labels(und, inst)[ii]
     data = {
         "snapshot_ts": pl.Series(snap_ms, dtype=pl.Int64).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC"),
         "instrument_name": labels["instrument_name"],
@@ -516,12 +553,10 @@ def _day_frame(und: str, mkt: _Market, t_ms: np.ndarray, snaps: np.ndarray, inst
     return df.drop(dropped[spec.scenario]) if spec.scenario in dropped else df
 
 
-# --------------------------------------------------------------------------- driver
-
 
 def _snapshot_grid(spec: DemoSpec) -> tuple[np.ndarray, np.ndarray, int]:
     """Path grid (ms, warm-up included), indices of the written snapshots, end in ms."""
-    end_ms = int(spec.end.astimezone(UTC).timestamp() * 1000)
+    end_ms = (spec.end - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
     step_ms = round(spec.step_minutes * 60_000)
     n_snap = int(np.floor(spec.days * MS_PER_DAY / step_ms + 1e-9)) + 1
     n_warm = int(np.ceil(WARMUP_DAYS * MS_PER_DAY / step_ms))
@@ -585,7 +620,7 @@ def generate_demo_harvest(data_root: Path, spec: DemoSpec) -> DemoSummary:
         day_hi = np.full(n_days, -np.inf)
         np.minimum.at(day_lo, t_day - t_day0, mkt.index_usd)
         np.maximum.at(day_hi, t_day - t_day0, mkt.index_usd)
-        for b0, b1 in zip(bounds[:-1], bounds[1:], strict=True):  # one UTC day at a time
+        for b0, b1 in itertools.pairwise(bounds):  # one UTC day at a time
             day_snaps = snaps[b0:b1]
             inst = _day_instruments(und, cal, t_ms, mkt, day_lo, day_hi, t_day0,
                                     int(day_snaps[0]), int(day_snaps[-1]) + 1)  # fmt: skip

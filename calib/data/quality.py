@@ -79,6 +79,7 @@ INVALID_REASONS: tuple[str, ...] = (
 )
 FILTER_REASONS: tuple[str, ...] = (
     "expired",
+    "near_expiry",
     "option_type_not_selected",
     "outside_dte_range",
     "zero_mark",
@@ -116,6 +117,8 @@ def row_reason_expr(
         .then(pl.lit("non_positive"))
         .when(pl.col("t_years") <= 0)
         .then(pl.lit("expired"))
+        .when(pl.col("t_years") * (365.0 * 24.0) < th.min_hours_to_expiry)
+        .then(pl.lit("near_expiry"))
         .when(~pl.col("option_type").is_in(list(option_types)))
         .then(pl.lit("option_type_not_selected"))
         .when(pl.col("dte_days") > dte_max_read)

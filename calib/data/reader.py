@@ -19,6 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
+from calib.data.compact import effective_parquet_files
 from calib.data.layout import list_parquet_files
 from calib.data.schema import HARVEST_SCHEMA, parse_instrument_exprs
 from calib.errors import NoDataError
@@ -110,15 +111,41 @@ def read_harvest(
 ) -> HarvestRead:
     """Read quotes in `[window_start, window_end]` and the index from `window_start - warmup`.
 
+    Files already merged into a compact file are not read twice
+    (`effective_parquet_files`); a file the compactor unlinks between listing
+    and reading makes the reader list again (at most 3 times).
     Raises NoDataError when the underlying's directory does not exist.
     """
+    for attempt in range(3):
+        try:
+            return _read_once(data_root, underlying, window_start=window_start, window_end=window_end,
+                              warmup=warmup, progress=progress)
+        except _VanishedFileError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+class _VanishedFileError(Exception):
+    """A listed file disappeared before it was read (compaction in progress)."""
+
+
+def _read_once(
+    data_root: Path,
+    underlying: str,
+    *,
+    window_start: datetime,
+    window_end: datetime,
+    warmup: timedelta = timedelta(days=7),
+    progress: Callable[[str], None] | None = None,
+) -> HarvestRead:
     base = Path(data_root) / underlying
     if not base.is_dir():
         raise NoDataError(f"no harvested data for {underlying}: directory {base} does not exist")
     warm_start = window_start - warmup
     files = [
         p
-        for p in list_parquet_files(Path(data_root), underlying)
+        for p in effective_parquet_files(Path(data_root), underlying)
         if (d := _partition_date(p)) is None or warm_start.date() <= d <= window_end.date()
     ]
     skipped: list[SkippedFile] = []
@@ -126,6 +153,8 @@ def read_harvest(
     for path in files:
         try:
             schema = pl.read_parquet_schema(path)
+        except FileNotFoundError as e:
+            raise _VanishedFileError(str(path)) from e
         except Exception as e:  # truncated or not Parquet: report, keep going
             skipped.append(SkippedFile(path=str(path), error=f"{type(e).__name__}: {e}"[:300]))
             continue
@@ -171,7 +200,12 @@ def read_harvest(
 
     quotes_lf = _fill_from_name(quotes_lf)
     index_lf = _index_series(_fill_from_name(index_lf))
-    quotes, index = pl.collect_all([quotes_lf, index_lf])
+    try:
+        quotes, index = pl.collect_all([quotes_lf, index_lf])
+    except Exception as e:
+        if any(not Path(p).exists() for _, paths in groups.values() for p in paths):
+            raise _VanishedFileError(str(e)) from e
+        raise
     newest = quotes["snapshot_ts"].max() if quotes.height else None
     return HarvestRead(
         quotes=quotes,

@@ -67,15 +67,39 @@ def fit_skew(
                        max_abs_diff=None, largest_diff_anchor=None, smile=_empty_smile())
     z = standardized_moneyness(q, multiplier)
     ratio = q.iv / (q.rv * multiplier)
-    w = q.vega_coin
+    rec, _support, counts, free = solve_skew_ratios(z, ratio, q.vega_coin, anchors_z, current)
+    has_data = free | (np.arange(a) == atm)
+    diff = rec - current
+    if has_data.any():
+        d = np.abs(diff[has_data])
+        misfit = float(np.sqrt(np.mean(diff[has_data] ** 2)))
+        k = int(np.flatnonzero(has_data)[np.argmax(d)])
+        max_abs, largest = float(d.max()), float(anchors_z[k])
+    else:
+        misfit = max_abs = largest = None
+    smile = _smile(z, q, multiplier, anchors_z, current, rec, smile_bin)
+    return SkewFit(anchors=tuple(anchors_z.tolist()), current=tuple(current.tolist()),
+                   recommended=tuple(float(x) for x in rec), n_per_anchor=tuple(int(c) for c in counts),
+                   misfit=misfit, max_abs_diff=max_abs, largest_diff_anchor=largest, smile=smile)
+
+
+def solve_skew_ratios(
+    z: FloatArray, ratio: FloatArray, w: FloatArray, anchors_z: FloatArray, current: FloatArray
+) -> tuple[FloatArray, FloatArray, np.ndarray, np.ndarray]:
+    """Anchor ratios minimizing sum w (curve(z) - ratio)^2 with the ATM anchor at 1.0.
+
+    Returns (ratios, weight support per anchor, quote count per nearest anchor,
+    mask of anchors that were fitted). The Gram matrix is tridiagonal and built
+    with `bincount` (no Python loop, no `np.add.at`).
+    """
+    a = anchors_z.size
+    atm = int(np.flatnonzero(anchors_z == 0.0)[0])
     left, frac = _hat_weights(z, anchors_z)
-    # Normal equations for sum_i w_i (sum_a B_ia x_a - r_i)^2 with B the hat basis.
     wl, wr = w * (1 - frac), w * frac
-    gram = np.zeros((a, a))
-    np.add.at(gram, (left, left), wl * (1 - frac))
-    np.add.at(gram, (left + 1, left + 1), wr * frac)
-    np.add.at(gram, (left, left + 1), wl * frac)
-    np.add.at(gram, (left + 1, left), wl * frac)
+    diag = np.bincount(left, weights=wl * (1 - frac), minlength=a) + np.bincount(
+        left + 1, weights=wr * frac, minlength=a)
+    off = np.bincount(left, weights=wl * frac, minlength=a)[: a - 1]
+    gram = np.diag(diag) + np.diag(off, 1) + np.diag(off, -1)
     rhs = np.bincount(left, weights=wl * ratio, minlength=a) + np.bincount(left + 1, weights=wr * ratio, minlength=a)
     support = np.bincount(left, weights=wl, minlength=a) + np.bincount(left + 1, weights=wr, minlength=a)
     counts = np.bincount(np.where(frac < 0.5, left, left + 1), minlength=a)
@@ -90,20 +114,7 @@ def fit_skew(
             rec[free] = np.linalg.solve(g_ff + 1e-12 * np.eye(int(free.sum())), b_f)
         except np.linalg.LinAlgError:
             rec[free] = np.linalg.lstsq(g_ff, b_f, rcond=None)[0]
-    rec = np.clip(rec, 0.2, 5.0)
-    has_data = free | (np.arange(a) == atm)
-    diff = rec - current
-    if has_data.any():
-        d = np.abs(diff[has_data])
-        misfit = float(np.sqrt(np.mean(diff[has_data] ** 2)))
-        k = int(np.flatnonzero(has_data)[np.argmax(d)])
-        max_abs, largest = float(d.max()), float(anchors_z[k])
-    else:
-        misfit = max_abs = largest = None
-    smile = _smile(z, q, multiplier, anchors_z, current, rec, smile_bin)
-    return SkewFit(anchors=tuple(anchors_z.tolist()), current=tuple(current.tolist()),
-                   recommended=tuple(float(x) for x in rec), n_per_anchor=tuple(int(c) for c in counts),
-                   misfit=misfit, max_abs_diff=max_abs, largest_diff_anchor=largest, smile=smile)
+    return np.clip(rec, 0.2, 5.0), support, counts, free
 
 
 def _empty_smile() -> dict[str, list[Any]]:

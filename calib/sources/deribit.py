@@ -426,7 +426,9 @@ class DeribitClient:
             ``"index"`` (default): ``public/get_index_chart_data`` on ``<cur>_usd``,
             fetched with the smallest range covering ``start`` (ranges are
             anchored at *now*), then cut to the window and resampled to the last
-            value in each bar. ``"perpetual"``: closes of
+            value in each bar; the endpoint's own spacing depends on the range
+            (hourly points for ``1m`` in Deribit's example), so bars finer than
+            that come back sparser, never interpolated. ``"perpetual"``: closes of
             ``public/get_tradingview_chart_data`` on ``<CUR>-PERPETUAL``.
 
         Returns

@@ -1,0 +1,50 @@
+"""One live chain from Deribit, shaped like a harvest read, for `calib calibrate-live`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import polars as pl
+
+from calib.data.reader import QUOTE_COLUMNS, TS_TYPE, HarvestRead
+from calib.sources.deribit import DEFAULT_BASE_URL, DeribitClient
+
+RV_HISTORY = timedelta(days=7, hours=1)
+
+
+def chain_to_read(chain: pl.DataFrame, index_history: pl.DataFrame) -> HarvestRead:
+    """Turn a book-summary snapshot plus index history into the engine's input.
+
+    `chain` is in the harvest schema (one snapshot); `index_history` has
+    columns `ts` and `index_price` covering the 7 days before it.
+    """
+    quotes = chain.select(
+        [
+            (pl.col(c).cast(TS_TYPE) if c in ("snapshot_ts", "expiry_ts") else pl.col(c)).alias(c)
+            if c in chain.columns
+            else pl.lit(None).alias(c)
+            for c in QUOTE_COLUMNS
+        ]
+    )
+    snap = quotes["snapshot_ts"].max()
+    now_index = quotes.select(pl.col("index_price").median()).item()
+    hist = index_history.select(pl.col("ts").cast(TS_TYPE).alias("snapshot_ts"), pl.col("index_price").alias("index_usd"))
+    if now_index is not None:
+        hist = pl.concat([hist.filter(pl.col("snapshot_ts") < snap),
+                          pl.DataFrame({"snapshot_ts": [snap], "index_usd": [now_index]},
+                                       schema={"snapshot_ts": TS_TYPE, "index_usd": pl.Float64})])
+    index = hist.with_columns(pl.lit("index_price").alias("index_source")).sort("snapshot_ts")
+    return HarvestRead(
+        quotes=quotes, index=index, columns_present=frozenset(c for c in chain.columns if c in QUOTE_COLUMNS),
+        columns_missing_somewhere=frozenset(), files_total=0, files_read=0, skipped=(),
+        window_start=snap, window_end=snap, newest_snapshot_ts=snap,  # type: ignore[arg-type]
+    )
+
+
+def fetch_live_chain(underlying: str, *, base_url: str = DEFAULT_BASE_URL) -> HarvestRead:
+    """Book summary + index now + 7 days of index history (Deribit public API)."""
+    with DeribitClient(base_url=base_url) as client:
+        chain = client.option_chain(underlying)
+        snap = chain["snapshot_ts"].max()
+        history = client.index_history(underlying, snap - RV_HISTORY, snap, resolution="60")  # type: ignore[operator]
+    return chain_to_read(chain, history)

@@ -319,6 +319,7 @@ def test_files_per_snapshot_and_instrument_cap(tmp_path: Path) -> None:
         ({"underlyings": ("BTCX",)}, "`underlyings`"),
         ({"end": datetime(2025, 1, 1)}, "timezone-aware"),
         ({"days": 0.0}, "`days`"),
+        ({"seed": -1}, "`seed`"),
         ({"step_minutes": 0.5}, "`step_minutes`"),
         ({"scenario": "meltdown"}, "`scenario` must be one of normal"),
         ({"files_per": "hour"}, "`files_per`"),

@@ -1,43 +1,31 @@
 """Synthetic Deribit-like option harvests for demos, tests and benchmarks.
 
 `generate_demo_harvest` writes BTC/ETH option snapshots in the harvested layout
-(SPEC section 2) from a small market model:
-
-- index: log-normal with stochastic, clustered volatility (log-vol OU with
-  jump-triggered bumps), intraday and weekend seasonality, correlated BTC/ETH
-  returns and jumps;
-- expiry calendar as on Deribit: 08:00 UTC dailies (listed 4 days ahead),
-  Friday weeklies (3 weeks), last-Friday monthlies (3 months), quarterlies
-  (1 year); strike grids widen with tenor and grow when spot moves;
-- vol surface: ATM IV = premium x expected average variance (RV-driven, with a
-  term structure) and a smile in standardized moneyness
-  ``z = ln(K/F) / (atm_iv sqrt(T))``; marks are Black-76 coin prices;
-- quotes, greeks, open interest and volume in Deribit's conventions.
-
-Scenarios (`SCENARIOS`) inject the pathologies the calibration must grade:
+(SPEC section 2): an index with clustered stochastic volatility and jumps, the
+Deribit expiry calendar and strike grids, an RV-driven ATM level with a term
+structure and a smile in standardized moneyness ``z = ln(K/F)/(atm_iv sqrt T)``,
+Black-76 coin marks, quotes, greeks, open interest and volume in Deribit's
+conventions. Scenarios (`SCENARIOS`) inject the pathologies a calibration must grade:
 
 ``normal``            clean data (status ok).
-``vol_shock``         realized vol x3 over the last 12 days while IV keeps pricing the
-                      calm path (+20%): ATM IV / RV_7d ~0.4 for most of a 14-day
-                      lookback, so the recommended multiplier falls far below 0.7.
-``mult_at_bound``     index vol x0.2 over the last 20 days, IV unchanged: IV / RV ~5,
-                      so the recommended multiplier pins at the upper bound 4.0.
+``vol_shock``         realized vol x3 over the last 12 days while IV keeps pricing the calm
+                      path (+20%): IV / RV_7d ~0.4 for most of a 14-day lookback (mult << 0.7).
+``mult_at_bound``     index vol x0.2 over the last 20 days, IV unchanged: IV / RV ~5 (mult 4.0).
 ``usd_marks``         ``mark_price``, ``bid_price``, ``ask_price`` in USD (x F), not coin.
 ``iv_fraction``       ``mark_iv``, ``bid_iv``, ``ask_iv`` as fractions (0.55), not percent.
 ``no_mark_iv``        no ``mark_iv`` column (IV must be inverted: degraded).
 ``no_index``          no ``index_price`` column (RV falls back: degraded).
 ``missing_required``  no ``underlying_price`` column (failed).
-``outage``            no snapshots from 11 to 4 days before ``end``: 50% coverage
-                      of the last 14 days (degraded).
+``outage``            no snapshots 11 to 4 days before ``end``: 50% of the last 14 days.
 ``truncated_file``    the middle file of the last 14 days cut to half its bytes.
 
-Generation is vectorized and runs day by day, so memory stays bounded.
+Generation is vectorized and runs one UTC day at a time, so memory stays bounded.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -61,6 +49,7 @@ SCENARIOS: tuple[str, ...] = (
 FilesPer = Literal["day", "snapshot"]
 
 MS_PER_DAY = 86_400_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MS_PER_YEAR = DAYS_PER_YEAR * MS_PER_DAY
 WARMUP_DAYS = 8.0  # hidden history before the first snapshot: RV_7d is defined from the start
 LOOKBACK_DAYS = 14.0  # the window the outage / truncated-file pathologies aim at
@@ -128,23 +117,22 @@ class DemoSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "underlyings", tuple(self.underlyings))  # accept lists
-        bad = [u for u in self.underlyings if u not in UNDERLYINGS]
-        if bad or not self.underlyings or len(set(self.underlyings)) != len(self.underlyings):
-            raise InvalidInputError(
-                f"`underlyings` must be distinct values of {', '.join(UNDERLYINGS)}; got {self.underlyings}"
-            )
-        if self.end.tzinfo is None or self.end.utcoffset() is None:
-            raise InvalidInputError(f"`end` must be timezone-aware (UTC); got naive {self.end!r}")
-        if not self.days > 0:
-            raise InvalidInputError(f"`days` must be positive; got {self.days}")
-        if not 1.0 <= self.step_minutes <= 1440.0:
-            raise InvalidInputError(f"`step_minutes` must be within 1-1440; got {self.step_minutes}")
-        if self.scenario not in SCENARIOS:
-            raise InvalidInputError(f"`scenario` must be one of {', '.join(SCENARIOS)}; got {self.scenario!r}")
-        if self.files_per not in ("day", "snapshot"):
-            raise InvalidInputError(f"`files_per` must be 'day' or 'snapshot'; got {self.files_per!r}")
-        if self.max_instruments is not None and self.max_instruments < 1:
-            raise InvalidInputError(f"`max_instruments` must be positive or None; got {self.max_instruments}")
+        und_ok = set(self.underlyings) <= set(UNDERLYINGS) and len(set(self.underlyings)) == len(self.underlyings)
+        checks = (
+            (und_ok and bool(self.underlyings),
+             f"`underlyings` must be distinct values of {', '.join(UNDERLYINGS)}; got {self.underlyings}"),
+            (self.end.utcoffset() is not None, f"`end` must be timezone-aware (UTC); got naive {self.end!r}"),
+            (self.days > 0, f"`days` must be positive; got {self.days}"),
+            (self.seed >= 0, f"`seed` must be a non-negative integer; got {self.seed}"),
+            (1.0 <= self.step_minutes <= 1440.0, f"`step_minutes` must be within 1-1440; got {self.step_minutes}"),
+            (self.scenario in SCENARIOS, f"`scenario` must be one of {', '.join(SCENARIOS)}; got {self.scenario!r}"),
+            (self.files_per in ("day", "snapshot"), f"`files_per` must be 'day' or 'snapshot'; got {self.files_per!r}"),
+            (self.max_instruments is None or self.max_instruments >= 1,
+             f"`max_instruments` must be positive or None; got {self.max_instruments}"),
+        )  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise InvalidInputError(message)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,16 +150,9 @@ class DemoSummary:
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready dict: times as ISO-8601 UTC strings, the root as a string."""
-        return {
-            "files": self.files,
-            "rows": self.rows,
-            "snapshots": self.snapshots,
-            "underlyings": list(self.underlyings),
-            "start": self.start.isoformat(),
-            "end": self.end.isoformat(),
-            "scenario": self.scenario,
-            "data_root": str(self.data_root),
-        }
+        d = asdict(self)
+        return {**d, "underlyings": list(self.underlyings), "start": self.start.isoformat(),
+                "end": self.end.isoformat(), "data_root": str(self.data_root)}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,20 +167,14 @@ class _Market:
     skew_curv: FloatArray
 
 
-
-def _mix64(h: np.ndarray) -> np.ndarray:
-    """SplitMix64 finalizer (uint64 arithmetic wraps by design)."""
-    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return h ^ (h >> np.uint64(31))
-
-
 def _hash_u01(salt: int, *keys: np.ndarray) -> FloatArray:
-    """Uniform (0, 1) numbers that depend only on ``salt`` and the integer keys (stable per instrument)."""
-    shape = np.broadcast_shapes(*(np.shape(k) for k in keys))
-    h = np.full(shape, np.uint64(salt & 0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
-    for k in keys:
-        h = _mix64(h ^ (np.asarray(k).astype(np.int64).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)))
+    """Uniform (0, 1) numbers depending only on ``salt`` and integer keys (SplitMix64; uint64 wraps)."""
+    h = np.full(np.broadcast_shapes(*(np.shape(k) for k in keys)), np.uint64(salt % 2**64), dtype=np.uint64)
+    for key in keys:
+        h = h ^ (np.asarray(key).astype(np.int64).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15))
+        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        h = h ^ (h >> np.uint64(31))
     return ((h >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
 
 
@@ -228,7 +203,6 @@ def _ou(rng: np.random.Generator, n: int, dt_years: float, half_life_days: float
     if shocks is not None:
         innov = innov + shocks
     return _ar1(a, innov)
-
 
 
 def _regime(t_ms: np.ndarray, end_ms: int, scenario: str) -> tuple[FloatArray, FloatArray]:
@@ -298,7 +272,6 @@ def _simulate_markets(t_ms: np.ndarray, end_ms: int, seed: int, scenario: str) -
     return out
 
 
-
 def _last_friday(month: np.ndarray) -> np.ndarray:
     """Epoch day of the last Friday of each ``datetime64[M]`` month."""
     last_day = ((month + 1).astype("datetime64[D]") - 1).astype(np.int64)
@@ -306,7 +279,7 @@ def _last_friday(month: np.ndarray) -> np.ndarray:
 
 
 def expiry_calendar(first_ms: int, last_ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Deribit expiries alive at some time in ``[first_ms, last_ms]``.
+    """Deribit expiries alive at some time in ``[first_ms, last_ms]`` (epoch milliseconds).
 
     Returns
     -------
@@ -343,7 +316,16 @@ def _nice_step(x: float) -> float:
 
 
 def strike_grid(kind: int, ref_usd: float, lo_usd: float, hi_usd: float, fracs: tuple[float, ...]) -> FloatArray:
-    """Strikes of one expiry: finer near the money, wider for longer kinds, covering [lo, hi] spot."""
+    """Strikes (USD) of one expiry: fine steps near the money, coarser and wider for longer kinds.
+
+    Parameters
+    ----------
+    kind : expiry kind (0 daily ... 3 quarterly), selects the levels of `_GRID`.
+    ref_usd : index at listing; sets the step of each level, ``nice(ref x fracs[level])``.
+    lo_usd, hi_usd : lowest / highest index since listing; each level covers
+        ``[lo (1 - down), hi (1 + up)]``, so strikes are added, never removed, as spot moves.
+    fracs : step / spot per level for the underlying.
+    """
     parts = []
     for level, down, up in _GRID[kind]:
         step = _nice_step(ref_usd * fracs[level])
@@ -358,24 +340,20 @@ def _day_instruments(und: str, cal: tuple[np.ndarray, ...], t_ms: np.ndarray, mk
                      ) -> dict[str, np.ndarray]:  # fmt: skip
     """Instruments listed during snapshots ``t_ms[i0:i1]``: expiry, listing, kind, strike, type, ref."""
     expiry_ms, listed_ms, kinds = cal
-    live = np.flatnonzero((listed_ms <= t_ms[i1 - 1]) & (expiry_ms > t_ms[i0]))
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("expiry_ms", "listed_ms", "kind", "strike", "ref_usd")}
     today = int(t_ms[i0] // MS_PER_DAY) - t_day0
-    for e in live:  # a loop over ~12 expiries, not rows
+    parts = []
+    for e in np.flatnonzero((listed_ms <= t_ms[i1 - 1]) & (expiry_ms > t_ms[i0])):  # ~12 expiries
         i_list = min(int(np.searchsorted(t_ms, listed_ms[e])), i1 - 1)
         d_list = min(int(t_ms[i_list] // MS_PER_DAY) - t_day0, today)
         ref = float(mkt.index_usd[i_list])
-        ks = strike_grid(int(kinds[e]), ref, float(day_lo[d_list:today + 1].min()),
-                         float(day_hi[d_list:today + 1].max()), _PARAMS[und].strike_fracs)  # fmt: skip
-        for name, v in (("expiry_ms", expiry_ms[e]), ("listed_ms", listed_ms[e]), ("kind", kinds[e]), ("ref_usd", ref)):
-            cols[name].append(np.full(ks.size, v))
-        cols["strike"].append(ks)
-    flat = {k: np.concatenate(v) if v else np.empty(0) for k, v in cols.items()}
-    # each strike twice: call then put
-    out = {k: np.repeat(v, 2) for k, v in flat.items()}
-    out["is_call"] = np.tile([True, False], flat["strike"].size)
+        ks = strike_grid(int(kinds[e]), ref, float(day_lo[d_list : today + 1].min()),
+                         float(day_hi[d_list : today + 1].max()), _PARAMS[und].strike_fracs)  # fmt: skip
+        parts.append(np.stack(np.broadcast_arrays(expiry_ms[e], listed_ms[e], kinds[e], ks, ref)))
+    cols = np.repeat(np.concatenate(parts, axis=1), 2, axis=1)  # each strike twice: call, then put
+    names = ("expiry_ms", "listed_ms", "kind", "strike", "ref_usd")
+    out = {name: cols[j].astype(np.int64 if j < 3 else np.float64) for j, name in enumerate(names)}
+    out["is_call"] = np.arange(cols.shape[1]) % 2 == 0
     return out
-
 
 
 def _quote_iv_pct(price_coin: FloatArray, f: FloatArray, k: FloatArray, t: FloatArray, c: np.ndarray,
@@ -448,8 +426,8 @@ def _labels(und: str, inst: dict[str, np.ndarray]) -> pl.DataFrame:
     """``option_type`` and the Deribit ``instrument_name`` (``BTC-5MAY23-30000-P``) per instrument."""
     cp = pl.when("c").then(pl.lit("C")).otherwise(pl.lit("P"))
     k = pl.col("k")
-    strike = pl.when(k == k.floor()).then(k.cast(pl.Int64).cast(pl.String))
-    strike = strike.otherwise(k.cast(pl.String).str.replace(".", "d", literal=True))
+    whole = k.cast(pl.Int64).cast(pl.String)
+    strike = pl.when(k == k.floor()).then(whole).otherwise(k.cast(pl.String).str.replace(".", "d", literal=True))
     day = pl.from_epoch("e", time_unit="ms").dt.strftime("%-d%b%y").str.to_uppercase()
     return pl.DataFrame({"e": inst["expiry_ms"], "k": inst["strike"], "c": inst["is_call"]}).select(
         cp.alias("option_type"), pl.concat_str(pl.lit(und), day, strike, cp, separator="-").alias("instrument_name")
@@ -507,8 +485,14 @@ def _day_frame(und: str, mkt: _Market, t_ms: np.ndarray, snaps: np.ndarray, inst
         "delta": np.round(delta, 5) + 0.0,  # no negative zeros
         "gamma": np.round(pdf / (f * sigma * sqrt_t), 5),
         "vega": np.round(f * vega_coin / 100.0, 5),
-        "theta": np.round(-f * pdf * sigma / (2 * sqrt_t) / DAYS_PER_YEAR, 5),
+        "theta": -f * pdf * sigma / (2 * sqrt_t) / DAYS_PER_YEAR,
     }
+    # Near expiry Deribit's theta is the one-day price change (at most the time value).
+    near = np.flatnonzero(t_years < 4.0 / DAYS_PER_YEAR)
+    t_next = np.maximum(t_years[near] - 1.0 / DAYS_PER_YEAR, 0.0)
+    decay_coin = black76_price_coin(f[near], k[near], t_next, sigma[near], c[near]) - model_coin[near]
+    greeks["theta"][near] = f[near] * decay_coin
+    greeks["theta"] = np.round(greeks["theta"], 5)
 
     itm = np.abs(delta) > 0.6
     quotes = _quotes(f, k, t_years, c, sigma, mark_coin, delta, z, rng)
@@ -553,10 +537,13 @@ def _day_frame(und: str, mkt: _Market, t_ms: np.ndarray, snaps: np.ndarray, inst
     return df.drop(dropped[spec.scenario]) if spec.scenario in dropped else df
 
 
+def _utc_ms(ms: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=ms)
+
 
 def _snapshot_grid(spec: DemoSpec) -> tuple[np.ndarray, np.ndarray, int]:
     """Path grid (ms, warm-up included), indices of the written snapshots, end in ms."""
-    end_ms = (spec.end - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    end_ms = (spec.end - _EPOCH) // timedelta(milliseconds=1)
     step_ms = round(spec.step_minutes * 60_000)
     n_snap = int(np.floor(spec.days * MS_PER_DAY / step_ms + 1e-9)) + 1
     n_warm = int(np.ceil(WARMUP_DAYS * MS_PER_DAY / step_ms))
@@ -569,10 +556,11 @@ def _snapshot_grid(spec: DemoSpec) -> tuple[np.ndarray, np.ndarray, int]:
     return t_ms, snaps, end_ms
 
 
-def _truncate_one(written: list[tuple[int, Path]], end_ms: int, days: float) -> None:
-    """Cut the middle file of the last (up to) 14 days to half its bytes."""
+def _truncate_one(written: list[tuple[str, int, Path]], und: str, end_ms: int, days: float) -> None:
+    """Cut the middle file of ``und`` in the last (up to) 14 days to half its bytes."""
     w = min(LOOKBACK_DAYS, days) * MS_PER_DAY
-    recent = sorted(p for t, p in written if t >= end_ms - w) or sorted(p for _, p in written)
+    mine = [(t, p) for u, t, p in written if u == und]
+    recent = [p for t, p in mine if t >= end_ms - w] or [p for _, p in mine]
     victim = recent[len(recent) // 2]
     blob = victim.read_bytes()
     victim.write_bytes(blob[: len(blob) // 2])
@@ -611,7 +599,7 @@ def generate_demo_harvest(data_root: Path, spec: DemoSpec) -> DemoSummary:
     snap_day = t_day[snaps]
     day_starts = np.flatnonzero(np.r_[True, snap_day[1:] != snap_day[:-1]])
     bounds = np.r_[day_starts, snaps.size]
-    written: list[tuple[int, Path]] = []
+    written: list[tuple[str, int, Path]] = []  # (underlying, last snapshot ms, file), in time order
     rows = 0
     for und in spec.underlyings:
         mkt = markets[und]
@@ -627,23 +615,15 @@ def generate_demo_harvest(data_root: Path, spec: DemoSpec) -> DemoSummary:
             df = _day_frame(und, mkt, t_ms, day_snaps, inst, spec, int(snap_day[b0]))
             rows += df.height
             if spec.files_per == "day":
-                ts0 = datetime.fromtimestamp(int(t_ms[day_snaps[0]]) / 1e3, UTC)
-                path = partition_dir(data_root, und, ts0) / "demo.parquet"
-                written.append((int(t_ms[day_snaps[-1]]), atomic_write_parquet(df, path)))
+                path = partition_dir(data_root, und, _utc_ms(int(t_ms[day_snaps[0]]))) / "demo.parquet"
+                written.append((und, int(t_ms[day_snaps[-1]]), atomic_write_parquet(df, path)))
             else:
                 for (ts,), part in df.partition_by("snapshot_ts", as_dict=True, maintain_order=True).items():
                     path = snapshot_path(data_root, und, ts, stem="demo")
-                    written.append((int(ts.timestamp() * 1000), atomic_write_parquet(part, path)))
+                    written.append((und, int(ts.timestamp() * 1000), atomic_write_parquet(part, path)))
             del df
     if spec.scenario == "truncated_file":
-        _truncate_one(written, end_ms, spec.days)
-    return DemoSummary(
-        files=len(written),
-        rows=rows,
-        snapshots=int(snaps.size),
-        underlyings=tuple(spec.underlyings),
-        start=datetime.fromtimestamp(int(t_ms[snaps[0]]) / 1e3, UTC),
-        end=datetime.fromtimestamp(int(t_ms[snaps[-1]]) / 1e3, UTC),
-        scenario=spec.scenario,
-        data_root=data_root,
-    )
+        _truncate_one(written, spec.underlyings[0], end_ms, spec.days)
+    start, end = _utc_ms(int(t_ms[snaps[0]])), _utc_ms(int(t_ms[snaps[-1]]))
+    return DemoSummary(files=len(written), rows=rows, snapshots=int(snaps.size), underlyings=spec.underlyings,
+                       start=start, end=end, scenario=spec.scenario, data_root=data_root)  # fmt: skip

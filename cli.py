@@ -477,6 +477,30 @@ def import_tardis_cmd(
     typer.echo(f"Skipped rows: {skipped}")
 
 
+@app.command("demo-db")
+def demo_db_cmd(
+    db: DbOpt = DEFAULT_DB,
+    data_dir: Annotated[Path, typer.Option(help="Where the demo harvests are written (reused if present).")] = Path(
+        "data/demo"),
+    now: Annotated[str | None, typer.Option(help="Pretend 'now' is this ISO-8601 UTC time.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing history file.")] = False,
+) -> None:
+    """Fill a history file with a realistic mix of runs so the dashboard is populated at once."""
+    from calib.demo_db import populate_demo_db
+
+    try:
+        summary = populate_demo_db(db, data_dir, now=_parse_ts(now), overwrite=overwrite, progress=_progress)
+    except CalibError as e:
+        _fail(e)
+    auto = ", ".join(f"{n} {k}" for k, n in summary.auto_runs.items())
+    live = ", ".join(f"{n} {k}" for k, n in summary.live_runs.items())
+    forced = f"; Force-Apply set {summary.forced.multiplier:.4f}" if summary.forced else ""
+    typer.echo(f"Wrote {summary.n_runs} runs to {db} in {summary.elapsed_s:.1f} s: auto-calibrate {auto}; "
+               f"live {live}{forced}")
+    prefix = "" if db == DEFAULT_DB else f"CALIB_DB={db} "
+    typer.echo(f"Open the dashboard: {prefix}streamlit run app.py")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

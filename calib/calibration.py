@@ -5,18 +5,26 @@ harvested snapshots; `run_calibration_extended` (in `calib.live`) hands one
 current chain to the same `calibrate_harvest_read`. Both grade data quality,
 run the engine, apply the realism guardrails and return a CalibrationResult.
 Nothing here writes the history store.
+
+Large windows (more rows than `CHUNKED_THRESHOLD_ROWS` by the Parquet
+footers) run through `calib.streaming` partition by partition in bounded
+memory; the pieces both paths share live here (`prepare_quotes`,
+`QuoteTally`, `build_result`).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import polars as pl
 
+from calib._typing import FloatArray
 from calib.config import DAYS_PER_YEAR, CalibrationConfig
 from calib.data.quality import (
     INVALID_REASONS,
@@ -28,7 +36,20 @@ from calib.data.quality import (
     grade,
     row_reason_expr,
 )
-from calib.data.reader import HarvestRead, default_window, read_harvest
+from calib.data.reader import (
+    TS_TYPE,
+    HarvestFiles,
+    HarvestRead,
+    SkippedFile,
+    default_window,
+    estimate_rows,
+    find_harvest_files,
+    partition_groups,
+    read_index_series,
+    reading,
+    relisting,
+    scan_quotes,
+)
 from calib.engine.calibrate import EngineOutput, calibrate_quotes
 from calib.engine.guardrails import assess_calibration_realism
 from calib.engine.metrics import EMPTY
@@ -41,6 +62,8 @@ from calib.numerics.realized_vol import trailing_realized_vol
 Progress = Callable[[str], None]
 _US_PER_YEAR = DAYS_PER_YEAR * 86400e6
 RV_SHORT_HISTORY_DAYS = 3.5  # median RV history below this degrades the run
+CHUNKED_THRESHOLD_ROWS = 20_000_000  # quote rows (Parquet footers) above which a window streams
+KERNEL_BLOCK = 1 << 17  # quotes per vega / IV kernel call: small temporaries, no fresh-memory faults
 
 
 def new_run_id(underlying: str, now: datetime) -> str:
@@ -48,7 +71,10 @@ def new_run_id(underlying: str, now: datetime) -> str:
 
 
 def run_historical_calibration_from_harvest(
-    config: CalibrationConfig, *, progress: Progress | None = None
+    config: CalibrationConfig,
+    *,
+    progress: Progress | None = None,
+    chunk_threshold_rows: int | None = None,
 ) -> CalibrationResult:
     """Calibrate on the harvested window ending at `harvest.end_time` (default: now).
 
@@ -56,6 +82,11 @@ def run_historical_calibration_from_harvest(
     earlier so every snapshot has a trailing RV_7d with no look-ahead. With no
     end time and a harvest that stopped in the past, the window ends at the
     newest snapshot and the result says so (issue `window_clamped`).
+
+    Windows with more quote rows than `chunk_threshold_rows` (default
+    `CHUNKED_THRESHOLD_ROWS`, counted from the Parquet footers) run chunked,
+    one partition group at a time (`calib.streaming`); the result records the
+    path in `data_quality.engine_path`.
     """
     t0 = time.perf_counter()
     h = config.harvest
@@ -65,8 +96,6 @@ def run_historical_calibration_from_harvest(
         start, end = h.start_time, h.end_time
     else:
         start, end, clamped = default_window(h.data_root, config.underlying, lookback=lookback, as_of=h.end_time)
-    read = read_harvest(h.data_root, config.underlying, window_start=start, window_end=end,
-                        warmup=h.rv_warmup, progress=progress)
     extra: list[DataQualityIssue] = []
     if clamped:
         age_d = (datetime.now(UTC) - end).total_seconds() / 86400
@@ -74,8 +103,55 @@ def run_historical_calibration_from_harvest(
             code="window_clamped", severity="info",
             message=(f"newest harvested snapshot is {age_d:.1f} days old; the window ends at it "
                      f"({end:%Y-%m-%d %H:%M}Z). Pass --as-of to choose the end explicitly")))
-    return calibrate_harvest_read(read, config, coverage_applies=True, extra_issues=extra,
-                                  scan_s=time.perf_counter() - t0, progress=progress)
+    threshold = CHUNKED_THRESHOLD_ROWS if chunk_threshold_rows is None else chunk_threshold_rows
+
+    def once() -> CalibrationResult:
+        hf = find_harvest_files(h.data_root, config.underlying, window_start=start, window_end=end,
+                                warmup=h.rv_warmup, progress=progress)
+        with reading(hf):
+            est_rows = estimate_rows(hf.quote_files())
+        if est_rows > threshold:
+            from calib.streaming import calibrate_chunked
+
+            return calibrate_chunked(hf, config, extra_issues=extra, progress=progress, t_start=t0,
+                                     est_rows=est_rows)
+        with reading(hf):
+            return _calibrate_in_memory(hf, config, extra_issues=extra, progress=progress, t_start=t0,
+                                        est_rows=est_rows)
+
+    return relisting(once)
+
+
+def _calibrate_in_memory(hf: HarvestFiles, config: CalibrationConfig, *, extra_issues: list[DataQualityIssue],
+                         progress: Progress | None, t_start: float, est_rows: int) -> CalibrationResult:
+    index = read_index_series(hf)
+    timings = {"scan": time.perf_counter() - t_start}
+    t = time.perf_counter()
+    lookup, rv_issues = rv_lookup(index)
+    timings["rv"] = time.perf_counter() - t
+    has_mark_iv = "mark_iv" in hf.columns_present
+    groups = partition_groups(hf.quote_files())
+
+    def prepare(parse_names: bool, timings: dict[str, float]) -> tuple[QuoteTally, QuoteArrays]:
+        chunks = (scan_quotes(hf, g, parse_names=parse_names) for g in groups)
+        return prepare_window(chunks, lookup, config, has_mark_iv=has_mark_iv, capacity=est_rows, timings=timings)
+
+    prep_timings: dict[str, float] = {}
+    tally, arrays = prepare(False, prep_timings)
+    if tally.excluded.get("unparsable_instrument") and "instrument_name" in hf.columns_present:
+        # Null expiry/strike/type inside files that have those columns: parse the names (slow path).
+        prep_timings = {}
+        tally, arrays = prepare(True, prep_timings)
+    timings["scan"] += prep_timings.pop("collect", 0.0)
+    for k, v in prep_timings.items():
+        timings[k] = timings.get(k, 0.0) + v
+    return calibrate_tally(
+        tally, arrays, index, config, columns_present=hf.columns_present,
+        columns_missing_somewhere=hf.columns_missing_somewhere, skipped=hf.skipped, files_total=hf.files_total,
+        window_start=hf.window_start, window_end=hf.window_end, coverage_applies=True,
+        extra_issues=extra_issues, rv_issues=rv_issues, timings=timings, progress=progress,
+        extra_dq={"engine_path": "in_memory"},
+    )
 
 
 def calibrate_harvest_read(
@@ -90,61 +166,110 @@ def calibrate_harvest_read(
     """The shared path: quality, RV, IV, engine, guardrails -> CalibrationResult."""
     timings = {"scan": scan_s}
     t = time.perf_counter()
-    issues = check_schema(read.columns_present, read.columns_missing_somewhere)
-    issues += list(extra_issues or [])
-    if read.skipped:
-        names = ", ".join(s.path.rsplit("/", 1)[-1] for s in read.skipped[:3])
+    lookup, rv_issues = rv_lookup(read.index)
+    timings["rv"] = time.perf_counter() - t
+    tally, arrays = prepare_window([read.quotes.lazy()], lookup, config, has_mark_iv="mark_iv" in read.columns_present,
+                                   capacity=read.quotes.height, timings=timings)
+    timings["scan"] += timings.pop("collect", 0.0)
+    return calibrate_tally(
+        tally, arrays, read.index, config, columns_present=read.columns_present,
+        columns_missing_somewhere=read.columns_missing_somewhere, skipped=read.skipped,
+        files_total=read.files_total, window_start=read.window_start, window_end=read.window_end,
+        coverage_applies=coverage_applies, extra_issues=list(extra_issues or []), rv_issues=rv_issues,
+        timings=timings, progress=progress, extra_dq={"engine_path": "in_memory"},
+    )
+
+
+def calibrate_tally(
+    tally: QuoteTally,
+    arrays: QuoteArrays,
+    index: pl.DataFrame,
+    config: CalibrationConfig,
+    *,
+    columns_present: frozenset[str],
+    columns_missing_somewhere: frozenset[str],
+    skipped: tuple[SkippedFile, ...],
+    files_total: int,
+    window_start: datetime,
+    window_end: datetime,
+    coverage_applies: bool,
+    extra_issues: list[DataQualityIssue],
+    rv_issues: list[DataQualityIssue],
+    timings: dict[str, float],
+    progress: Progress | None,
+    extra_dq: dict[str, Any],
+) -> CalibrationResult:
+    """Sample (`max_samples`), run the engine on the usable quotes and build the result."""
+    required_ok = not any(i.code == "missing_required_column"
+                          for i in check_schema(columns_present, columns_missing_somewhere))
+    engine: EngineOutput | None = None
+    if required_ok and tally.rows:
+        if config.max_samples is not None and len(arrays) > config.max_samples:
+            keep = _sample_mask(len(arrays), config.max_samples)
+            tally.excluded["sampled_out"] = int((~keep).sum())
+            arrays = arrays.subset(keep)
+        if len(arrays):
+            if progress:
+                progress(f"calibrating {len(arrays):,} quotes")
+            engine = calibrate_quotes(arrays, config)
+            timings.update(engine.timings_s)
+    return build_result(
+        tally, engine, index, config, columns_present=columns_present,
+        columns_missing_somewhere=columns_missing_somewhere, skipped=skipped, files_total=files_total,
+        window_start=window_start, window_end=window_end, coverage_applies=coverage_applies,
+        extra_issues=extra_issues, rv_issues=rv_issues, timings=timings, extra_dq=extra_dq,
+    )
+
+
+def build_result(
+    tally: QuoteTally,
+    engine: EngineOutput | None,
+    index: pl.DataFrame,
+    config: CalibrationConfig,
+    *,
+    columns_present: frozenset[str],
+    columns_missing_somewhere: frozenset[str],
+    skipped: tuple[SkippedFile, ...],
+    files_total: int,
+    window_start: datetime,
+    window_end: datetime,
+    coverage_applies: bool,
+    extra_issues: list[DataQualityIssue],
+    rv_issues: list[DataQualityIssue],
+    timings: dict[str, float],
+    extra_dq: dict[str, Any],
+) -> CalibrationResult:
+    """Data-quality issues and grade, guardrails, CalibrationResult (both engine paths end here)."""
+    t = time.perf_counter()
+    issues = check_schema(columns_present, columns_missing_somewhere)
+    required_ok = not any(i.code == "missing_required_column" for i in issues)
+    issues += extra_issues
+    if skipped:
+        names = ", ".join(s.path.rsplit("/", 1)[-1] for s in skipped[:3])
         issues.append(DataQualityIssue(
             code="files_skipped", severity="warning",
-            message=f"{len(read.skipped)} unreadable file(s) skipped: {names}"
-            + (" ..." if len(read.skipped) > 3 else ""), count=len(read.skipped)))
-    has_mark_iv = "mark_iv" in read.columns_present
-    quotes = read.quotes
-    rows_scanned = quotes.height
-    required_ok = not any(i.code == "missing_required_column" for i in issues)
-
+            message=f"{len(skipped)} unreadable file(s) skipped: {names}"
+            + (" ..." if len(skipped) > 3 else ""), count=len(skipped)))
+    has_mark_iv = "mark_iv" in columns_present
+    rows_scanned = tally.rows
+    snapshots = tally.snapshot_series()
     coverage = expected = None
-    present = quotes["snapshot_ts"].n_unique() if rows_scanned else 0
+    present = snapshots.len()
     step_min = gap_min = None
     if coverage_applies:
-        cov = check_coverage(quotes["snapshot_ts"], window_start=read.window_start,
-                             window_end=read.window_end, step=config.harvest.snapshot_step)
+        cov = check_coverage(snapshots, window_start=window_start, window_end=window_end,
+                             step=config.harvest.snapshot_step)
         coverage, expected, present, step_min, gap_min, cov_issues = cov
         issues += cov_issues
     elif rows_scanned:
         coverage = 100.0
     if rows_scanned:
-        issues += check_units(quotes, config.quality)
-    timings["data_quality"] = time.perf_counter() - t
-
-    # RV_7d per snapshot from the index series (trailing, no look-ahead).
-    t = time.perf_counter()
-    rv_frame, rv_issues = _rv_per_snapshot(read.index)
+        issues += tally.unit_issues(config)
     issues += rv_issues
-    timings["rv"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    dte_max_read = max([config.max_dte, *(b.dte_max for b in config.bands)])
+    excluded = dict(tally.excluded) if required_ok else {}
     if required_ok and rows_scanned:
-        prepared = _prepare(quotes, rv_frame, config, has_mark_iv=has_mark_iv, dte_max_read=dte_max_read)
-    else:
-        prepared = None
-    excluded: dict[str, int] = {}
-    arrays: QuoteArrays | None = None
-    inverted = 0
-    if prepared is not None:
-        counts = prepared.group_by("exclude_reason").len()
-        excluded = {r: int(n) for r, n in counts.iter_rows() if r is not None}
-        usable = prepared.filter(pl.col("exclude_reason").is_null())
-        arrays, inv_fail, inverted = _to_arrays(usable, has_mark_iv=has_mark_iv)
-        if inv_fail:
-            excluded["iv_inversion_failed"] = inv_fail
-        if config.max_samples is not None and len(arrays) > config.max_samples:
-            keep = _sample_mask(len(arrays), config.max_samples)
-            excluded["sampled_out"] = int((~keep).sum())
-            arrays = arrays.subset(keep)
-        rv_span = prepared.filter(pl.col("exclude_reason").is_null())["rv_span_days"].median()
-        if rv_span is not None and rv_span < RV_SHORT_HISTORY_DAYS:  # type: ignore[operator]
+        rv_span = tally.rv_span_median_days()
+        if rv_span is not None and rv_span < RV_SHORT_HISTORY_DAYS:
             issues.append(DataQualityIssue(
                 code="rv_short_history", severity="warning",
                 message=(f"RV_7d warm-up incomplete: median history {rv_span:.1f} d of 7 d "
@@ -155,6 +280,7 @@ def calibrate_harvest_read(
             message=(f"{excluded['no_rv']} quotes have no RV_7d: fewer than 12 index observations "
                      "(or < 6 h of history) in the 7 days before their snapshot"),
             count=excluded["no_rv"]))
+    inverted = tally.inverted if required_ok else 0
     if inverted:
         issues.append(DataQualityIssue(code="iv_inverted_rows", severity="info",
                                        message=f"{inverted} implied vols inverted from mark_price",
@@ -171,25 +297,18 @@ def calibrate_harvest_read(
         detail = ", ".join(f"{r}={excluded[r]}" for r in INVALID_REASONS if excluded.get(r))
         issues.append(DataQualityIssue(code="invalid_row_reasons", severity="info",
                                        message=f"invalid rows by reason: {detail}", count=invalid))
-    timings["pricing"] = time.perf_counter() - t
 
-    engine: EngineOutput | None = None
-    if arrays is not None and len(arrays):
-        if progress:
-            progress(f"calibrating {len(arrays):,} quotes")
-        engine = calibrate_quotes(arrays, config)
-        timings.update(engine.timings_s)
     n_global = engine.n_samples if engine else 0
     status_dq, issues = grade(issues, coverage_pct=coverage, invalid_pct=invalid_pct, rows_used=n_global,
-                              files_skipped=len(read.skipped), th=config.quality)
+                              files_skipped=len(skipped), th=config.quality)
     dq = DataQuality(
         status=status_dq, issues=tuple(issues), rows_scanned=rows_scanned, rows_used=n_global,
         excluded=excluded, coverage_pct=coverage, snapshots_expected=expected, snapshots_present=present,
-        snapshot_step_minutes=step_min, largest_gap_minutes=gap_min, files_total=read.files_total,
-        files_skipped=len(read.skipped), invalid_pct=invalid_pct,
+        snapshot_step_minutes=step_min, largest_gap_minutes=gap_min, files_total=files_total,
+        files_skipped=len(skipped), invalid_pct=invalid_pct,
         extra={"iv_source": "mark_iv" if has_mark_iv else "inverted",
-               "rv_source": _rv_source(read.index),
-               "skipped_files": [s.path for s in read.skipped]},
+               "rv_source": _rv_source(index),
+               "skipped_files": [s.path for s in skipped], **extra_dq},
     )
     gm = engine.global_metrics if engine else GlobalMetrics(
         multiplier_tested=config.multiplier_tested, recommended_iv_multiplier=None, at_bound=False,
@@ -198,6 +317,7 @@ def calibrate_harvest_read(
     status, reason = assess_calibration_realism(
         gm.recommended_iv_multiplier, gm.at_recommended.mae_pct, gm.at_recommended.vega_weighted_mae_pct,
         status_dq, at_bound=gm.at_bound, data_quality_issues=failed_codes, thresholds=config.realism)
+    timings["data_quality"] = timings.get("data_quality", 0.0) + time.perf_counter() - t
     now = datetime.now(UTC)
     return CalibrationResult(
         run_id=new_run_id(config.underlying, now), created_at=now, source=config.source,
@@ -211,8 +331,8 @@ def calibrate_harvest_read(
         skew=engine.skew if engine else None,
         recommended_surface=engine.recommended_surface if engine else None,
         data_quality=dq,
-        window={"start": read.window_start, "end": read.window_end,
-                "newest_snapshot": read.newest_snapshot_ts, "data_root": str(config.harvest.data_root)},
+        window={"start": window_start, "end": window_end,
+                "newest_snapshot": tally.newest_snapshot(), "data_root": str(config.harvest.data_root)},
         timings_s=timings, replay=config.replay,
     )
 
@@ -224,71 +344,270 @@ def _rv_source(index: pl.DataFrame) -> str:
     return "index_price" if sources == {"index_price"} else ("nearest_forward" if sources else "none")
 
 
-def _rv_per_snapshot(index: pl.DataFrame) -> tuple[pl.DataFrame, list[DataQualityIssue]]:
+@dataclass(frozen=True, slots=True)
+class RvLookup:
+    """RV_7d per snapshot, sorted by time, for vectorized lookups by `snapshot_us`."""
+
+    ts_us: np.ndarray  # int64 epoch microseconds, increasing
+    rv: FloatArray  # annualized fraction, NaN where undefined
+    span_days: FloatArray  # history the estimate used
+
+    def find(self, snapshot_us: np.ndarray) -> tuple[np.ndarray, FloatArray]:
+        """Index into this lookup (-1 = snapshot unknown) and the RV of each snapshot (NaN = none)."""
+        if self.ts_us.size == 0 or snapshot_us.size == 0:
+            return np.full(snapshot_us.size, -1, np.int64), np.full(snapshot_us.size, np.nan)
+        # Rows come grouped by snapshot: look up each run once, then repeat.
+        starts = np.flatnonzero(np.r_[True, snapshot_us[1:] != snapshot_us[:-1]])
+        keys = snapshot_us[starts]
+        pos = np.minimum(np.searchsorted(self.ts_us, keys), self.ts_us.size - 1)
+        pos = np.where(self.ts_us[pos] == keys, pos, -1)
+        lengths = np.diff(np.r_[starts, snapshot_us.size])
+        idx = np.repeat(pos, lengths)
+        rv = np.repeat(np.where(pos >= 0, self.rv[pos], np.nan), lengths)
+        return idx, rv
+
+
+def rv_lookup(index: pl.DataFrame) -> tuple[RvLookup, list[DataQualityIssue]]:
+    """Trailing RV_7d (no look-ahead) at every snapshot of the index series."""
     issues: list[DataQualityIssue] = []
     idx = index.filter(pl.col("index_usd").is_not_null() & (pl.col("index_usd") > 0))
-    ts_us = idx["snapshot_ts"].dt.epoch("us").to_numpy().astype(np.float64)
-    rv, span = trailing_realized_vol(ts_us / 1e6, idx["index_usd"].to_numpy(), min_span_seconds=6 * 3600.0)
+    ts_us = idx["snapshot_ts"].dt.epoch("us").to_numpy()
+    rv, span = trailing_realized_vol(ts_us.astype(np.float64) / 1e6, idx["index_usd"].to_numpy(),
+                                     min_span_seconds=6 * 3600.0)
     fallback = int((idx["index_source"] == "nearest_forward").sum())
-    if fallback and "rv_fallback" not in {i.code for i in issues}:
+    if fallback:
         issues.append(DataQualityIssue(
             code="rv_fallback", severity="warning",
             message=f"index_price missing on {fallback} snapshot(s): RV from the nearest-expiry forward",
             count=fallback))
-    # NaN compares greater than everything in polars: make "no RV" a null.
-    frame = pl.DataFrame({"snapshot_ts": idx["snapshot_ts"], "rv": rv, "rv_span_days": span / 86400.0}).with_columns(
-        pl.col("rv").fill_nan(None))
-    return frame, issues
+    return RvLookup(ts_us=np.asarray(ts_us, dtype=np.int64), rv=rv, span_days=span / 86400.0), issues
 
 
-def _prepare(quotes: pl.DataFrame, rv_frame: pl.DataFrame, config: CalibrationConfig, *,
-             has_mark_iv: bool, dte_max_read: float) -> pl.DataFrame:
+@dataclass(slots=True, kw_only=True)
+class QuoteTally:
+    """What data quality needs from the quotes of a window; chunks `merge` into one.
+
+    Counts are exact over any split. The unit check's medians are exact for
+    one chunk and the count-weighted median of chunk medians for several.
+    """
+
+    rows: int = 0
+    excluded: dict[str, int] = field(default_factory=dict)
+    inverted: int = 0
+    snapshots_us: list[np.ndarray] = field(default_factory=list)
+    mark_medians: list[tuple[float, int]] = field(default_factory=list)
+    iv_medians: list[tuple[float, int]] = field(default_factory=list)
+    positive_values: dict[str, list[np.ndarray]] | None = None  # kept for exact medians (in-memory path)
+    span_days: FloatArray | None = None  # RvLookup.span_days
+    span_counts: np.ndarray | None = None  # usable quotes per RvLookup entry
+
+    def merge(self, other: QuoteTally) -> None:
+        self.rows += other.rows
+        for k, v in other.excluded.items():
+            self.excluded[k] = self.excluded.get(k, 0) + v
+        self.inverted += other.inverted
+        self.snapshots_us.extend(other.snapshots_us)
+        self.mark_medians.extend(other.mark_medians)
+        self.iv_medians.extend(other.iv_medians)
+        if self.positive_values is not None and other.positive_values is not None:
+            for k, v in other.positive_values.items():
+                self.positive_values.setdefault(k, []).extend(v)
+        if other.span_counts is not None:
+            if self.span_counts is None:
+                self.span_days, self.span_counts = other.span_days, other.span_counts.copy()
+            else:
+                self.span_counts += other.span_counts
+
+    def snapshot_series(self) -> pl.Series:
+        us = np.unique(np.concatenate(self.snapshots_us)) if self.snapshots_us else np.empty(0, np.int64)
+        return pl.Series("snapshot_ts", us, dtype=pl.Int64).cast(TS_TYPE)
+
+    def newest_snapshot(self) -> datetime | None:
+        s = self.snapshot_series()
+        return s.max() if s.len() else None  # type: ignore[return-value]
+
+    def unit_issues(self, config: CalibrationConfig) -> list[DataQualityIssue]:
+        """`check_units` on the medians (issue counts are all rows, as on the full frame)."""
+        medians = {"mark_price": _weighted_median(self.mark_medians), "mark_iv": _weighted_median(self.iv_medians)}
+        for name, parts in (self.positive_values or {}).items():
+            values = np.concatenate(parts) if parts else np.empty(0)
+            medians[name] = float(np.median(values)) if values.size else None
+        one_row = pl.DataFrame({k: [v] for k, v in medians.items()},
+                               schema={"mark_price": pl.Float64, "mark_iv": pl.Float64})
+        return [replace(i, count=self.rows) for i in check_units(one_row, config.quality)]
+
+    def rv_span_median_days(self) -> float | None:
+        """Median RV history over usable quotes (weighted by quotes per snapshot: exact)."""
+        if self.span_counts is None or self.span_days is None or not self.span_counts.any():
+            return None
+        return _median_of_counts(self.span_days, self.span_counts)
+
+
+def _weighted_median(pairs: list[tuple[float, int]]) -> float | None:
+    pairs = [(m, n) for m, n in pairs if n > 0 and m is not None]
+    if not pairs:
+        return None
+    if len(pairs) == 1:
+        return pairs[0][0]
+    return _median_of_counts(np.array([m for m, _ in pairs]), np.array([n for _, n in pairs]))
+
+
+def _median_of_counts(values: FloatArray, counts: np.ndarray) -> float:
+    """Median of `values[i]` repeated `counts[i]` times (mean of the two middle ones when even)."""
+    order = np.argsort(values, kind="stable")
+    v, c = values[order], counts[order]
+    cum = np.cumsum(c)
+    n = int(cum[-1])
+    lo = v[np.searchsorted(cum, (n - 1) // 2, side="right")]
+    hi = v[np.searchsorted(cum, n // 2, side="right")]
+    return float(lo + hi) / 2.0
+
+
+def prepare_quotes(
+    quotes: pl.LazyFrame,
+    lookup: RvLookup,
+    config: CalibrationConfig,
+    *,
+    has_mark_iv: bool,
+    timings: dict[str, float] | None = None,
+    keep_values: bool = False,
+) -> tuple[QuoteTally, QuoteArrays]:
+    """One exclusion reason per row (counted), then the usable rows as arrays with RV, IV and vega.
+
+    `quotes` has the normalized quote columns (reader contract). One collect
+    reads only the columns the engine needs (projection and time predicates
+    reach the Parquet scan); the rest is numpy on the usable rows, with the
+    vega and IV kernels run in blocks so memory stays flat.
+    """
+    timings = timings if timings is not None else {}
+    t = time.perf_counter()
+    dte_max_read = max([config.max_dte, *(b.dte_max for b in config.bands)])
     t_years = (pl.col("expiry_ts") - pl.col("snapshot_ts")).dt.total_microseconds() / _US_PER_YEAR
     k_rel = pl.col("strike") / pl.col("underlying_price")
     is_call = pl.col("option_type") == "C"
     intrinsic = pl.when(is_call).then((1 - k_rel).clip(lower_bound=0)).otherwise((k_rel - 1).clip(lower_bound=0))
     reason = row_reason_expr(has_mark_iv=has_mark_iv, option_types=config.option_types,
                              dte_max_read=dte_max_read, min_tick_coin=config.min_tick_coin, th=config.quality)
-    return (
-        quotes.lazy()
-        .with_columns(t_years.alias("t_years"), is_call.alias("is_call"))
+    keep = ["underlying_price", "strike", "t_years", "is_call", "mark_price", "dte_days"]
+    if has_mark_iv:
+        keep.append("mark_iv")
+    frame = (
+        quotes.with_columns(t_years.alias("t_years"), is_call.alias("is_call"))
         .with_columns((pl.col("t_years") * DAYS_PER_YEAR).alias("dte_days"), intrinsic.alias("intrinsic_coin"))
-        .join(rv_frame.lazy(), on="snapshot_ts", how="left", maintain_order="left")
         .with_columns(reason)
-        .with_columns(
-            pl.when(pl.col("exclude_reason").is_null() & (pl.col("rv").is_null() | (pl.col("rv") <= 0)))
-            .then(pl.lit("no_rv"))
-            .otherwise(pl.col("exclude_reason"))
-            .alias("exclude_reason")
-        )
+        .select(pl.col("snapshot_ts").dt.epoch("us").alias("snapshot_us"), "exclude_reason", *keep,
+                *([] if has_mark_iv else [pl.col("mark_iv")]))
         .collect()
     )
+    timings["collect"] = timings.get("collect", 0.0) + time.perf_counter() - t
 
+    t = time.perf_counter()
+    tally = QuoteTally(rows=frame.height)
+    counts = frame.group_by("exclude_reason").len()
+    tally.excluded = {r: int(n) for r, n in counts.iter_rows() if r is not None}
+    if keep_values:
+        tally.positive_values = {}
+    for name, target in (("mark_price", tally.mark_medians), ("mark_iv", tally.iv_medians)):
+        s = frame[name]
+        pos = s.filter(s > 0)
+        if tally.positive_values is not None:
+            tally.positive_values[name] = [pos.to_numpy()]
+        elif pos.len():
+            target.append((float(pos.median()), pos.len()))  # type: ignore[arg-type]
+    snap_all = frame["snapshot_us"].to_numpy()
+    if snap_all.size:
+        tally.snapshots_us.append(np.unique(snap_all[np.r_[True, snap_all[1:] != snap_all[:-1]]]))
+    usable = frame.filter(pl.col("exclude_reason").is_null()).select("snapshot_us", *keep)
+    del frame
+    timings["data_quality"] = timings.get("data_quality", 0.0) + time.perf_counter() - t
 
-def _to_arrays(usable: pl.DataFrame, *, has_mark_iv: bool) -> tuple[QuoteArrays, int, int]:
-    """Numpy views of the usable rows; inverts IVs when the data has none."""
-    f = usable["underlying_price"].to_numpy()
-    k = usable["strike"].to_numpy()
-    t = usable["t_years"].to_numpy()
-    c = usable["is_call"].to_numpy()
-    mark = usable["mark_price"].to_numpy()
-    inverted = 0
+    t = time.perf_counter()
+    snap = usable["snapshot_us"].to_numpy()
+    idx, rv = lookup.find(snap)
+    with np.errstate(invalid="ignore"):
+        has_rv = rv > 0
+    n_no_rv = int(snap.size - np.count_nonzero(has_rv))
+    if n_no_rv:
+        tally.excluded["no_rv"] = n_no_rv
+    tally.span_days = lookup.span_days
+    tally.span_counts = np.bincount(idx[has_rv], minlength=lookup.ts_us.size)
+    cols = {c: usable[c].to_numpy() for c in (*keep, "snapshot_us")}
+    del usable
+    if n_no_rv:
+        cols = {c: a[has_rv] for c, a in cols.items()}
+        rv = rv[has_rv]
+    timings["rv"] = timings.get("rv", 0.0) + time.perf_counter() - t
+
+    t = time.perf_counter()
+    f, k, t_y, c, mark = (cols[x] for x in ("underlying_price", "strike", "t_years", "is_call", "mark_price"))
     if has_mark_iv:
-        iv = usable["mark_iv"].to_numpy() / 100.0
+        iv = cols["mark_iv"] / 100.0
     else:
-        iv, _ = implied_vol(mark, f, k, t, c)
-        inverted = int(np.isfinite(iv).sum())
+        iv = _blocked(lambda s: implied_vol(mark[s], f[s], k[s], t_y[s], c[s])[0], mark.size)
+        tally.inverted = int(np.isfinite(iv).sum())
     ok = np.isfinite(iv) & (iv > 0)
-    vega = black76_vega_coin(f, k, t, np.where(ok, iv, 0.0))
-    arrays = QuoteArrays(
-        forward_usd=f, strike_usd=k, t_years=t, is_call=c, mark_coin=mark, iv=iv,
-        rv=usable["rv"].to_numpy(), vega_coin=vega, dte_days=usable["dte_days"].to_numpy(),
-        snapshot_us=usable["snapshot_ts"].dt.epoch("us").to_numpy(),
-    )
-    n_fail = int((~ok).sum())
+    n_fail = int(ok.size - np.count_nonzero(ok))
+    if n_fail:
+        tally.excluded["iv_inversion_failed"] = n_fail
+    vega = _blocked(lambda s: black76_vega_coin(f[s], k[s], t_y[s], np.where(ok[s], iv[s], 0.0)), mark.size)
+    arrays = QuoteArrays(forward_usd=f, strike_usd=k, t_years=t_y, is_call=c, mark_coin=mark, iv=iv, rv=rv,
+                         vega_coin=vega, dte_days=cols["dte_days"], snapshot_us=cols["snapshot_us"])
     if n_fail:
         arrays = arrays.subset(ok)
-    return arrays, n_fail, inverted
+    timings["pricing"] = timings.get("pricing", 0.0) + time.perf_counter() - t
+    return tally, arrays
+
+
+def prepare_window(
+    chunks: Iterable[pl.LazyFrame],
+    lookup: RvLookup,
+    config: CalibrationConfig,
+    *,
+    has_mark_iv: bool,
+    capacity: int,
+    timings: dict[str, float] | None = None,
+) -> tuple[QuoteTally, QuoteArrays]:
+    """`prepare_quotes` chunk by chunk (e.g. one partition each) into one set of arrays.
+
+    Polars memory stays at one chunk; the usable rows go into arrays allocated
+    once for `capacity` rows (an upper bound, e.g. the footers' row count;
+    pages never written are never touched). Medians stay exact.
+    """
+    tally = QuoteTally(positive_values={})
+    buf: dict[str, np.ndarray] | None = None
+    n = 0
+    for chunk in chunks:
+        part, arrays = prepare_quotes(chunk, lookup, config, has_mark_iv=has_mark_iv, timings=timings,
+                                      keep_values=True)
+        tally.merge(part)
+        m = len(arrays)
+        if buf is None:
+            buf = {f: np.empty(max(capacity, m), dtype=getattr(arrays, f).dtype) for f in _FIELDS}
+        elif n + m > buf["mark_coin"].size:  # capacity was too small: grow geometrically
+            size = max(2 * buf["mark_coin"].size, n + m)
+            grown = {f: np.empty(size, dtype=a.dtype) for f, a in buf.items()}
+            for f, a in buf.items():
+                grown[f][:n] = a[:n]
+            buf = grown
+        for f in _FIELDS:
+            buf[f][n:n + m] = getattr(arrays, f)
+        n += m
+    if buf is None:
+        return tally, QuoteArrays(*(np.empty(0, dtype=bool if f == "is_call" else np.int64 if f == "snapshot_us"
+                                             else np.float64) for f in _FIELDS))
+    return tally, QuoteArrays(*(buf[f][:n] for f in _FIELDS))
+
+
+_FIELDS: tuple[str, ...] = tuple(QuoteArrays.__dataclass_fields__)
+
+
+def _blocked(kernel: Callable[[slice], FloatArray], n: int, block: int = KERNEL_BLOCK) -> FloatArray:
+    """`kernel` over slices of `block` elements into one float64 array of length n."""
+    out = np.empty(n)
+    for i in range(0, n, block):
+        s = slice(i, min(i + block, n))
+        out[s] = kernel(s)
+    return out
 
 
 def _sample_mask(n: int, max_samples: int) -> np.ndarray:

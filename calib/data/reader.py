@@ -12,10 +12,12 @@ index series of the window plus its RV warm-up.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import polars as pl
 
@@ -40,6 +42,8 @@ QUOTE_COLUMNS: tuple[str, ...] = (
     "ask_price",
 )
 _DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+_PARSED: tuple[str, ...] = ("expiry_ts", "strike", "option_type")  # parsed from the name when absent
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,21 +120,79 @@ def read_harvest(
     and reading makes the reader list again (at most 3 times).
     Raises NoDataError when the underlying's directory does not exist.
     """
-    for attempt in range(3):
-        try:
-            return _read_once(data_root, underlying, window_start=window_start, window_end=window_end,
-                              warmup=warmup, progress=progress)
-        except _VanishedFileError:
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    def once() -> HarvestRead:
+        hf = find_harvest_files(data_root, underlying, window_start=window_start, window_end=window_end,
+                                warmup=warmup, progress=progress)
+        quotes = collect_checked(hf, [scan_quotes(hf, with_names=True)])[0]
+        if _has_parse_gaps(quotes, hf):  # rare: rows whose expiry/strike/type are null in the file
+            quotes = collect_checked(hf, [scan_quotes(hf, with_names=True, parse_names=True)])[0]
+        index = read_index_series(hf)
+        newest = quotes["snapshot_ts"].max() if quotes.height else None
+        return HarvestRead(
+            quotes=quotes,
+            index=index,
+            columns_present=hf.columns_present,
+            columns_missing_somewhere=hf.columns_missing_somewhere,
+            files_total=hf.files_total,
+            files_read=len(hf.files),
+            skipped=hf.skipped,
+            window_start=window_start,
+            window_end=window_end,
+            newest_snapshot_ts=newest,  # type: ignore[arg-type]
+        )
+
+    return relisting(once)
 
 
 class _VanishedFileError(Exception):
     """A listed file disappeared before it was read (compaction in progress)."""
 
 
-def _read_once(
+def relisting(fn: Callable[[], _T]) -> _T:
+    """Run `fn` (which lists and reads files) again when a listed file vanished, at most 3 times."""
+    for attempt in range(3):
+        try:
+            return fn()
+        except _VanishedFileError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HarvestFile:
+    """One readable Parquet file of a harvest: its path, footer schema and `date=` partition."""
+
+    path: str
+    schema: pl.Schema
+    day: date | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HarvestFiles:
+    """The files a window needs, footers read, no rows read yet.
+
+    `files` covers the RV warm-up and the window; `quote_files()` only the
+    window (partition pruning). Scans built from it (`scan_quotes`,
+    `read_index_series`) read only the columns the engine uses.
+    """
+
+    window_start: datetime
+    window_end: datetime
+    warm_start: datetime
+    files: tuple[HarvestFile, ...]
+    files_total: int
+    skipped: tuple[SkippedFile, ...]
+    columns_present: frozenset[str]
+    columns_missing_somewhere: frozenset[str]
+
+    def quote_files(self) -> list[HarvestFile]:
+        """Files that can hold window rows: the warm-up-only partitions are left out."""
+        first = self.window_start.date()
+        return [f for f in self.files if f.day is None or f.day >= first]
+
+
+def find_harvest_files(
     data_root: Path,
     underlying: str,
     *,
@@ -138,19 +200,26 @@ def _read_once(
     window_end: datetime,
     warmup: timedelta = timedelta(days=7),
     progress: Callable[[str], None] | None = None,
-) -> HarvestRead:
+) -> HarvestFiles:
+    """List the window's files (partition-pruned) and read their footers.
+
+    A truncated or non-Parquet file is skipped and reported, not fatal; a file
+    that vanished since listing raises the error `relisting` retries on.
+    Raises NoDataError when the underlying's directory does not exist.
+    """
     base = Path(data_root) / underlying
     if not base.is_dir():
         raise NoDataError(f"no harvested data for {underlying}: directory {base} does not exist")
     warm_start = window_start - warmup
-    files = [
-        p
+    listed = [
+        (p, d)
         for p in effective_parquet_files(Path(data_root), underlying)
         if (d := _partition_date(p)) is None or warm_start.date() <= d <= window_end.date()
     ]
     skipped: list[SkippedFile] = []
-    groups: dict[tuple[tuple[str, str], ...], tuple[pl.Schema, list[str]]] = {}
-    for path in files:
+    readable: list[HarvestFile] = []
+    schemas: dict[tuple[tuple[str, str], ...], pl.Schema] = {}
+    for path, day in listed:
         try:
             schema = pl.read_parquet_schema(path)
         except FileNotFoundError as e:
@@ -159,91 +228,147 @@ def _read_once(
             skipped.append(SkippedFile(path=str(path), error=f"{type(e).__name__}: {e}"[:300]))
             continue
         key = tuple((k, str(v)) for k, v in schema.items())
-        groups.setdefault(key, (pl.Schema(schema), []))[1].append(str(path))
+        readable.append(HarvestFile(path=str(path), schema=schemas.setdefault(key, pl.Schema(schema)), day=day))
     if progress:
-        progress(f"scanning {sum(len(v[1]) for v in groups.values())} files ({len(skipped)} unreadable)")
-
+        progress(f"scanning {len(readable)} files ({len(skipped)} unreadable)")
     present: set[str] = set()
     everywhere: set[str] = set(HARVEST_SCHEMA)
-    for schema, _ in groups.values():
+    for schema in schemas.values():
         cols = set(schema) & set(HARVEST_SCHEMA)
         present |= cols
         everywhere &= cols
-    lo = pl.lit(window_start).cast(TS_TYPE)
-    hi = pl.lit(window_end).cast(TS_TYPE)
-    wlo = pl.lit(warm_start).cast(TS_TYPE)
-
-    quote_frames: list[pl.LazyFrame] = []
-    index_frames: list[pl.LazyFrame] = []
-    for schema, paths in groups.values():
-        if "snapshot_ts" not in schema:
-            continue  # cannot place these rows in time; reported as a missing required column
-        scan = pl.scan_parquet(paths, hive_partitioning=False, glob=False)
-        ts_filter_cast = _ts_expr("snapshot_ts", schema["snapshot_ts"])
-        quote_frames.append(
-            scan.select(_normalize(schema, QUOTE_COLUMNS)).filter(
-                pl.col("snapshot_ts").is_between(lo, hi)
-            )
-        )
-        idx_cols = ("snapshot_ts", "index_price", "underlying_price", "expiry_ts", "instrument_name")
-        index_frames.append(
-            scan.select(ts_filter_cast, *_normalize(schema, idx_cols[1:])).filter(
-                pl.col("snapshot_ts").is_between(wlo, hi)
-            )
-        )
-    if quote_frames:
-        quotes_lf = pl.concat(quote_frames, how="vertical")
-        index_lf = pl.concat(index_frames, how="vertical")
-    else:
-        quotes_lf = pl.DataFrame(schema={c: (TS_TYPE if isinstance(HARVEST_SCHEMA[c], pl.Datetime) else HARVEST_SCHEMA[c]) for c in QUOTE_COLUMNS}).lazy()
-        index_lf = quotes_lf.select("snapshot_ts", "index_price", "underlying_price", "expiry_ts", "instrument_name")
-
-    quotes_lf = _fill_from_name(quotes_lf)
-    index_lf = _index_series(_fill_from_name(index_lf))
-    try:
-        quotes, index = pl.collect_all([quotes_lf, index_lf])
-    except Exception as e:
-        if any(not Path(p).exists() for _, paths in groups.values() for p in paths):
-            raise _VanishedFileError(str(e)) from e
-        raise
-    newest = quotes["snapshot_ts"].max() if quotes.height else None
-    return HarvestRead(
-        quotes=quotes,
-        index=index,
-        columns_present=frozenset(present),
+    return HarvestFiles(
+        window_start=window_start, window_end=window_end, warm_start=warm_start, files=tuple(readable),
+        files_total=len(listed), skipped=tuple(skipped), columns_present=frozenset(present),
         columns_missing_somewhere=frozenset(present - everywhere),
-        files_total=len(files),
-        files_read=sum(len(v[1]) for v in groups.values()),
-        skipped=tuple(skipped),
-        window_start=window_start,
-        window_end=window_end,
-        newest_snapshot_ts=newest,  # type: ignore[arg-type]
     )
 
 
-def _fill_from_name(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """Expiry, strike and type come from the instrument name where the columns are null."""
-    cols = lf.collect_schema().names()
-    parsed = parse_instrument_exprs(pl.col("instrument_name"))
-    exprs = [
-        pl.coalesce(pl.col(c), parsed[c].cast(TS_TYPE if c == "expiry_ts" else HARVEST_SCHEMA[c])).alias(c)
-        for c in ("expiry_ts", "strike", "option_type")
-        if c in cols
-    ]
-    return lf.with_columns(exprs)
+def _by_schema(files: Sequence[HarvestFile]) -> list[tuple[pl.Schema, list[str]]]:
+    groups: dict[int, tuple[pl.Schema, list[str]]] = {}
+    for f in files:
+        if "snapshot_ts" in f.schema:  # rows without a time are reported as a missing required column
+            groups.setdefault(id(f.schema), (f.schema, []))[1].append(f.path)
+    return list(groups.values())
 
 
-def _index_series(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """One index value per snapshot; the nearest-expiry forward where the index is missing."""
-    nearest_fwd = pl.col("underlying_price").filter(
-        (pl.col("expiry_ts") == pl.col("expiry_ts").filter(pl.col("expiry_ts") > pl.col("snapshot_ts")).min())
-    ).median()
+def _empty(columns: Sequence[str]) -> pl.LazyFrame:
+    return pl.DataFrame(schema={c: TS_TYPE if isinstance(HARVEST_SCHEMA[c], pl.Datetime) else HARVEST_SCHEMA[c]
+                                for c in columns}).lazy()
+
+
+def scan_quotes(
+    hf: HarvestFiles,
+    files: Sequence[HarvestFile] | None = None,
+    *,
+    with_names: bool = False,
+    parse_names: bool = False,
+) -> pl.LazyFrame:
+    """Lazy quotes of the window: QUOTE_COLUMNS cast to the contract types (us UTC timestamps).
+
+    Only window partitions are scanned (`files` narrows them further, e.g. to
+    one partition for chunked runs). Expiry, strike and type are parsed from
+    `instrument_name` for files that lack those columns; `parse_names=True`
+    also fills nulls inside present columns (slower: a regex per row, so
+    callers try without it first). `instrument_name` itself is returned only
+    with `with_names`.
+    """
+    lo = pl.lit(hf.window_start).cast(TS_TYPE)
+    hi = pl.lit(hf.window_end).cast(TS_TYPE)
+    columns = QUOTE_COLUMNS if with_names else tuple(c for c in QUOTE_COLUMNS if c != "instrument_name")
+    frames = []
+    for schema, paths in _by_schema(hf.quote_files() if files is None else files):
+        lf = pl.scan_parquet(paths, hive_partitioning=False, glob=False).select(_normalize(schema, QUOTE_COLUMNS))
+        lf = lf.filter(pl.col("snapshot_ts").is_between(lo, hi))
+        lacking = any(c not in schema for c in _PARSED)
+        if "instrument_name" in schema and (parse_names or lacking):
+            lf = _fill_from_name(lf)
+        frames.append(lf.select(columns))
+    return pl.concat(frames, how="vertical") if frames else _empty(columns)
+
+
+def partition_groups(files: Sequence[HarvestFile]) -> list[list[HarvestFile]]:
+    """Files grouped by `date=` partition in time order (files outside partitions first, together).
+
+    A snapshot lives in exactly one partition, so per-group results (index
+    medians, quote counts) combine exactly; one group is the unit of work of
+    chunked reads.
+    """
+    by_day: dict[date | None, list[HarvestFile]] = {}
+    for f in files:
+        by_day.setdefault(f.day, []).append(f)
+    return [by_day[d] for d in sorted(by_day, key=lambda d: (d is not None, d or date.min))]
+
+
+def _has_parse_gaps(quotes: pl.DataFrame, hf: HarvestFiles) -> bool:
+    """True when rows have a null expiry/strike/type that their instrument name could fill."""
+    if "instrument_name" not in hf.columns_present or quotes.height == 0:
+        return False
+    return bool(quotes.select(pl.any_horizontal(pl.col(c).is_null() for c in _PARSED).any()).item())
+
+
+def estimate_rows(files: Sequence[HarvestFile]) -> int:
+    """Row count from the Parquet footers (no data pages read)."""
+    frames = [pl.scan_parquet(paths, hive_partitioning=False, glob=False).select(pl.len())
+              for _, paths in _by_schema(files)]
+    return sum(int(f.item()) for f in pl.collect_all(frames)) if frames else 0
+
+
+@contextmanager
+def reading(hf: HarvestFiles) -> Iterator[None]:
+    """Turn a read error caused by a file that vanished since listing into the error `relisting` retries."""
+    try:
+        yield
+    except _VanishedFileError:
+        raise
+    except Exception as e:
+        if any(not Path(f.path).exists() for f in hf.files):
+            raise _VanishedFileError(str(e)) from e
+        raise
+
+
+def collect_checked(hf: HarvestFiles, frames: list[pl.LazyFrame]) -> list[pl.DataFrame]:
+    """`pl.collect_all` under `reading(hf)`."""
+    with reading(hf):
+        return pl.collect_all(frames)
+
+
+def read_index_series(hf: HarvestFiles, files: Sequence[HarvestFile] | None = None) -> pl.DataFrame:
+    """One index value per snapshot over warm-up + window: `snapshot_ts, index_usd, index_source`.
+
+    The median positive `index_price` of the snapshot; where a snapshot has
+    none, the median forward of its nearest unexpired expiry (a second,
+    filtered read that only runs when needed). Snapshots never span
+    partitions, so per-partition calls concatenate to the same series.
+    """
+    files = list(hf.files if files is None else files)
+    wlo = pl.lit(hf.warm_start).cast(TS_TYPE)
+    hi = pl.lit(hf.window_end).cast(TS_TYPE)
+    frames = []
+    for schema, paths in _by_schema(files):
+        scan = pl.scan_parquet(paths, hive_partitioning=False, glob=False)
+        frames.append(scan.select(_ts_expr("snapshot_ts", schema["snapshot_ts"]), *_normalize(schema, ("index_price",)))
+                      .filter(pl.col("snapshot_ts").is_between(wlo, hi)))
+    lf = pl.concat(frames, how="vertical") if frames else _empty(("snapshot_ts", "index_price"))
+    spot = lf.group_by("snapshot_ts").agg(
+        pl.col("index_price").filter(pl.col("index_price") > 0).median().alias("index_spot"))
+    index = collect_checked(hf, [spot])[0]
+    missing = index.filter(pl.col("index_spot").is_null())["snapshot_ts"]
+    fallback = pl.DataFrame(schema={"snapshot_ts": TS_TYPE, "index_fallback": pl.Float64})
+    if missing.len():
+        cols = ("snapshot_ts", "index_price", "underlying_price", "expiry_ts", "instrument_name")
+        frames = []
+        for schema, paths in _by_schema(files):
+            scan = pl.scan_parquet(paths, hive_partitioning=False, glob=False)
+            lf = scan.select(_ts_expr("snapshot_ts", schema["snapshot_ts"]), *_normalize(schema, cols[1:]))
+            frames.append(_fill_from_name(lf.filter(pl.col("snapshot_ts").is_in(missing.implode()))))
+        nearest_fwd = pl.col("underlying_price").filter(
+            pl.col("expiry_ts") == pl.col("expiry_ts").filter(pl.col("expiry_ts") > pl.col("snapshot_ts")).min()
+        ).median()
+        fallback = collect_checked(hf, [pl.concat(frames, how="vertical").group_by("snapshot_ts").agg(
+            nearest_fwd.alias("index_fallback"))])[0]
     return (
-        lf.group_by("snapshot_ts")
-        .agg(
-            pl.col("index_price").filter(pl.col("index_price") > 0).median().alias("index_spot"),
-            nearest_fwd.alias("index_fallback"),
-        )
+        index.join(fallback, on="snapshot_ts", how="left")
         .with_columns(
             pl.coalesce("index_spot", "index_fallback").alias("index_usd"),
             pl.when(pl.col("index_spot").is_not_null())
@@ -256,6 +381,18 @@ def _index_series(lf: pl.LazyFrame) -> pl.LazyFrame:
         .select("snapshot_ts", "index_usd", "index_source")
         .sort("snapshot_ts")
     )
+
+
+def _fill_from_name(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """Expiry, strike and type come from the instrument name where the columns are null."""
+    cols = lf.collect_schema().names()
+    parsed = parse_instrument_exprs(pl.col("instrument_name"))
+    exprs = [
+        pl.coalesce(pl.col(c), parsed[c].cast(TS_TYPE if c == "expiry_ts" else HARVEST_SCHEMA[c])).alias(c)
+        for c in _PARSED
+        if c in cols
+    ]
+    return lf.with_columns(exprs)
 
 
 def default_window(

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from calib._typing import FloatArray
 from calib.config import CalibrationConfig
 from calib.engine.fit import MultiplierFit, fit_multiplier
-from calib.engine.metrics import EMPTY, ErrorMetrics, quote_errors, summarize
+from calib.engine.metrics import EMPTY, MetricSums, quote_errors
 from calib.engine.model import QuoteArrays, skew_ratio, standardized_moneyness
 from calib.engine.result import BandMetrics, GlobalMetrics, OptionTypeMetrics
-from calib.engine.skew import SkewFit, fit_skew, solve_skew_ratios
+from calib.engine.skew import SkewFit, _hat_weights, fit_skew, solve_skew_ratios
 
 JOINT_FIT_SAMPLE = 300_000
 SURFACE_TENORS_DAYS: tuple[float, ...] = (1, 3, 7, 14, 30, 60, 90, 180)
@@ -41,15 +42,40 @@ def calibrate_quotes(q: QuoteArrays, config: CalibrationConfig) -> EngineOutput:
     Band multipliers are fitted with the recommended skew. `q` holds every usable quote whose DTE falls in the run's range or in any
     band's range; the global metrics use the run's `[min_dte, max_dte]`, each
     band its own range.
+
+    Two stages: `fit_engine` (multipliers, skew) and `score_engine` (error sums,
+    block by block). The chunked path of `calib.streaming` runs the same two
+    stages, the first on a bounded sample and the second partition by partition.
     """
+    fit = fit_engine(q, config)
+    t0 = time.perf_counter()
+    scores = score_engine(q, fit, config)
+    return assemble_engine(fit, scores, config, timings_s={**fit.timings_s, "metrics": time.perf_counter() - t0})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineFit:
+    """The fit stage: recommended multipliers and skew, RV and ATM IV now, the surface (no error metrics)."""
+
+    fit: MultiplierFit  # global, with the recommended skew when fitted
+    skew: SkewFit | None
+    ratios: FloatArray  # recommended skew ratios (the current ones when the skew is not fitted)
+    band_fits: tuple[MultiplierFit, ...]  # one per config band
+    rv_7d_pct: float | None
+    atm_iv_pct: float | None
+    recommended_surface: dict[str, Any] | None
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
+    """Global joint multiplier+skew fit on the run's DTE range, then one multiplier per band."""
     t0 = time.perf_counter()
     anchors = np.asarray(config.skew.anchors_z, dtype=np.float64)
     current = np.asarray(config.skew.current_ratios, dtype=np.float64)
     bounds = config.multiplier_bounds
     m_tested = config.multiplier_tested
 
-    in_global = (q.dte_days >= config.min_dte) & (q.dte_days <= config.max_dte)
-    g = q.subset(in_global)
+    g = q.subset(_in_global(q, config))
     fit = fit_multiplier(g, anchors_z=anchors, ratios=current, bounds=bounds, start=m_tested)
     ratios = current
     skew: SkewFit | None = None
@@ -57,49 +83,135 @@ def calibrate_quotes(q: QuoteArrays, config: CalibrationConfig) -> EngineOutput:
         fit, skew = _joint_fit(g, fit, anchors, current, bounds)
         ratios = np.asarray(skew.recommended, dtype=np.float64)
     t_fit = time.perf_counter()
-
     m_rec = fit.multiplier
-    err_tested = quote_errors(g, m_tested, anchors, current)
-    tested = summarize(err_tested, g.vega_coin)
-    if m_rec is not None:
-        err_rec = quote_errors(g, m_rec, anchors, ratios)
-        at_rec = summarize(err_rec, g.vega_coin)
-        is_call = g.is_call
-        type_metrics = tuple(
-            OptionTypeMetrics(option_type=t, metrics=summarize(err_rec, g.vega_coin, is_call == (t == "C")))
-            for t in config.option_types
-        )
-    else:
-        at_rec = EMPTY
-        type_metrics = tuple(OptionTypeMetrics(option_type=t, metrics=EMPTY) for t in config.option_types)
-
-    bands = []
-    band_mult: dict[str, float | None] = {}
+    band_fits = []
     for band in config.bands:
-        mask = (q.dte_days >= band.dte_min) & (q.dte_days < band.dte_max)
-        bq = q.subset(mask)
-        bfit = fit_multiplier(bq, anchors_z=anchors, ratios=ratios, bounds=bounds, start=m_rec or m_tested)
-        b_tested = summarize(quote_errors(bq, m_tested, anchors, current), bq.vega_coin) if len(bq) else EMPTY
-        b_rec: ErrorMetrics = EMPTY
-        if bfit.multiplier is not None:
-            b_rec = summarize(quote_errors(bq, bfit.multiplier, anchors, ratios), bq.vega_coin)
-        band_mult[band.name] = bfit.multiplier
-        bands.append(BandMetrics(name=band.name, dte_min=band.dte_min, dte_max=band.dte_max,
-                                 n_samples=len(bq), recommended_iv_multiplier=bfit.multiplier,
-                                 at_bound=bfit.at_bound, metrics=b_rec, tested=b_tested))
-    t_bands = time.perf_counter()
+        bq = q.subset((q.dte_days >= band.dte_min) & (q.dte_days < band.dte_max))
+        band_fits.append(fit_multiplier(bq, anchors_z=anchors, ratios=ratios, bounds=bounds, start=m_rec or m_tested))
+        del bq
     rv_now, atm_iv = _rv_and_atm(g, m_rec or m_tested)
     surface = None
     if config.emit_recommended_vol_surface and m_rec is not None and rv_now is not None:
+        band_mult = {b.name: f.multiplier for b, f in zip(config.bands, band_fits, strict=True)}
         surface = recommended_surface(rv_now / 100, m_rec, band_mult, config, anchors, ratios)
+    return EngineFit(fit=fit, skew=skew, ratios=ratios, band_fits=tuple(band_fits), rv_7d_pct=rv_now,
+                     atm_iv_pct=atm_iv, recommended_surface=surface,
+                     timings_s={"fit_and_skew": t_fit - t0, "band_fit": time.perf_counter() - t_fit})
 
-    gm = GlobalMetrics(multiplier_tested=m_tested, recommended_iv_multiplier=m_rec, at_bound=fit.at_bound,
-                       at_recommended=at_rec, tested=tested, rv_7d_pct=rv_now, atm_iv_pct=atm_iv)
-    return EngineOutput(
-        global_metrics=gm, bands=tuple(bands), option_type_metrics=type_metrics, skew=skew,
-        recommended_surface=surface, n_samples=len(g), n_snapshots=int(np.unique(g.snapshot_us).size),
-        timings_s={"fit_and_skew": t_fit - t0, "metrics": t_bands - t_fit},
+
+@dataclass(slots=True, kw_only=True)
+class EngineScores:
+    """Error sums of the score stage; `merge` adds another chunk's."""
+
+    tested: MetricSums  # global range, tested multiplier, current skew
+    at_recommended: MetricSums  # global range, recommended multiplier and skew
+    by_type: MetricSums  # at recommended, one group per config option type
+    band_tested: MetricSums  # one group per band
+    band_recommended: MetricSums
+    anchor_counts: np.ndarray  # global quotes per nearest skew anchor at the recommended multiplier
+    snapshots_us: list[np.ndarray]  # distinct snapshots of the global range, per chunk
+
+    @classmethod
+    def zeros(cls, config: CalibrationConfig) -> EngineScores:
+        nb = len(config.bands)
+        return cls(tested=MetricSums.zeros(), at_recommended=MetricSums.zeros(),
+                   by_type=MetricSums.zeros(len(config.option_types)), band_tested=MetricSums.zeros(nb),
+                   band_recommended=MetricSums.zeros(nb), anchor_counts=np.zeros(len(config.skew.anchors_z), np.int64),
+                   snapshots_us=[])
+
+    def merge(self, other: EngineScores) -> None:
+        for name in ("tested", "at_recommended", "by_type", "band_tested", "band_recommended"):
+            getattr(self, name).merge(getattr(other, name))
+        self.anchor_counts += other.anchor_counts
+        self.snapshots_us.extend(other.snapshots_us)
+
+    def n_snapshots(self) -> int:
+        return int(np.unique(np.concatenate(self.snapshots_us)).size) if self.snapshots_us else 0
+
+
+SCORE_BLOCK = 1 << 17  # quotes per block: temporaries stay in cache and memory stays flat
+
+
+def score_engine(q: QuoteArrays, fit: EngineFit, config: CalibrationConfig, *,
+                 scores: EngineScores | None = None, block: int = SCORE_BLOCK) -> EngineScores:
+    """Add the errors of `q` at the tested and the recommended multipliers to `scores` (new if None).
+
+    Blocks of `block` quotes keep temporaries small; the sums do not depend on
+    how the quotes are split into blocks or chunks (up to summation order).
+    """
+    anchors = np.asarray(config.skew.anchors_z, dtype=np.float64)
+    current = np.asarray(config.skew.current_ratios, dtype=np.float64)
+    m_tested = config.multiplier_tested
+    m_rec = fit.fit.multiplier
+    out = scores if scores is not None else EngineScores.zeros(config)
+    types = config.option_types
+    call_group = types.index("C") if "C" in types else -1
+    put_group = types.index("P") if "P" in types else -1
+    for i in range(0, len(q), block):
+        qb = _slice(q, i, i + block)
+        in_g = _in_global(qb, config)
+        err_tested = quote_errors(qb, m_tested, anchors, current)
+        out.tested.add(err_tested, qb.vega_coin, np.where(in_g, 0, -1))
+        for b, (band, bfit) in enumerate(zip(config.bands, fit.band_fits, strict=True)):
+            in_b = (qb.dte_days >= band.dte_min) & (qb.dte_days < band.dte_max)
+            if not in_b.any():
+                continue
+            out.band_tested.add(err_tested, qb.vega_coin, np.where(in_b, b, -1))
+            if bfit.multiplier is not None:
+                bq = qb.subset(in_b)
+                out.band_recommended.add(quote_errors(bq, bfit.multiplier, anchors, fit.ratios), bq.vega_coin,
+                                         np.full(len(bq), b))
+        if not in_g.any():
+            continue
+        gq = qb.subset(in_g)
+        out.snapshots_us.append(np.unique(gq.snapshot_us))
+        if m_rec is not None:
+            err_rec = quote_errors(gq, m_rec, anchors, fit.ratios)
+            out.at_recommended.add(err_rec, gq.vega_coin)
+            out.by_type.add(err_rec, gq.vega_coin, np.where(gq.is_call, call_group, put_group))
+            if fit.skew is not None:
+                left, frac = _hat_weights(standardized_moneyness(gq, m_rec), anchors)
+                out.anchor_counts += np.bincount(np.where(frac < 0.5, left, left + 1), minlength=anchors.size)
+    return out
+
+
+def assemble_engine(fit: EngineFit, scores: EngineScores, config: CalibrationConfig, *,
+                    timings_s: dict[str, float]) -> EngineOutput:
+    """EngineOutput from the fit stage and the (merged) score sums."""
+    m_rec = fit.fit.multiplier
+    at_rec = scores.at_recommended.metrics() if m_rec is not None else EMPTY
+    type_metrics = tuple(
+        OptionTypeMetrics(option_type=t, metrics=scores.by_type.metrics(i) if m_rec is not None else EMPTY)
+        for i, t in enumerate(config.option_types)
     )
+    bands = tuple(
+        BandMetrics(name=band.name, dte_min=band.dte_min, dte_max=band.dte_max,
+                    n_samples=int(scores.band_tested.n[b]), recommended_iv_multiplier=bfit.multiplier,
+                    at_bound=bfit.at_bound,
+                    metrics=scores.band_recommended.metrics(b) if bfit.multiplier is not None else EMPTY,
+                    tested=scores.band_tested.metrics(b))
+        for b, (band, bfit) in enumerate(zip(config.bands, fit.band_fits, strict=True))
+    )
+    skew = fit.skew
+    if skew is not None:
+        skew = replace(skew, n_per_anchor=tuple(int(c) for c in scores.anchor_counts))
+    gm = GlobalMetrics(multiplier_tested=config.multiplier_tested, recommended_iv_multiplier=m_rec,
+                       at_bound=fit.fit.at_bound, at_recommended=at_rec, tested=scores.tested.metrics(),
+                       rv_7d_pct=fit.rv_7d_pct, atm_iv_pct=fit.atm_iv_pct)
+    return EngineOutput(
+        global_metrics=gm, bands=bands, option_type_metrics=type_metrics, skew=skew,
+        recommended_surface=fit.recommended_surface, n_samples=int(scores.tested.n[0]),
+        n_snapshots=scores.n_snapshots(), timings_s=timings_s,
+    )
+
+
+def _in_global(q: QuoteArrays, config: CalibrationConfig) -> np.ndarray:
+    return (q.dte_days >= config.min_dte) & (q.dte_days <= config.max_dte)
+
+
+def _slice(q: QuoteArrays, start: int, stop: int) -> QuoteArrays:
+    """Views (no copy) of quotes `start:stop`."""
+    return QuoteArrays(*(getattr(q, f)[start:stop] for f in q.__dataclass_fields__))
 
 
 def _profile_objective(g: QuoteArrays, anchors: np.ndarray, current: np.ndarray, m: float) -> tuple[float, np.ndarray]:

@@ -68,3 +68,67 @@ def summarize(errors: QuoteErrors, vega: FloatArray, mask: np.ndarray | None = N
         vega_weighted_mae_pct=float(np.dot(w, abs_e) / wsum) if wsum > 0 else None,
         bias_pct=float(e.mean()),
     )
+
+
+@dataclass(slots=True)
+class MetricSums:
+    """Sufficient statistics of `ErrorMetrics` for `groups` groups of quotes.
+
+    Sums, not means, so they add up chunk by chunk and partition by partition:
+    ``n``, ``sum |err%|``, ``sum v |err%|``, ``sum v``, ``sum err%`` and
+    ``sum |err vol pts|``. `metrics(i)` turns group ``i`` into the SPEC
+    section 3 figures exactly as `summarize` would on all its quotes at once
+    (up to floating-point summation order).
+    """
+
+    n: np.ndarray
+    abs_err: FloatArray
+    w_abs_err: FloatArray
+    w: FloatArray
+    err: FloatArray
+    abs_vol: FloatArray
+
+    @classmethod
+    def zeros(cls, groups: int = 1) -> MetricSums:
+        return cls(np.zeros(groups, dtype=np.int64), *(np.zeros(groups) for _ in range(5)))
+
+    def add(self, errors: QuoteErrors, vega: FloatArray, group: np.ndarray | None = None) -> None:
+        """Add quotes; `group` gives each quote's group (0..groups-1; negative = skip), None = group 0."""
+        e, ev, w = errors.err_pct, errors.err_vol_points, vega
+        k = self.n.size
+        if group is None:
+            abs_e = np.abs(e)
+            self.n[0] += e.size
+            self.abs_err[0] += abs_e.sum()
+            self.w_abs_err[0] += np.dot(w, abs_e)
+            self.w[0] += w.sum()
+            self.err[0] += e.sum()
+            self.abs_vol[0] += np.abs(ev).sum()
+            return
+        if group.size and group.min() < 0:
+            keep = group >= 0
+            e, ev, w, group = e[keep], ev[keep], w[keep], group[keep]
+        abs_e = np.abs(e)
+        self.n += np.bincount(group, minlength=k)
+        self.abs_err += np.bincount(group, weights=abs_e, minlength=k)
+        self.w_abs_err += np.bincount(group, weights=w * abs_e, minlength=k)
+        self.w += np.bincount(group, weights=w, minlength=k)
+        self.err += np.bincount(group, weights=e, minlength=k)
+        self.abs_vol += np.bincount(group, weights=np.abs(ev), minlength=k)
+
+    def merge(self, other: MetricSums) -> None:
+        for name in self.__slots__:  # type: ignore[attr-defined]
+            getattr(self, name).__iadd__(getattr(other, name))
+
+    def metrics(self, i: int = 0) -> ErrorMetrics:
+        n = int(self.n[i])
+        if n == 0:
+            return EMPTY
+        w = float(self.w[i])
+        return ErrorMetrics(
+            n_samples=n,
+            mae_pct=float(self.abs_err[i]) / n,
+            mae_vol_points=float(self.abs_vol[i]) / n,
+            vega_weighted_mae_pct=float(self.w_abs_err[i]) / w if w > 0 else None,
+            bias_pct=float(self.err[i]) / n,
+        )

@@ -50,32 +50,64 @@ def history_points(runs: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
 
 
-def history_chart(runs: pl.DataFrame, field: str, *, title: str,
-                  bounds: tuple[float, float] | None = None, y_format: str = ".2f") -> alt.LayerChart:
+def _domain(values: pl.Series, candidates: pl.Series, bounds: tuple[float, float] | None,
+            floor: float | None) -> tuple[float, float]:
+    """y range from the candidate (non-failed) runs and the guardrails, so one absurd failed run
+    does not flatten the others."""
+    base = candidates.drop_nulls() if candidates.drop_nulls().len() else values.drop_nulls()
+    lo, hi = float(base.min()), float(base.max())  # type: ignore[arg-type]
+    if bounds is not None:
+        lo, hi = min(lo, bounds[0]), max(hi, bounds[1])
+    pad = (hi - lo) * 0.1 or max(abs(hi) * 0.1, 0.1)
+    lo, hi = lo - pad, hi + pad
+    if floor is not None:
+        lo = max(lo, floor)
+    return lo, hi
+
+
+def history_chart(runs: pl.DataFrame, field: str, *, title: str, bounds: tuple[float, float] | None = None,
+                  y_format: str = ".2f", floor: float | None = None) -> alt.LayerChart:
     """`field` ("Multiplier" or "vMAE %") over time: points coloured and shaped by status.
 
     The line joins only OK and Degraded runs (failed runs are never candidates);
-    `bounds` draws the guardrail range as dashed rules.
+    `bounds` draws the guardrail range as dashed rules. The y range fits the
+    candidates and the guardrails; a value outside it is drawn at the edge as
+    a triangle, with its true value in the tooltip.
     """
     data = history_points(runs).filter(pl.col(field).is_not_null())
+    if data.height:
+        lo, hi = _domain(data[field], data.filter("candidate")[field], bounds, floor)
+    else:
+        lo, hi = bounds if bounds is not None else (0.0, 1.0)
+    v = pl.col(field)
+    data = data.with_columns(
+        plotted=v.clip(lo, hi),
+        marker=pl.when(v > hi).then(pl.lit("above")).when(v < lo).then(pl.lit("below")).otherwise(pl.col("Status")),
+    )
     x = alt.X("date:T", title="Window end (UTC)", scale=alt.Scale(type="utc"),
               axis=alt.Axis(format="%b %d %H:%M", labelAngle=0, labelOverlap=True))
-    y = alt.Y(f"{field}:Q", title=title, scale=alt.Scale(zero=False))
-    line = alt.Chart(data).transform_filter("datum.candidate").mark_line(color=CURRENT_COLOUR, strokeWidth=1.5).encode(
-        x=x, y=y)
-    points = alt.Chart(data).mark_point(size=70, filled=True, opacity=0.95).encode(
-        x=x, y=y,
-        color=alt.Color("Status:N", scale=_status_scale(), legend=alt.Legend(orient="top", title=None)),
-        shape=alt.Shape("Status:N", scale=alt.Scale(domain=_STATUS_DOMAIN, range=_STATUS_SHAPES), legend=None),
-        tooltip=[alt.Tooltip("date:T", title="Window end (UTC)", format="%Y-%m-%d %H:%M", timeUnit="utcyearmonthdatehoursminutes"),
-                 alt.Tooltip("Status:N"), alt.Tooltip(f"{field}:Q", format=y_format), alt.Tooltip("Reason:N")],
-    )
-    layers: list[Any] = [line, points]
+    y = alt.Y("plotted:Q", title=title, scale=alt.Scale(domain=[lo, hi], nice=False, zero=False),
+              axis=alt.Axis(format=".2f"))
+    line = alt.Chart(data).transform_filter("datum.candidate").mark_line(
+        color=CURRENT_COLOUR, strokeWidth=1.5).encode(x=x, y=y)
+    color = alt.Color("Status:N", scale=_status_scale(), legend=alt.Legend(orient="top", title=None))
+    tooltip = [alt.Tooltip("date:T", title="Window end (UTC)", format="%Y-%m-%d %H:%M", formatType="utc"),
+               alt.Tooltip("Status:N"), alt.Tooltip(f"{field}:Q", format=y_format), alt.Tooltip("Reason:N")]
+    inside = alt.Chart(data.filter(pl.col("marker") == pl.col("Status"))).mark_point(
+        size=70, filled=True, opacity=0.95).encode(
+        x=x, y=y, color=color, tooltip=tooltip,
+        shape=alt.Shape("Status:N", scale=alt.Scale(domain=_STATUS_DOMAIN, range=_STATUS_SHAPES)))
+    layers: list[Any] = [line, inside]
+    for marker, shape in (("above", "triangle-up"), ("below", "triangle-down")):
+        off = data.filter(pl.col("marker") == marker)
+        if off.height:
+            layers.append(alt.Chart(off).mark_point(shape=shape, size=90, filled=True, opacity=0.95).encode(
+                x=x, y=y, color=color, tooltip=tooltip))
     if bounds is not None:
         rules = pl.DataFrame({"bound": list(bounds), "label": ["guardrail min", "guardrail max"]})
         layers.append(alt.Chart(rules).mark_rule(color=BOUND_COLOUR, strokeDash=[4, 4], opacity=0.6).encode(
             y="bound:Q", tooltip=[alt.Tooltip("label:N", title="Guardrail"), alt.Tooltip("bound:Q", format=".2f")]))
-    return alt.layer(*layers).properties(height=_HEIGHT)
+    return alt.LayerChart(layer=layers, height=_HEIGHT)
 
 
 def _series_scale(domain: list[str], colours: list[str]) -> alt.Scale:
@@ -102,7 +134,7 @@ def skew_chart(result: Mapping[str, Any]) -> alt.Chart:
     return alt.Chart(data).mark_line(point=alt.OverlayMarkDef(size=60, filled=True)).encode(
         x=alt.X("z:Q", title="Standardized moneyness z"),
         y=alt.Y("ratio:Q", title="Ratio to ATM vol", scale=alt.Scale(zero=False)),
-        color=alt.Color("series:N", scale=scale, legend=alt.Legend(orient="top", title=None)),
+        color=alt.Color("series:N", scale=scale, legend=alt.Legend(orient="top", title=None, labelLimit=0)),
         strokeDash=alt.StrokeDash("series:N", scale=alt.Scale(domain=["Current", "Recommended"],
                                                                range=[[1, 0], [6, 3]]), legend=None),
         tooltip=[alt.Tooltip("series:N", title="Curve"), alt.Tooltip("z:Q", format="+.1f"),
@@ -134,7 +166,7 @@ def smile_chart(result: Mapping[str, Any]) -> alt.LayerChart:
     scale = _series_scale(list(SMILE_SERIES), [MARKET_COLOUR, CURRENT_COLOUR, RECOMMENDED_COLOUR])
     x = alt.X("z:Q", title="Standardized moneyness z")
     y = alt.Y("iv_pct:Q", title="Implied vol (%)", scale=alt.Scale(zero=False))
-    color = alt.Color("series:N", scale=scale, legend=alt.Legend(orient="top", title=None))
+    color = alt.Color("series:N", scale=scale, legend=alt.Legend(orient="top", title=None, labelLimit=0))
     tooltip = [alt.Tooltip("series:N", title="Series"), alt.Tooltip("z:Q", format="+.2f"),
                alt.Tooltip("iv_pct:Q", title="IV (%)", format=".2f"), alt.Tooltip("n:Q", title="Quotes")]
     market = alt.Chart(data).transform_filter(alt.datum.series == SMILE_SERIES[0]).mark_point(
@@ -144,4 +176,4 @@ def smile_chart(result: Mapping[str, Any]) -> alt.LayerChart:
         strokeDash=alt.StrokeDash("series:N", scale=alt.Scale(domain=list(SMILE_SERIES[1:]), range=[[1, 0], [6, 3]]),
                                   legend=None),
         tooltip=tooltip)
-    return alt.layer(model, market).properties(height=_HEIGHT)
+    return alt.LayerChart(layer=[model, market], height=_HEIGHT)

@@ -21,7 +21,8 @@ DECISION_COLOUR: Final = {"applied": "#1a73e8", "skipped": "#5f6368"}
 UNKNOWN_COLOUR: Final = "#80868b"
 
 
-def _number(x: Any) -> float | None:
+def as_number(x: Any) -> float | None:
+    """A finite float, or None for None, bools, NaN, inf and non-numbers."""
     if x is None or isinstance(x, bool):
         return None
     try:
@@ -33,13 +34,13 @@ def _number(x: Any) -> float | None:
 
 def fmt_mult(x: Any) -> str:
     """A multiplier or skew ratio: 4 decimals."""
-    v = _number(x)
+    v = as_number(x)
     return MISSING if v is None else f"{v:.4f}"
 
 
 def fmt_pct(x: Any, *, unit: bool = False) -> str:
     """A percent value (already x100): 2 decimals; `unit` appends " %"."""
-    v = _number(x)
+    v = as_number(x)
     if v is None:
         return MISSING
     return f"{v:.2f} %" if unit else f"{v:.2f}"
@@ -47,25 +48,25 @@ def fmt_pct(x: Any, *, unit: bool = False) -> str:
 
 def fmt_signed(x: Any, digits: int = 4) -> str:
     """A signed difference, e.g. +0.0123."""
-    v = _number(x)
+    v = as_number(x)
     return MISSING if v is None else f"{v:+.{digits}f}"
 
 
 def fmt_int(x: Any) -> str:
     """A count with thousands separators."""
-    v = _number(x)
+    v = as_number(x)
     return MISSING if v is None else f"{round(v):,}"
 
 
 def fmt_num(x: Any) -> str:
     """A plain number without trailing zeros (days, z anchors): 14, 0.5, -2."""
-    v = _number(x)
+    v = as_number(x)
     return MISSING if v is None else f"{v:g}"
 
 
 def fmt_range(lo: Any, hi: Any) -> str:
     """A DTE range in days, e.g. 3-10."""
-    a, b = _number(lo), _number(hi)
+    a, b = as_number(lo), as_number(hi)
     return MISSING if a is None or b is None else f"{a:g}–{b:g}"
 
 

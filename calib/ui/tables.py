@@ -33,9 +33,9 @@ class Raw(str):
 _WRAP = "overflow-x:auto;margin:0 0 0.75rem 0;"
 _TABLE = ("width:100%;border-collapse:collapse;font-size:0.875rem;line-height:1.35;"
           "font-variant-numeric:tabular-nums;")
-_TH = ("text-align:left;padding:6px 10px;border-bottom:2px solid rgba(128,128,128,0.40);"
-       "font-weight:600;white-space:nowrap;vertical-align:bottom;")
-_TD = "padding:5px 10px;border-bottom:1px solid rgba(128,128,128,0.18);vertical-align:top;"
+_TH = ("text-align:left;padding:6px 8px;border-bottom:2px solid rgba(128,128,128,0.40);"
+       "font-weight:600;vertical-align:bottom;")
+_TD = "padding:5px 8px;border-bottom:1px solid rgba(128,128,128,0.18);vertical-align:top;"
 _NUM = "text-align:right;white-space:nowrap;"
 _NOWRAP = "white-space:nowrap;"
 _FAILED_ROW = "opacity:0.55;background:rgba(217,48,37,0.06);"
@@ -65,6 +65,14 @@ def decision_badge(decision: Any) -> Raw:
                f'style="{_BADGE}background:{colour};">{html.escape(fmt.decision_label(decision))}</span>')
 
 
+def run_line(run: Mapping[str, Any], label: str) -> str:
+    """One line: status badge, `label`, run id and time (UTC)."""
+    return (f'<div class="calib-run-line" style="display:flex;gap:0.6rem;align-items:center;flex-wrap:wrap;">'
+            f"{status_badge(run.get('status'))}<span>{html.escape(label)} "
+            f"<code>{html.escape(fmt.text(run.get('run_id')))}</code> · "
+            f"{html.escape(fmt.fmt_ts(run.get('created_at')))} UTC</span></div>")
+
+
 def _cell(value: Any) -> str:
     return value if isinstance(value, Raw) else html.escape(fmt.text(value))
 
@@ -79,18 +87,21 @@ def html_table(
     decision_col: str | None = None,
     dim_failed: bool = False,
     titles: Mapping[str, str] | None = None,
+    raw: Iterable[str] = (),
 ) -> str:
     """A static HTML table of display strings.
 
     `status_col` / `decision_col` hold raw codes ("ok", "applied") rendered as
     badges. A hidden "_status" column sets each row's `data-status`; with
     `dim_failed`, failed rows are dimmed. A hidden "_highlight" column (bool)
-    emphasises rows. `titles` adds header tooltips.
+    emphasises rows, a hidden "_title" column gives a row tooltip. `titles`
+    adds header tooltips. Columns in `raw` hold HTML built (and escaped) by
+    this module.
     """
-    numeric, nowrap, titles = set(numeric), set(nowrap), dict(titles or {})
+    numeric, nowrap, titles, raw = set(numeric), set(nowrap), dict(titles or {}), set(raw)
     shown = [c for c in frame.columns if not c.startswith("_")]
     head = "".join(
-        f'<th style="{_TH}{"text-align:right;" if c in numeric else ""}"'
+        f'<th style="{_TH}{"text-align:right;" if c in numeric else ""}{_NOWRAP if len(c) <= 12 else ""}"'
         + (f' title="{html.escape(titles[c])}"' if c in titles else "")
         + f">{html.escape(c)}</th>"
         for c in shown
@@ -114,11 +125,15 @@ def html_table(
                 v = status_badge(v)
             elif c == decision_col:
                 v = decision_badge(v)
+            elif c in raw and v is not None:
+                v = Raw(v)
             extra = _NUM if c in numeric else (_NOWRAP if c in nowrap else "")
             cells.append(f'<td style="{_TD}{extra}">{_cell(v)}</td>')
         attrs = f' data-status="{html.escape(str(status))}"' if status is not None else ""
         if rec.get("_run_id"):
             attrs += f' data-run-id="{html.escape(str(rec["_run_id"]))}"'
+        if rec.get("_title"):
+            attrs += f' title="{html.escape(str(rec["_title"]))}"'
         rows.append(f'<tr class="{" ".join(classes)}"{attrs} style="{style}">{"".join(cells)}</tr>')
     return (f'<div class="calib-table-wrap" style="{_WRAP}"><table class="calib-table" id="{html.escape(table_id)}" '
             f'data-table="{html.escape(table_id)}" style="{_TABLE}"><thead><tr>{head}</tr></thead>'
@@ -205,14 +220,17 @@ LIVE_COLUMNS: tuple[str, ...] = (
 
 
 def _chain(r: Mapping[str, Any]) -> str:
+    """Where the chain came from, as HTML: "replay" with its snapshot time, or the Deribit API."""
     if r.get("replay"):
         at = fmt.fmt_ts(r.get("window_end"))
-        return "replay" if at == fmt.MISSING else f"replay {at}"
+        if at == fmt.MISSING:
+            return "replay"
+        return f'replay <br><span style="white-space:nowrap;opacity:0.75;font-size:0.8rem;">{html.escape(at)}</span>'
     return "Deribit" if r.get("replay") is not None else fmt.MISSING
 
 
 def live_runs_frame(runs: pl.DataFrame) -> pl.DataFrame:
-    """Recent live runs with the policy's decision for each."""
+    """Recent live runs with the policy's decision for each ("Chain" holds HTML: render it `raw`)."""
     rows = []
     for r in runs.iter_rows(named=True):
         rows.append({
@@ -233,6 +251,7 @@ def live_runs_frame(runs: pl.DataFrame) -> pl.DataFrame:
     return _frame(rows, LIVE_COLUMNS)
 
 
+LIVE_RAW = ("Chain",)
 LIVE_NUMERIC = ("Tested", "Recommended", "Smoothed", "vMAE %", "MAE %", "Samples")
 LIVE_TITLES = {
     "Tested": "Multiplier the run was scored at (the applied global multiplier then)",
@@ -255,10 +274,8 @@ def live_metrics(run: Mapping[str, Any], result: Mapping[str, Any]) -> list[Metr
     tested = gm.get("tested") or {}
     m_tested = gm.get("multiplier_tested", run.get("multiplier_tested"))
     m_rec = gm.get("recommended_iv_multiplier", run.get("recommended_multiplier"))
-    try:
-        delta = fmt.fmt_signed(float(m_rec) - float(m_tested))
-    except (TypeError, ValueError):
-        delta = None
+    rec_v, tested_v = fmt.as_number(m_rec), fmt.as_number(m_tested)
+    delta = fmt.fmt_signed(rec_v - tested_v) if rec_v is not None and tested_v is not None else None
     ratio = gm.get("iv_rv_ratio")
     return [
         Metric(label="Multiplier tested", value=fmt.fmt_mult(m_tested),
@@ -270,14 +287,14 @@ def live_metrics(run: Mapping[str, Any], result: Mapping[str, Any]) -> list[Metr
         Metric(label="Bias %", value=fmt.fmt_pct(tested.get("bias_pct"), unit=True),
                help="Mean signed price error at the tested multiplier (negative: model too cheap)"),
         Metric(label="Recommended multiplier", value=fmt.fmt_mult(m_rec),
-               delta=delta if delta != fmt.MISSING else None, help="Change vs the tested multiplier"),
+               delta=delta, help="Change vs the tested multiplier"),
         Metric(label="RV_7d", value=fmt.fmt_pct(gm.get("rv_7d_pct", run.get("rv_7d_pct")), unit=True),
                help="Trailing 7-day realized vol of the index, annualized"),
         Metric(label="ATM IV", value=fmt.fmt_pct(gm.get("atm_iv_pct", run.get("atm_iv_pct")), unit=True),
-               help="Market at-the-money implied vol" + (f" (IV / RV = {ratio:.3f})" if ratio else "")),
+               help="Market at-the-money implied vol"),
+        Metric(label="IV / RV", value=fmt.fmt_mult(ratio), help="ATM IV over RV_7d: the multiplier the ATM market implies"),
         Metric(label="Samples", value=fmt.fmt_int(result.get("n_samples", run.get("n_samples"))),
                help="Quotes used in the global fit"),
-        Metric(label="When (UTC)", value=fmt.fmt_ts(run.get("created_at")), help="Run time"),
     ]
 
 
@@ -323,7 +340,7 @@ TERM_COLUMNS = ("Bucket", "DTE Range (days)", "Samples", "MAE %", "vMAE %", "Bia
 def term_structure_frame(result: Mapping[str, Any]) -> pl.DataFrame:
     """Global fit range first, then each DTE band at its own recommended multiplier."""
     gm = result.get("global_metrics") or {}
-    rows = []
+    rows: list[dict[str, Any]] = []
     if gm:
         rows.append({
             "Bucket": "Global fit", "DTE Range (days)": fmt.fmt_range(result.get("dte_min"), result.get("dte_max")),
@@ -400,22 +417,29 @@ def skew_frame(result: Mapping[str, Any]) -> pl.DataFrame:
 
 SKEW_NUMERIC = ("Anchor z", "Current ratio", "Recommended ratio", "Diff", "Quotes")
 
-POLICY_COLUMNS = ("Setting", "Value", "Meaning")
-
-
 def policy_frame(policy: PolicyConfig) -> pl.DataFrame:
-    """The update policy in force, in a trader's words."""
-    rows = [
-        ("EWMA weight", f"{policy.ewma_alpha:.2f}", "Weight of the newest live recommendation in the smoothing"),
-        ("Deadband", fmt.fmt_mult(policy.deadband), "Skip changes smaller than this"),
-        ("Max step", fmt.fmt_mult(policy.max_step), "Largest change per apply"),
-        ("Cooldown", f"{policy.cooldown_minutes:g} min", "Minimum time between applies"),
-        ("Min samples", fmt.fmt_int(policy.min_samples), "Skip runs with fewer quotes"),
-        ("Max vMAE", fmt.fmt_pct(policy.max_vega_mae_pct, unit=True), "Skip runs that fit worse"),
-        ("Multiplier range", f"{policy.min_multiplier:.4f} – {policy.max_multiplier:.4f}",
-         "Smoothed values are clamped to this range"),
-    ]
-    return _frame([dict(zip(POLICY_COLUMNS, r, strict=True)) for r in rows], POLICY_COLUMNS)
+    """The update policy in force, as one row (meanings in `policy_titles`)."""
+    row = {
+        "EWMA weight": f"{policy.ewma_alpha:.2f}",
+        "Deadband": fmt.fmt_mult(policy.deadband),
+        "Max step": fmt.fmt_mult(policy.max_step),
+        "Cooldown (min)": f"{policy.cooldown_minutes:g}",
+        "Min samples": fmt.fmt_int(policy.min_samples),
+        "Max vMAE %": fmt.fmt_pct(policy.max_vega_mae_pct),
+        "Multiplier range": f"{policy.min_multiplier:.4f} – {policy.max_multiplier:.4f}",
+    }
+    return _frame([row], list(row))
+
+
+POLICY_TITLES = {
+    "EWMA weight": "Weight of the newest live recommendation in the smoothing",
+    "Deadband": "Skip a change smaller than this",
+    "Max step": "Largest change of a multiplier per apply",
+    "Cooldown (min)": "Minimum time between two applies",
+    "Min samples": "Skip live runs with fewer quotes",
+    "Max vMAE %": "Skip live runs that fit worse than this",
+    "Multiplier range": "Smoothed values are clamped to this range",
+}
 
 
 def latest_run_pairs(run: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -437,14 +461,30 @@ def latest_run_pairs(run: Mapping[str, Any]) -> list[tuple[str, Any]]:
     ]
 
 
-APPLIED_COLUMNS = ("Scope", "Multiplier", "Last updated (UTC)", "Run")
+APPLIED_COLUMNS = ("Scope", "Multiplier", "Last updated (UTC)", "_title", "_run_id")
 
 
 def applied_frame(applied: pl.DataFrame) -> pl.DataFrame:
     """Current applied multipliers, global first, each with its own last-updated time."""
     rows = [
         {"Scope": str(r.get("scope", "")).title(), "Multiplier": fmt.fmt_mult(r.get("multiplier")),
-         "Last updated (UTC)": fmt.fmt_ts(r.get("updated_at"), seconds=True), "Run": fmt.text(r.get("run_id"))}
+         "Last updated (UTC)": fmt.fmt_ts(r.get("updated_at"), seconds=True),
+         "_title": f"run {fmt.text(r.get('run_id'))}", "_run_id": _str_or_none(r.get("run_id"))}
         for r in applied.iter_rows(named=True)
     ]
     return _frame(rows, APPLIED_COLUMNS)
+
+
+def run_options(live_runs: pl.DataFrame, history: pl.DataFrame) -> list[tuple[str, str]]:
+    """(run_id, label) of recent runs for the detail selector, newest first, latest live run first."""
+    items = []
+    for source, frame in (("live", live_runs), ("auto", history)):
+        for r in frame.iter_rows(named=True):
+            ts = fmt.to_utc(r.get("created_at"))
+            when = fmt.fmt_ts(r.get("window_end") if source == "auto" else r.get("created_at"))
+            label = f"{source} · {when} · {fmt.status_label(r.get('status'))}"
+            items.append((ts, str(r["run_id"]), label, source))
+    items.sort(key=lambda t: (t[0] is not None, t[0]), reverse=True)
+    live_first = [i for i in items if i[3] == "live"][:1]
+    rest = [i for i in items if i not in live_first]
+    return [(i[1], i[2]) for i in live_first + rest]

@@ -1,0 +1,506 @@
+"""The Streamlit dashboard under AppTest, one test per section, on files the real CLI wrote.
+
+The history file is built by `calib` commands (typer CliRunner) on demo
+harvests; expected values are read back from DuckDB directly and formatted
+here, so the page is checked against the database, not against itself.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from streamlit.testing.v1 import AppTest
+from typer.testing import CliRunner
+
+from calib.config import PolicyConfig
+from calib.data.demo import DemoSpec, generate_demo_harvest
+from calib.store.connection import connect
+from calib.store.migrations import migrate
+from cli import app as cli_app
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "app.py"
+END = datetime(2026, 1, 9, 12, 0, tzinfo=UTC)
+EXPLANATION = (
+    "Auto-calibrations use harvested Deribit data and the same calibration engine as the live UI. "
+    "Each run is scored as OK, Degraded, or Failed based on data quality, error magnitude, and "
+    "multiplier sanity. Failed runs are recorded for debugging only and are not used to update the "
+    "vol surface."
+)
+runner = CliRunner()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _iso(ts: datetime) -> str:
+    return ts.isoformat().replace("+00:00", "Z")
+
+
+def _cli(*args: str, code: int = 0) -> None:
+    res = runner.invoke(cli_app, list(args))
+    assert res.exit_code == code, res.output
+
+
+def _auto(db: Path, root: Path, as_of: datetime, code: int = 0) -> None:
+    _cli("auto-calibrate", "--underlying", "BTC", "--data-dir", str(root), "--as-of", _iso(as_of),
+         "--lookback-days", "2", "--db", str(db), code=code)
+
+
+def _live(db: Path, root: Path, code: int = 0) -> None:
+    _cli("calibrate-live", "--underlying", "BTC", "--replay", str(root), "--db", str(db), code=code)
+
+
+def _rows(db: Path, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        cur = con.execute(sql, params or [])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    finally:
+        con.close()
+
+
+class _Tables(HTMLParser):
+    """Rows of every <table id=...> in an HTML snippet: cell texts plus the row's attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[dict[str, Any]]] = {}
+        self._table: str | None = None
+        self._row: dict[str, Any] | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "table":
+            self._table = a.get("id", "")
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table is not None:
+            self._row = {"attrs": a, "cells": [], "badges": []}
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = []
+        elif tag == "span" and self._row is not None and "calib-badge" in a.get("class", ""):
+            self._row["badges"].append(a.get("data-status"))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._row is not None and self._cell is not None:
+            self._row["cells"].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tr" and self._row is not None and self._table is not None:
+            self.tables[self._table].append(self._row)
+            self._row = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def tables(at: AppTest) -> dict[str, list[dict[str, Any]]]:
+    p = _Tables()
+    for h in at.html:
+        p.feed(h.value)
+    return p.tables
+
+
+def table(at: AppTest, table_id: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """(header cells, body rows) of one table; key-value tables have no header row."""
+    rows = tables(at)[table_id]
+    if rows and not rows[0]["attrs"].get("class"):
+        return rows[0]["cells"], rows[1:]
+    return [], rows
+
+
+def column(at: AppTest, table_id: str, name: str) -> list[str]:
+    head, body = table(at, table_id)
+    i = head.index(name)
+    return [r["cells"][i] for r in body]
+
+
+def run_app(db: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, underlying: str = "BTC") -> AppTest:
+    monkeypatch.setenv("CALIB_DB", str(db))
+    monkeypatch.setenv("CALIB_CONFIG", str(tmp_path / "no-calib.toml"))
+    at = AppTest.from_file(str(APP), default_timeout=30)
+    if underlying != "BTC":
+        at.run()
+        at.sidebar.selectbox(key="underlying").set_value(underlying)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info]
+    parts += [w.value for w in at.warning] + [e.value for e in at.error] + [c.value for c in at.code]
+    parts += [s.value for s in at.success]
+    return "\n".join(str(p) for p in parts)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def harvests(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("demo")
+    out = {}
+    for scenario, days in (("normal", 9.0), ("usd_marks", 3.0)):
+        out[scenario] = base / scenario
+        generate_demo_harvest(out[scenario], DemoSpec(underlyings=("BTC",), end=END, days=days, scenario=scenario))
+    return out
+
+
+@pytest.fixture(scope="module")
+def populated(tmp_path_factory: pytest.TempPathFactory, harvests: dict[str, Path]) -> Path:
+    """A live replay the policy applies, then two OK auto-calibrations and one failed one."""
+    db = tmp_path_factory.mktemp("db") / "history.duckdb"
+    _live(db, harvests["normal"])
+    _auto(db, harvests["normal"], END - timedelta(hours=12))
+    _auto(db, harvests["normal"], END)
+    _auto(db, harvests["usd_marks"], END, code=3)
+    return db
+
+
+@pytest.fixture
+def db_copy(populated: Path, tmp_path: Path) -> Path:
+    """A private copy for tests that write."""
+    dst = tmp_path / "copy.duckdb"
+    shutil.copy(populated, dst)
+    return dst
+
+
+def _live_run(db: Path) -> dict[str, Any]:
+    rows = _rows(db, "SELECT run_id, status, reason, smoothed_multiplier, policy_decision, policy_reason, "
+                     "n_samples, result::VARCHAR AS result FROM calibration_runs WHERE source = 'live' "
+                     "ORDER BY created_at DESC LIMIT 1")
+    row = rows[0]
+    row["result"] = json.loads(row["result"])
+    return row
+
+
+def _applied(db: Path) -> dict[str, tuple[float, str]]:
+    return {r["scope"]: (r["multiplier"], r["run_id"]) for r in _rows(
+        db, "SELECT scope, multiplier, run_id FROM current_applied_multipliers WHERE underlying = 'BTC'")}
+
+
+# --------------------------------------------------------------------------- empty and broken states
+
+
+def test_missing_file_shows_guidance_and_creates_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "nowhere" / "history.duckdb"
+    at = run_app(db, monkeypatch, tmp_path)
+    out = texts(at)
+    assert f"No history file at `{db}` yet" in out
+    assert "calib demo-db" in out
+    assert "calib auto-calibrate --underlying BTC" in out
+    assert not at.header  # no sections, no traceback
+    assert not db.exists() and not db.parent.exists()
+
+
+def test_empty_database_shows_guidance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "empty.duckdb"
+    with connect(db, read_only=False):
+        pass  # migrations only
+    at = run_app(db, monkeypatch, tmp_path)
+    out = texts(at)
+    assert "has no calibration runs yet" in out
+    assert "calib calibrate-live --underlying BTC --replay data/live_deribit" in out
+    assert not at.error
+
+
+def test_underlying_without_runs_says_which_command(populated: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    at = run_app(populated, monkeypatch, tmp_path, underlying="ETH")
+    out = texts(at)
+    assert "No calibration runs for ETH yet; this file has BTC (4 runs)." in out
+    assert "calib auto-calibrate --underlying ETH" in out
+    assert "calib calibrate-live --underlying ETH" in out
+
+
+def test_no_live_runs_yet(harvests: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "auto-only.duckdb"
+    _auto(db, harvests["normal"], END)
+    at = run_app(db, monkeypatch, tmp_path)
+    out = texts(at)
+    assert "No live runs for BTC yet" in out
+    assert "Nothing applied for BTC yet" in out
+    assert at.button(key="force_apply").disabled
+    # The detail sections fall back to the auto-calibration, the history shows it.
+    assert column(at, "auto-history", "Status") == ["✓ OK"]
+    assert table(at, "term-structure")[1]
+
+
+def test_old_schema_rows_show_dashes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file at schema v1 (before later columns existed) renders with '-' and is not migrated by reading."""
+    db = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(db))
+    migrate(con, upto=1)
+    con.execute(
+        "INSERT INTO calibration_runs (run_id, created_at, source, underlying, dte_min, dte_max, lookback_days, "
+        "n_samples, recommended_multiplier, vega_weighted_mae_pct, mae_pct, status, reason, applied) "
+        "VALUES ('BTC-old-1', TIMESTAMPTZ '2024-05-01 10:00:00+00', 'harvested', 'BTC', 3, 10, NULL, 1200, "
+        "NULL, NULL, 12.5, 'ok', 'Calibration within thresholds', false)")
+    con.close()
+    at = run_app(db, monkeypatch, tmp_path)
+    head, body = table(at, "auto-history")
+    row = dict(zip(head, body[0]["cells"], strict=True))
+    assert row["Date (UTC)"] == "2024-05-01 10:00"
+    assert row["Lookback (days)"] == "-"
+    assert row["Multiplier"] == "-"
+    assert row["vMAE %"] == "-"
+    assert row["MAE %"] == "12.50"
+    assert row["Samples"] == "1,200"
+    assert "No skew fit for this run" in texts(at)
+    assert _rows(db, "SELECT max(version) AS v FROM schema_migrations")[0]["v"] == 1
+
+
+def test_unreadable_file_shows_an_error_not_a_traceback(db_copy: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """While this process holds the file read-write, a read-only open fails: the page says so."""
+    writer = duckdb.connect(str(db_copy))
+    try:
+        at = run_app(db_copy, monkeypatch, tmp_path)
+    finally:
+        writer.close()
+    assert any(f"Cannot read the history file `{db_copy}`" in e.value for e in at.error)
+    assert "press Refresh to try again" in texts(at)
+    assert not at.header
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def test_sections_in_spec_order(populated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = run_app(populated, monkeypatch, tmp_path)
+    assert [h.value for h in at.header] == [
+        "Calibration vs Deribit", "Term Structure", "Skew Fit Analysis", "IV Calibration Update Policy",
+        "Calibration History (Auto-Calibrate)", "Recent live runs",
+    ]
+    assert "Option-type metrics" in [s.value for s in at.subheader]
+    assert at.title[0].value == "IV calibration · BTC"
+
+
+def test_calibration_vs_deribit_matches_latest_live_run(populated: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    live = _live_run(populated)
+    gm = live["result"]["global_metrics"]
+    at = run_app(populated, monkeypatch, tmp_path)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Multiplier tested"] == f"{gm['multiplier_tested']:.4f}"
+    assert metrics["MAE %"] == f"{gm['tested']['mae_pct']:.2f} %"
+    assert metrics["vMAE %"] == f"{gm['tested']['vega_weighted_mae_pct']:.2f} %"
+    assert metrics["Bias %"] == f"{gm['tested']['bias_pct']:.2f} %"
+    assert metrics["Recommended multiplier"] == f"{gm['recommended_iv_multiplier']:.4f}"
+    assert metrics["RV_7d"] == f"{gm['rv_7d_pct']:.2f} %"
+    assert metrics["ATM IV"] == f"{gm['atm_iv_pct']:.2f} %"
+    assert metrics["Samples"] == f"{live['n_samples']:,}"
+    run_line = next(h.value for h in at.html if "calib-run-line" in h.value)
+    assert live["run_id"] in run_line
+    assert f'data-status="{live["status"]}"' in run_line
+    _, errors = table(at, "live-errors")
+    assert errors[1]["cells"][1:4] == [f"{gm['recommended_iv_multiplier']:.4f}", f"{gm['mae_pct']:.2f}",
+                                       f"{gm['vega_weighted_mae_pct']:.2f}"]
+
+
+def test_option_type_metrics(populated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    live = _live_run(populated)
+    at = run_app(populated, monkeypatch, tmp_path)
+    head, body = table(at, "option-types")
+    assert head == ["Type", "Samples", "MAE %", "vMAE %", "Bias %", "MAE (vol pts)"]
+    expected = [[{"C": "Calls", "P": "Puts"}[o["option_type"]], f"{o['n_samples']:,}", f"{o['mae_pct']:.2f}",
+                 f"{o['vega_weighted_mae_pct']:.2f}", f"{o['bias_pct']:.2f}", f"{o['mae_vol_points']:.2f}"]
+                for o in live["result"]["option_type_metrics"]]
+    assert [r["cells"] for r in body] == expected
+
+
+def test_term_structure(populated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    live = _live_run(populated)
+    at = run_app(populated, monkeypatch, tmp_path)
+    head, body = table(at, "term-structure")
+    assert head[:7] == ["Bucket", "DTE Range (days)", "Samples", "MAE %", "vMAE %", "Bias %", "Rec. IV Mult"]
+    bands = live["result"]["bands"]
+    assert [r["cells"][0] for r in body] == ["Global fit"] + [b["name"].title() for b in bands]
+    for row, b in zip(body[1:], bands, strict=True):
+        assert row["cells"][1] == f"{b['dte_min']:g}–{b['dte_max']:g}"
+        assert row["cells"][2] == f"{b['n_samples']:,}"
+        assert row["cells"][4] == f"{b['vega_weighted_mae_pct']:.2f}"
+        assert row["cells"][6] == f"{b['recommended_iv_multiplier']:.4f}"
+
+
+def test_skew_fit_analysis(populated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sk = _live_run(populated)["result"]["skew"]
+    at = run_app(populated, monkeypatch, tmp_path)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Skew misfit (RMS)"] == f"{sk['misfit']:.4f}"
+    assert metrics["Max |diff|"] == f"{sk['max_abs_diff']:.4f}"
+    assert metrics["At anchor z"] == f"{sk['largest_diff_anchor']:+.1f}"
+    head, body = table(at, "skew-anchors")
+    assert head == ["Anchor z", "Current ratio", "Recommended ratio", "Diff", "Quotes"]
+    assert [r["cells"][1] for r in body] == [f"{c:.4f}" for c in sk["current"]]
+    assert [r["cells"][2] for r in body] == [f"{c:.4f}" for c in sk["recommended"]]
+    highlighted = [r for r in body if "calib-row-highlight" in r["attrs"]["class"]]
+    assert len(highlighted) == 1
+    assert highlighted[0]["cells"][0] in (f"{sk['largest_diff_anchor']:+.1f}", "0 (ATM)")
+    charts = at.get("vega_lite_chart")
+    assert len(charts) == 4  # skew ratios, smile, history multiplier, history vMAE
+
+
+def test_update_policy_section(populated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    live = _live_run(populated)
+    applied = _applied(populated)
+    at = run_app(populated, monkeypatch, tmp_path)
+    head, body = table(at, "policy-settings")
+    settings = dict(zip(head, body[0]["cells"], strict=True))
+    default = PolicyConfig()
+    assert settings["EWMA weight"] == f"{default.ewma_alpha:.2f}"
+    assert settings["Deadband"] == f"{default.deadband:.4f}"
+    assert settings["Max step"] == f"{default.max_step:.4f}"
+    assert settings["Cooldown (min)"] == f"{default.cooldown_minutes:g}"
+    assert settings["Min samples"] == f"{default.min_samples:,}"
+    assert settings["Max vMAE %"] == f"{default.max_vega_mae_pct:.2f}"
+    assert "Built-in defaults" in texts(at)
+    card = {r["cells"][0]: r for r in table(at, "latest-run")[1]}
+    assert card["Run"]["cells"][1] == live["run_id"]
+    assert card["Source"]["cells"][1] == "live (replay)"
+    assert card["Smoothed"]["cells"][1] == f"{live['smoothed_multiplier']:.4f}"
+    assert card["Decision"]["cells"][1] == "Applied"
+    assert card["Reason"]["cells"][1] == live["policy_reason"]
+    _, body = table(at, "applied-multipliers")
+    shown = {r["cells"][0].lower(): r for r in body}
+    assert set(shown) == set(applied)
+    for scope, (mult, run_id) in applied.items():
+        assert shown[scope]["cells"][1] == f"{mult:.4f}"
+        assert shown[scope]["attrs"]["data-run-id"] == run_id
+    # The live run was applied by the policy, so Force-Apply has nothing to do.
+    assert at.button(key="force_apply").disabled
+    assert "already applied" in texts(at)
+
+
+def test_policy_settings_come_from_the_settings_file(populated: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    toml = tmp_path / "calib.toml"
+    toml.write_text("[policy]\ndeadband = 0.05\ncooldown_minutes = 15\nmin_samples = 200\n")
+    monkeypatch.setenv("CALIB_DB", str(populated))
+    monkeypatch.setenv("CALIB_CONFIG", str(toml))
+    at = AppTest.from_file(str(APP), default_timeout=30).run()
+    assert not at.exception
+    head, body = table(at, "policy-settings")
+    settings = dict(zip(head, body[0]["cells"], strict=True))
+    assert (settings["Deadband"], settings["Cooldown (min)"], settings["Min samples"]) == ("0.0500", "15", "200")
+    assert f"From {toml}." in texts(at)
+
+
+def test_history_badges_reasons_and_dimmed_failed_row(populated: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = _rows(populated, "SELECT run_id, status, reason, recommended_multiplier AS m, n_samples "
+                            "FROM calibration_runs WHERE source = 'harvested'")
+    at = run_app(populated, monkeypatch, tmp_path)
+    assert EXPLANATION in [i.value for i in at.info]
+    head, body = table(at, "auto-history")
+    assert head == ["Date (UTC)", "Status", "DTE Range (days)", "Lookback (days)", "Multiplier", "vMAE %", "MAE %",
+                    "Samples", "Reason"]
+    by_id = {r["attrs"]["data-run-id"]: r for r in body}
+    assert set(by_id) == {r["run_id"] for r in runs}
+    for run in runs:
+        row = by_id[run["run_id"]]
+        assert row["badges"] == [run["status"]]
+        assert row["attrs"]["data-status"] == run["status"]
+        assert row["cells"][8] == run["reason"]
+        assert row["cells"][4] == f"{run['m']:.4f}"
+        assert row["cells"][7] == f"{run['n_samples']:,}"
+    failed = [r for r in body if r["attrs"]["data-status"] == "failed"]
+    assert len(failed) == 1
+    assert "calib-row-failed" in failed[0]["attrs"]["class"]
+    assert "opacity:0.55" in failed[0]["attrs"]["style"]
+    assert failed[0]["cells"][1] == "⚠ Failed"
+    assert "marks_not_in_coin" in failed[0]["cells"][8]
+    ok = [r for r in body if r["attrs"]["data-status"] == "ok"]
+    assert len(ok) == 2 and all("opacity" not in r["attrs"]["style"] for r in ok)
+    # Badge colours: OK green, Failed red.
+    html_text = next(h.value for h in at.html if 'id="auto-history"' in h.value)
+    assert 'data-status="ok" style="' in html_text and "background:#1e8e3e" in html_text
+    assert "background:#d93025" in html_text
+    assert "Latest 3 runs: 2 OK · 0 Degraded · 1 Failed" in texts(at)
+
+
+def test_recent_live_runs(populated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    live = _live_run(populated)
+    at = run_app(populated, monkeypatch, tmp_path)
+    head, body = table(at, "live-runs")
+    assert len(body) == 1
+    row = dict(zip(head, body[0]["cells"], strict=True))
+    assert row["Smoothed"] == f"{live['smoothed_multiplier']:.4f}"
+    assert row["Decision"] == "Applied"
+    assert row["Chain"].startswith("replay ")
+    assert row["Policy reason"] == live["policy_reason"]
+
+
+# --------------------------------------------------------------------------- the one write: Force-Apply
+
+
+def test_force_apply_with_confirmation_sets_applied_to_smoothed(
+    db_copy: Path, harvests: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _live(db_copy, harvests["normal"])  # seconds after the first apply: skipped by the policy
+    live = _live_run(db_copy)
+    assert live["policy_decision"] == "skipped"
+    before = _applied(db_copy)
+    assert before["global"][1] != live["run_id"]
+
+    at = run_app(db_copy, monkeypatch, tmp_path)
+    assert not at.button(key="force_apply").disabled
+    at.button(key="force_apply").click().run()
+    assert any(live["run_id"] in w.value and "Forced by user" in w.value for w in at.warning)
+    assert _applied(db_copy) == before  # nothing written before confirmation
+
+    at.button(key="force_apply_confirm").click().run()
+    assert not at.exception
+    after = _applied(db_copy)
+    assert after["global"] == (pytest.approx(live["smoothed_multiplier"]), live["run_id"])
+    assert any(f"global {live['smoothed_multiplier']:.4f}" in s.value for s in at.success)
+    _, body = table(at, "applied-multipliers")
+    glob = next(r for r in body if r["cells"][0] == "Global")
+    assert glob["cells"][1] == f"{live['smoothed_multiplier']:.4f}"
+    assert glob["attrs"]["data-run-id"] == live["run_id"]
+    card = {r["cells"][0]: r["cells"][1] for r in table(at, "latest-run")[1]}
+    assert card["Decision"] == "Applied" and card["Reason"] == "Forced by user"
+    assert at.button(key="force_apply").disabled
+
+
+def test_force_apply_cancel_writes_nothing(db_copy: Path, harvests: dict[str, Path], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    _live(db_copy, harvests["normal"])
+    before = _applied(db_copy)
+    at = run_app(db_copy, monkeypatch, tmp_path)
+    at.button(key="force_apply").click().run()
+    at.button(key="force_apply_cancel").click().run()
+    assert not at.warning
+    assert _applied(db_copy) == before
+
+
+def test_force_apply_refused_for_failed_latest_run(db_copy: Path, harvests: dict[str, Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    _live(db_copy, harvests["usd_marks"], code=3)
+    at = run_app(db_copy, monkeypatch, tmp_path)
+    assert at.button(key="force_apply").disabled
+    assert "Force-Apply refuses failed runs" in texts(at)
+    assert any("The latest live run failed" in w.value for w in at.warning)
+
+
+def test_refresh_shows_runs_written_while_open(db_copy: Path, harvests: dict[str, Path], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    at = run_app(db_copy, monkeypatch, tmp_path)
+    assert len(table(at, "auto-history")[1]) == 3
+    _auto(db_copy, harvests["normal"], END - timedelta(hours=6))  # the CLI writes while the app is open
+    at.run()
+    assert len(table(at, "auto-history")[1]) == 3  # cached
+    at.sidebar.button(key="refresh_button").click().run()
+    assert len(table(at, "auto-history")[1]) == 4

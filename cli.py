@@ -344,10 +344,16 @@ def history_cmd(
     if df.height == 0 and not json_out:
         typer.echo("No runs recorded yet: run `calib auto-calibrate --underlying BTC`.")
         return
-    if not json_out:
-        df = df.select("created_at", "underlying", "source", "status", "recommended_multiplier",
-                       "smoothed_multiplier", "vega_weighted_mae_pct", "mae_pct", "n_samples", "applied", "reason")
-    _print_frame(df, json_out)
+    if json_out:
+        _print_frame(df, json_out)
+        return
+    typer.echo(f"{'created (UTC)':17} {'und':4} {'source':9} {'status':9} {'rec':>7} {'smoothed':>8} "
+               f"{'vMAE %':>7} {'MAE %':>7} {'samples':>8} {'applied':8} reason")
+    for r in df.iter_rows(named=True):
+        typer.echo(f"{r['created_at']:%Y-%m-%d %H:%M}  {r['underlying']:4} {r['source']:9} {r['status'].upper():9} "
+                   f"{_fmt(r['recommended_multiplier'], '.4f'):>7} {_fmt(r['smoothed_multiplier'], '.4f'):>8} "
+                   f"{_fmt(r['vega_weighted_mae_pct']):>7} {_fmt(r['mae_pct']):>7} {_fmt(r['n_samples'], ','):>8} "
+                   f"{'yes' if r['applied'] else 'no':8} {(r['policy_reason'] or r['reason'] or '-')[:70]}")
 
 
 @app.command("sql")

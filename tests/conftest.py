@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from tests.synth import END, exact_market
+
 # Same examples on every run: CI results do not depend on luck (and failures replay).
 settings.register_profile("calib", derandomize=True, deadline=None)
 settings.load_profile("calib")
-
-from tests.synth import END, exact_market
 
 
 @pytest.fixture

@@ -53,7 +53,8 @@ def list_runs(db_path: Path, *, underlying: str | None = None, source: str | Non
             return pl.DataFrame()
         have = _columns(con, "calibration_runs")
         cols = ", ".join(c if c in have else f"NULL AS {c}" for c in HISTORY_COLUMNS)
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if underlying:
             where.append("underlying = ?")
             params.append(underlying)
@@ -98,12 +99,13 @@ def applied_state(db_path: Path, underlying: str) -> AppliedState:
         ).fetchall()
     g = next((r for r in rows if r[0] == "global"), None)
     newest = max(rows, key=lambda r: r[2]) if rows else None
+    source = g if g is not None else newest
     return AppliedState(
         underlying=underlying,
         global_multiplier=float(g[1]) if g else None,
         bands={r[0]: float(r[1]) for r in rows if r[0] != "global"},
         updated_at=newest[2] if newest else None,
-        run_id=(g or newest)[3] if (g or newest) else None,
+        run_id=source[3] if source is not None else None,
     )
 
 

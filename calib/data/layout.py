@@ -6,6 +6,7 @@ import os
 import tempfile
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 
@@ -20,7 +21,9 @@ def snapshot_path(data_root: Path, underlying: str, ts_utc: datetime, stem: str 
     return partition_dir(data_root, underlying, ts_utc) / f"{stem}_{ts_utc:%Y%m%dT%H%M%SZ}.parquet"
 
 
-def atomic_write_parquet(df: pl.DataFrame, path: Path, *, compression: str = "zstd") -> Path:
+def atomic_write_parquet(
+    df: pl.DataFrame, path: Path, *, compression: Literal["zstd", "lz4", "snappy", "uncompressed"] = "zstd"
+) -> Path:
     """Write `df` to `path` so readers see either no file or the whole file.
 
     The data goes to a hidden temp file in the same directory (same filesystem),

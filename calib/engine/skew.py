@@ -70,13 +70,14 @@ def fit_skew(
     rec, _support, counts, free = solve_skew_ratios(z, ratio, q.vega_coin, anchors_z, current)
     has_data = free | (np.arange(a) == atm)
     diff = rec - current
+    misfit: float | None = None
+    max_abs: float | None = None
+    largest: float | None = None
     if has_data.any():
         d = np.abs(diff[has_data])
         misfit = float(np.sqrt(np.mean(diff[has_data] ** 2)))
         k = int(np.flatnonzero(has_data)[np.argmax(d)])
         max_abs, largest = float(d.max()), float(anchors_z[k])
-    else:
-        misfit = max_abs = largest = None
     smile = _smile(z, q, multiplier, anchors_z, current, rec, smile_bin)
     return SkewFit(anchors=tuple(anchors_z.tolist()), current=tuple(current.tolist()),
                    recommended=tuple(float(x) for x in rec), n_per_anchor=tuple(int(c) for c in counts),
@@ -85,7 +86,7 @@ def fit_skew(
 
 def solve_skew_ratios(
     z: FloatArray, ratio: FloatArray, w: FloatArray, anchors_z: FloatArray, current: FloatArray
-) -> tuple[FloatArray, FloatArray, np.ndarray, np.ndarray]:
+) -> tuple[FloatArray, FloatArray, Any, Any]:
     """Anchor ratios minimizing sum w (curve(z) - ratio)^2 with the ATM anchor at 1.0.
 
     Returns (ratios, weight support per anchor, quote count per nearest anchor,
@@ -114,7 +115,7 @@ def solve_skew_ratios(
             rec[free] = np.linalg.solve(g_ff + 1e-12 * np.eye(int(free.sum())), b_f)
         except np.linalg.LinAlgError:
             rec[free] = np.linalg.lstsq(g_ff, b_f, rcond=None)[0]
-    return np.clip(rec, 0.2, 5.0), support, counts, free
+    return np.clip(rec, 0.2, 5.0), support.astype(np.float64), counts, free
 
 
 def _empty_smile() -> dict[str, list[Any]]:

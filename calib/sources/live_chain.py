@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import polars as pl
 
 from calib.data.reader import QUOTE_COLUMNS, TS_TYPE, HarvestRead
+from calib.errors import SourceError
 from calib.sources.deribit import DEFAULT_BASE_URL, DeribitClient
 
 RV_HISTORY = timedelta(days=7, hours=1)
@@ -46,5 +47,7 @@ def fetch_live_chain(underlying: str, *, base_url: str = DEFAULT_BASE_URL) -> Ha
     with DeribitClient(base_url=base_url) as client:
         chain = client.option_chain(underlying)
         snap = chain["snapshot_ts"].max()
-        history = client.index_history(underlying, snap - RV_HISTORY, snap, resolution="60")  # type: ignore[operator]
+        if not isinstance(snap, datetime):
+            raise SourceError(f"Deribit returned an empty option chain for {underlying}")
+        history = client.index_history(underlying, snap - RV_HISTORY, snap, resolution="60")
     return chain_to_read(chain, history)

@@ -39,7 +39,8 @@ def connect(db_path: Path | str, *, read_only: bool, retry_s: float = LOCK_RETRY
         raise StoreError(f"history file {path} does not exist yet: run `calib auto-calibrate` or `calib demo-data` first")
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-    config = {} if read_only else {"storage_compatibility_version": STORAGE_COMPATIBILITY}
+    config: dict[str, str | bool | int | float | list[str]] = (
+        {} if read_only else {"storage_compatibility_version": STORAGE_COMPATIBILITY})
     deadline = time.monotonic() + retry_s
     delay = 0.05
     while True:

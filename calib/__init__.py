@@ -15,6 +15,10 @@ from importlib import import_module
 from typing import Any
 
 __all__ = [
+    "MAX_MAE",
+    "MAX_MULT",
+    "MAX_VEGA_MAE",
+    "MIN_MULT",
     "CalibrationConfig",
     "CalibrationResult",
     "HarvestConfig",
@@ -33,6 +37,10 @@ _WHERE = {
     "load_settings": "calib.config",
     "CalibrationResult": "calib.engine.result",
     "assess_calibration_realism": "calib.engine.guardrails",
+    "MIN_MULT": "calib.engine.guardrails",
+    "MAX_MULT": "calib.engine.guardrails",
+    "MAX_MAE": "calib.engine.guardrails",
+    "MAX_VEGA_MAE": "calib.engine.guardrails",
     "run_historical_calibration_from_harvest": "calib.calibration",
     "run_calibration_extended": "calib.live",
     "force_apply_latest": "calib.live",

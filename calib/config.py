@@ -7,10 +7,11 @@ built-in default here and can be overridden in an editable TOML file:
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ DEFAULT_DATA_DIR = Path("data/live_deribit")
 DEFAULT_DB = Path("data/calibration.duckdb")
 MIN_TICK_COIN = 0.0001  # Deribit's minimum option price, in coin
 DAYS_PER_YEAR = 365.0  # crypto trades 24/7
+MAX_LOOKBACK_DAYS = 3650.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,10 +86,10 @@ class QualityThresholds:
 class RealismThresholds:
     """Guardrails of SPEC section 4; None disables a check."""
 
-    min_mult: float = 0.7
-    max_mult: float = 1.6
-    max_mae_pct: float | None = 400.0
-    max_vega_mae_pct: float | None = 200.0
+    min_mult: float = 0.7  # guardrails.MIN_MULT
+    max_mult: float = 1.6  # guardrails.MAX_MULT
+    max_mae_pct: float | None = 400.0  # guardrails.MAX_MAE
+    max_vega_mae_pct: float | None = 200.0  # guardrails.MAX_VEGA_MAE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,6 +103,21 @@ class HarvestConfig:
     max_snapshots: int | None = None
     rv_warmup: timedelta = timedelta(days=7)
 
+    def __post_init__(self) -> None:
+        # Naive times mean UTC; aware times in another zone are converted, so partition
+        # pruning by UTC date and the window agree.
+        for name in ("start_time", "end_time"):
+            ts = getattr(self, name)
+            if ts is not None:
+                object.__setattr__(self, name, ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC))
+        object.__setattr__(self, "data_root", Path(self.data_root))
+        if self.start_time and self.end_time and self.start_time >= self.end_time:
+            raise InvalidInputError(f"`start_time` ({self.start_time}) must be before `end_time` ({self.end_time})")
+        if self.max_snapshots is not None and self.max_snapshots < 1:
+            raise InvalidInputError(f"`max_snapshots` must be positive; got {self.max_snapshots}")
+        if self.snapshot_step is not None and self.snapshot_step.total_seconds() <= 0:
+            raise InvalidInputError(f"`snapshot_step` must be positive; got {self.snapshot_step}")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CalibrationConfig:
@@ -111,7 +128,7 @@ class CalibrationConfig:
     min_dte: float = 3.0
     max_dte: float = 10.0
     bands: tuple[Band, ...] = DEFAULT_BANDS
-    option_types: tuple[str, ...] = OPTION_TYPES
+    option_types: tuple[str, ...] | list[str] = field(default_factory=lambda: list(OPTION_TYPES))
     fit_skew: bool = True
     emit_recommended_vol_surface: bool = True
     max_samples: int | None = None
@@ -126,6 +143,18 @@ class CalibrationConfig:
     replay: bool = False
 
     def __post_init__(self) -> None:
+        # Accept what callers naturally pass: lists or tuples, bands as mappings.
+        object.__setattr__(self, "option_types", [str(t).upper() for t in self.option_types])
+        try:
+            bands = tuple(b if isinstance(b, Band) else Band(**dict(b)) for b in self.bands)  # type: ignore[arg-type]
+        except TypeError as e:
+            raise InvalidInputError(f"`bands` entries need name, dte_min, dte_max: {e}") from e
+        object.__setattr__(self, "bands", bands)
+        for name in ("min_dte", "max_dte", "lookback_days"):
+            if not math.isfinite(getattr(self, name)):
+                raise InvalidInputError(f"`{name}` must be a finite number; got {getattr(self, name)}")
+        if self.lookback_days > MAX_LOOKBACK_DAYS:
+            raise InvalidInputError(f"`lookback_days` must be at most {MAX_LOOKBACK_DAYS:g}; got {self.lookback_days}")
         if self.underlying not in UNDERLYINGS:
             raise InvalidInputError(
                 f"`underlying` must be one of {', '.join(UNDERLYINGS)}; got {self.underlying!r}"

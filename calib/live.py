@@ -27,7 +27,7 @@ from calib.errors import NoDataError, PolicyError, StoreError
 from calib.policy import FORCED_REASON, PolicyOutcome, PolicyState, decide
 from calib.store.applied import read_applied, write_applied
 from calib.store.connection import connect
-from calib.store.history import record_run
+from calib.store.history import insert_run, run_row
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,16 +102,21 @@ def load_policy_state(db_path: Path, underlying: str) -> PolicyState:
         if not _has_table(con, "applied_multipliers"):
             return PolicyState(applied_global=None, applied_bands={}, last_applied_at=None, prev_ewma=None,
                                prev_ewma_bands={})
-        applied = read_applied(con, underlying)
-        last = con.execute(
-            "SELECT max(applied_at) FROM calibration_runs WHERE underlying = ? AND source = 'live' AND applied",
-            [underlying],
-        ).fetchone()
-        prev = con.execute(
-            "SELECT result FROM calibration_runs WHERE underlying = ? AND source = 'live' AND status <> 'failed' "
-            "ORDER BY created_at DESC LIMIT 1",
-            [underlying],
-        ).fetchone()
+        return policy_state(con, underlying)
+
+
+def policy_state(con: Any, underlying: str) -> PolicyState:
+    """The policy's view of the past, read on `con` (inside the caller's transaction when writing)."""
+    applied = read_applied(con, underlying)
+    last = con.execute(
+        "SELECT max(applied_at) FROM calibration_runs WHERE underlying = ? AND source = 'live' AND applied",
+        [underlying],
+    ).fetchone()
+    prev = con.execute(
+        "SELECT result FROM calibration_runs WHERE underlying = ? AND source = 'live' AND status <> 'failed' "
+        "ORDER BY created_at DESC LIMIT 1",
+        [underlying],
+    ).fetchone()
     policy = (json.loads(prev[0]).get("policy") or {}) if prev and prev[0] else {}
     g = applied.get("global")
     return PolicyState(
@@ -130,9 +135,32 @@ def calibrate_live_and_record(
     tested = applied_global(db_path, config.underlying)
     config = replace(config, source="live", multiplier_tested=tested if tested is not None else 1.0)
     result = run_calibration_extended(config, chain=chain)
-    state = load_policy_state(db_path, config.underlying)
-    outcome = decide(result, state, policy, datetime.now(UTC))
-    applied_at = record_run(db_path, result, outcome)
+    return record_live_run(db_path, result, policy)
+
+
+def record_live_run(db_path: Path, result: CalibrationResult, policy: PolicyConfig) -> LiveRunRecord:
+    """Decide and record in ONE write transaction.
+
+    The policy reads the applied state, the last apply time and the EWMA on the
+    same connection that then inserts the run and (when applying) writes
+    `applied_multipliers`, so a concurrent live run or Force-Apply cannot slip
+    between the decision and the write (the file admits one writer at a time).
+    """
+    with connect(db_path, read_only=False) as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            now = datetime.now(UTC)
+            outcome = decide(result, policy_state(con, result.underlying), policy, now)
+            applying = outcome.apply and outcome.smoothed_multiplier is not None
+            applied_at = now if applying else None
+            insert_run(con, run_row(result, outcome, applied_at))
+            if applying:
+                write_applied(con, result.underlying, outcome.smoothed_multiplier, outcome.smoothed_bands,  # type: ignore[arg-type]
+                              run_id=result.run_id, at=now, reason=outcome.reason)
+            con.execute("COMMIT")
+        except Exception as e:
+            con.execute("ROLLBACK")
+            raise StoreError(f"could not record live run {result.run_id}: {e}") from e
     return LiveRunRecord(result=result, outcome=outcome, applied_at=applied_at)
 
 

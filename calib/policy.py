@@ -76,15 +76,20 @@ def decide(result: CalibrationResult, state: PolicyState, cfg: PolicyConfig, now
         ewma_bands[b.name], bands[b.name] = _smooth(
             b.recommended_iv_multiplier, state.prev_ewma_bands.get(b.name), b_applied, cfg)
 
-    def skip(reason: str) -> PolicyOutcome:
+    def skip(reason: str, *, trusted: bool = True) -> PolicyOutcome:
+        # A recommendation the policy does not trust (too few samples, too large vMAE)
+        # must not move the smoothing state either: carry the previous EWMA forward.
         return PolicyOutcome(decision="skipped", reason=reason, smoothed_multiplier=smoothed,
-                             smoothed_bands=bands, ewma_multiplier=ewma, ewma_bands=ewma_bands)
+                             smoothed_bands=bands,
+                             ewma_multiplier=ewma if trusted else state.prev_ewma,
+                             ewma_bands=ewma_bands if trusted else dict(state.prev_ewma_bands))
 
     if result.n_samples < cfg.min_samples:
-        return skip(f"Too few samples ({result.n_samples} < {cfg.min_samples})")
+        return skip(f"Too few samples ({result.n_samples} < {cfg.min_samples})", trusted=False)
     vmae = gm.at_recommended.vega_weighted_mae_pct
     if vmae is None or vmae > cfg.max_vega_mae_pct:
-        return skip(f"vMAE {vmae if vmae is None else round(vmae, 2)}% above policy maximum {cfg.max_vega_mae_pct:g}%")
+        shown = "n/a" if vmae is None else f"{vmae:.2f}"
+        return skip(f"vMAE {shown}% above policy maximum {cfg.max_vega_mae_pct:g}%", trusted=False)
     delta = smoothed - applied
     band_moves = [abs(v - state.applied_bands.get(k, applied)) for k, v in bands.items()]
     if abs(delta) < cfg.deadband and all(m < cfg.deadband for m in band_moves) and state.applied_global is not None:

@@ -87,14 +87,22 @@ class AppliedState:
 
 
 def applied_state(db_path: Path, underlying: str) -> AppliedState:
-    """Read the view `current_applied_multipliers` for one underlying."""
+    """Read the view `current_applied_multipliers` for one underlying.
+
+    A file from before schema 2 has no view yet (readers never migrate): read its
+    `applied_multipliers` table, the same store the view shows.
+    """
     if not Path(db_path).exists():
         return AppliedState(underlying=underlying, global_multiplier=None)
     with connect(db_path, read_only=True) as con:
-        if not _has_table(con, "current_applied_multipliers"):
+        if _has_table(con, "current_applied_multipliers"):
+            source = "current_applied_multipliers"
+        elif _has_table(con, "applied_multipliers"):
+            source = "applied_multipliers"
+        else:
             return AppliedState(underlying=underlying, global_multiplier=None)
         rows = con.execute(
-            "SELECT scope, multiplier, updated_at, run_id FROM current_applied_multipliers WHERE underlying = ?",
+            f"SELECT scope, multiplier, updated_at, run_id FROM {source} WHERE underlying = ?",
             [underlying],
         ).fetchall()
     g = next((r for r in rows if r[0] == "global"), None)
@@ -132,6 +140,9 @@ def run_sql(db_path: Path, sql: str) -> pl.DataFrame:
     try:
         with connect(db_path, read_only=True) as con:
             return _frame(con, text)
+    except (duckdb.ParserException, duckdb.CatalogException, duckdb.BinderException,
+            duckdb.InvalidInputException, duckdb.ConversionException) as e:
+        raise InvalidInputError(f"query failed: {e}") from e  # the user's SQL: a usage error
     except duckdb.Error as e:
         raise StoreError(f"query failed: {e}") from e
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from calib.errors import StoreError
+from calib.errors import InvalidInputError, StoreError
 from calib.queries import applied_state, list_runs, run_sql
 from calib.store.connection import STORAGE_COMPATIBILITY, connect
 from calib.store.migrations import SCHEMA_VERSION, current_version, migrate
@@ -64,7 +64,7 @@ def test_sql_is_read_only(db_path: Path) -> None:
         pass
     with pytest.raises(Exception, match="read-only"):
         run_sql(db_path, "DELETE FROM calibration_runs")
-    with pytest.raises(StoreError, match="query failed"):
+    with pytest.raises(InvalidInputError, match="query failed"):
         run_sql(db_path, "SELECT * FROM no_such_table")
 
 

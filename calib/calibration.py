@@ -14,9 +14,11 @@ memory; the pieces both paths share live here (`prepare_quotes`,
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +29,7 @@ import polars as pl
 from calib._typing import FloatArray
 from calib.config import DAYS_PER_YEAR, CalibrationConfig
 from calib.data.quality import (
+    FILTER_REASONS,
     INVALID_REASONS,
     DataQuality,
     DataQualityIssue,
@@ -44,6 +47,7 @@ from calib.data.reader import (
     default_window,
     estimate_rows,
     find_harvest_files,
+    max_rows,
     partition_groups,
     read_index_series,
     reading,
@@ -63,6 +67,10 @@ Progress = Callable[[str], None]
 _US_PER_YEAR = DAYS_PER_YEAR * 86400e6
 RV_SHORT_HISTORY_DAYS = 3.5  # median RV history below this degrades the run
 CHUNKED_THRESHOLD_ROWS = 20_000_000  # quote rows (Parquet footers) above which a window streams
+# Row exclusion reasons as codes (quality.py's order); USABLE marks rows without one.
+ROW_REASONS: tuple[str, ...] = tuple(dict.fromkeys((*INVALID_REASONS, *FILTER_REASONS)))
+USABLE = 255
+UNIT_CHECK_SAMPLE = 16_384  # values per chunk behind the unit check's medians
 KERNEL_BLOCK = 1 << 17  # quotes per vega / IV kernel call: small temporaries, no fresh-memory faults
 
 
@@ -84,7 +92,8 @@ def run_historical_calibration_from_harvest(
     newest snapshot and the result says so (issue `window_clamped`).
 
     Windows with more quote rows than `chunk_threshold_rows` (default
-    `CHUNKED_THRESHOLD_ROWS`, counted from the Parquet footers) run chunked,
+    `CHUNKED_THRESHOLD_ROWS`, counted from the Parquet footers when the file
+    sizes do not already rule it out) run chunked,
     one partition group at a time (`calib.streaming`); the result records the
     path in `data_quality.engine_path`.
     """
@@ -108,8 +117,11 @@ def run_historical_calibration_from_harvest(
     def once() -> CalibrationResult:
         hf = find_harvest_files(h.data_root, config.underlying, window_start=start, window_end=end,
                                 warmup=h.rv_warmup, progress=progress)
-        with reading(hf):
-            est_rows = estimate_rows(hf.quote_files())
+        files = hf.quote_files()
+        est_rows = max_rows(files)  # the sizes bound the rows: most windows need no footer count
+        if est_rows > threshold:
+            with reading(hf):
+                est_rows = estimate_rows(files)
         if est_rows > threshold:
             from calib.streaming import calibrate_chunked
 
@@ -124,17 +136,15 @@ def run_historical_calibration_from_harvest(
 
 def _calibrate_in_memory(hf: HarvestFiles, config: CalibrationConfig, *, extra_issues: list[DataQualityIssue],
                          progress: Progress | None, t_start: float, est_rows: int) -> CalibrationResult:
-    index = read_index_series(hf)
     timings = {"scan": time.perf_counter() - t_start}
-    t = time.perf_counter()
-    lookup, rv_issues = rv_lookup(index)
-    timings["rv"] = time.perf_counter() - t
+    rv = RvState(hf, timings)
     has_mark_iv = "mark_iv" in hf.columns_present
     groups = partition_groups(hf.quote_files())
 
     def prepare(parse_names: bool, timings: dict[str, float]) -> tuple[QuoteTally, QuoteArrays]:
         chunks = (scan_quotes(hf, g, parse_names=parse_names) for g in groups)
-        return prepare_window(chunks, lookup, config, has_mark_iv=has_mark_iv, capacity=est_rows, timings=timings)
+        return prepare_window(chunks, rv.lookup, config, has_mark_iv=has_mark_iv, capacity=est_rows,
+                              timings=timings)
 
     prep_timings: dict[str, float] = {}
     tally, arrays = prepare(False, prep_timings)
@@ -145,13 +155,40 @@ def _calibrate_in_memory(hf: HarvestFiles, config: CalibrationConfig, *, extra_i
     timings["scan"] += prep_timings.pop("collect", 0.0)
     for k, v in prep_timings.items():
         timings[k] = timings.get(k, 0.0) + v
+    rv.lookup()  # read even when no quote file was in the window
     return calibrate_tally(
-        tally, arrays, index, config, columns_present=hf.columns_present,
+        tally, arrays, rv.index, config, columns_present=hf.columns_present,
         columns_missing_somewhere=hf.columns_missing_somewhere, skipped=hf.skipped, files_total=hf.files_total,
         window_start=hf.window_start, window_end=hf.window_end, coverage_applies=True,
-        extra_issues=extra_issues, rv_issues=rv_issues, timings=timings, progress=progress,
+        extra_issues=extra_issues, rv_issues=rv.issues, timings=timings, progress=progress,
         extra_dq={"engine_path": "in_memory"},
     )
+
+
+class RvState:
+    """The window's index series and RV lookup, read on first use (so the read can overlap a quote read)."""
+
+    def __init__(self, hf: HarvestFiles, timings: dict[str, float]) -> None:
+        self._hf, self._timings = hf, timings
+        self._lookup: RvLookup | None = None
+        self._index: pl.DataFrame | None = None
+        self.issues: list[DataQualityIssue] = []
+
+    def lookup(self) -> RvLookup:
+        if self._lookup is None:
+            t = time.perf_counter()
+            self._index = read_index_series(self._hf)
+            t1 = time.perf_counter()
+            self._lookup, self.issues = rv_lookup(self._index)
+            self._timings["scan"] = self._timings.get("scan", 0.0) + t1 - t
+            self._timings["rv"] = self._timings.get("rv", 0.0) + time.perf_counter() - t1
+        return self._lookup
+
+    @property
+    def index(self) -> pl.DataFrame:
+        self.lookup()
+        assert self._index is not None
+        return self._index
 
 
 def calibrate_harvest_read(
@@ -387,17 +424,18 @@ def rv_lookup(index: pl.DataFrame) -> tuple[RvLookup, list[DataQualityIssue]]:
 class QuoteTally:
     """What data quality needs from the quotes of a window; chunks `merge` into one.
 
-    Counts are exact over any split. The unit check's medians are exact for
-    one chunk and the count-weighted median of chunk medians for several.
+    Counts are exact over any split. The unit check (coin vs USD marks, percent
+    vs fraction IVs: orders of magnitude apart) judges the count-weighted median
+    of per-chunk medians, each over the positive values among an evenly spaced
+    sample of at most `UNIT_CHECK_SAMPLE` rows.
     """
 
     rows: int = 0
     excluded: dict[str, int] = field(default_factory=dict)
     inverted: int = 0
     snapshots_us: list[np.ndarray] = field(default_factory=list)
-    mark_medians: list[tuple[float, int]] = field(default_factory=list)
+    mark_medians: list[tuple[float, int]] = field(default_factory=list)  # (median, positive values) per chunk
     iv_medians: list[tuple[float, int]] = field(default_factory=list)
-    positive_values: dict[str, list[np.ndarray]] | None = None  # kept for exact medians (in-memory path)
     span_days: FloatArray | None = None  # RvLookup.span_days
     span_counts: np.ndarray | None = None  # usable quotes per RvLookup entry
 
@@ -409,9 +447,6 @@ class QuoteTally:
         self.snapshots_us.extend(other.snapshots_us)
         self.mark_medians.extend(other.mark_medians)
         self.iv_medians.extend(other.iv_medians)
-        if self.positive_values is not None and other.positive_values is not None:
-            for k, v in other.positive_values.items():
-                self.positive_values.setdefault(k, []).extend(v)
         if other.span_counts is not None:
             if self.span_counts is None:
                 self.span_days, self.span_counts = other.span_days, other.span_counts.copy()
@@ -428,11 +463,8 @@ class QuoteTally:
 
     def unit_issues(self, config: CalibrationConfig) -> list[DataQualityIssue]:
         """`check_units` on the medians (issue counts are all rows, as on the full frame)."""
-        medians = {"mark_price": _weighted_median(self.mark_medians), "mark_iv": _weighted_median(self.iv_medians)}
-        for name, parts in (self.positive_values or {}).items():
-            values = np.concatenate(parts) if parts else np.empty(0)
-            medians[name] = float(np.median(values)) if values.size else None
-        one_row = pl.DataFrame({k: [v] for k, v in medians.items()},
+        one_row = pl.DataFrame({"mark_price": [_weighted_median(self.mark_medians)],
+                                "mark_iv": [_weighted_median(self.iv_medians)]},
                                schema={"mark_price": pl.Float64, "mark_iv": pl.Float64})
         return [replace(i, count=self.rows) for i in check_units(one_row, config.quality)]
 
@@ -470,7 +502,6 @@ def prepare_quotes(
     *,
     has_mark_iv: bool,
     timings: dict[str, float] | None = None,
-    keep_values: bool = False,
 ) -> tuple[QuoteTally, QuoteArrays]:
     """One exclusion reason per row (counted), then the usable rows as arrays with RV, IV and vega.
 
@@ -481,43 +512,104 @@ def prepare_quotes(
     """
     timings = timings if timings is not None else {}
     t = time.perf_counter()
+    frame = quote_frame(quotes, config, has_mark_iv=has_mark_iv).collect()
+    timings["collect"] = timings.get("collect", 0.0) + time.perf_counter() - t
+    return process_quote_frame(frame, lookup, config, has_mark_iv=has_mark_iv, timings=timings)
+
+
+def iter_prepared(
+    chunks: Iterable[pl.LazyFrame],
+    lookup: Callable[[], RvLookup] | RvLookup,
+    config: CalibrationConfig,
+    *,
+    has_mark_iv: bool,
+    timings: dict[str, float] | None = None,
+    count: bool = True,
+) -> Iterator[tuple[QuoteTally, QuoteArrays]]:
+    """`prepare_quotes` over `chunks`, reading chunk i+1 while chunk i is processed.
+
+    Polars reads on its own threads, numpy works on this one, so the two
+    overlap. `lookup` may be a callable, called once after the first read
+    has started (so the index read overlaps it too). `timings["collect"]`
+    counts only the time spent waiting for a read.
+    """
+    timings = timings if timings is not None else {}
+    it = iter(chunks)
+    plan = [quote_frame(c, config, has_mark_iv=has_mark_iv) for c in itertools.islice(it, 1)]
+    if not plan:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="calib-read") as pool:
+        pending: Future[pl.DataFrame] | None = pool.submit(plan[0].collect)
+        rv = lookup() if callable(lookup) else lookup
+        while pending is not None:
+            t = time.perf_counter()
+            frame = pending.result()
+            timings["collect"] = timings.get("collect", 0.0) + time.perf_counter() - t
+            nxt = next(it, None)
+            pending = None if nxt is None else pool.submit(quote_frame(nxt, config, has_mark_iv=has_mark_iv).collect)
+            yield process_quote_frame(frame, rv, config, has_mark_iv=has_mark_iv, timings=timings, count=count)
+            del frame
+
+
+def quote_frame(quotes: pl.LazyFrame, config: CalibrationConfig, *, has_mark_iv: bool) -> pl.LazyFrame:
+    """The narrow frame `process_quote_frame` needs: reason code per row and the engine's columns."""
     dte_max_read = max([config.max_dte, *(b.dte_max for b in config.bands)])
     t_years = (pl.col("expiry_ts") - pl.col("snapshot_ts")).dt.total_microseconds() / _US_PER_YEAR
     k_rel = pl.col("strike") / pl.col("underlying_price")
     is_call = pl.col("option_type") == "C"
     intrinsic = pl.when(is_call).then((1 - k_rel).clip(lower_bound=0)).otherwise((k_rel - 1).clip(lower_bound=0))
-    reason = row_reason_expr(has_mark_iv=has_mark_iv, option_types=config.option_types,
+    reason = row_reason_expr(has_mark_iv=has_mark_iv, option_types=tuple(config.option_types),
                              dte_max_read=dte_max_read, min_tick_coin=config.min_tick_coin, th=config.quality)
-    keep = ["underlying_price", "strike", "t_years", "is_call", "mark_price", "dte_days"]
-    if has_mark_iv:
-        keep.append("mark_iv")
-    frame = (
+    # Reasons as small integer codes (255 = usable): counting is a bincount, not a group-by.
+    code = pl.col("exclude_reason").cast(pl.Enum(ROW_REASONS)).to_physical().cast(pl.UInt8).fill_null(USABLE)
+    return (
         quotes.with_columns(t_years.alias("t_years"), is_call.alias("is_call"))
         .with_columns((pl.col("t_years") * DAYS_PER_YEAR).alias("dte_days"), intrinsic.alias("intrinsic_coin"))
         .with_columns(reason)
-        .select(pl.col("snapshot_ts").dt.epoch("us").alias("snapshot_us"), "exclude_reason", *keep,
-                *([] if has_mark_iv else [pl.col("mark_iv")]))
-        .collect()
+        .select(pl.col("snapshot_ts").dt.epoch("us").alias("snapshot_us"), code.alias("reason_code"),
+                *_engine_columns(has_mark_iv), *([] if has_mark_iv else [pl.col("mark_iv")]))
     )
-    timings["collect"] = timings.get("collect", 0.0) + time.perf_counter() - t
 
+
+def _engine_columns(has_mark_iv: bool) -> list[str]:
+    return ["underlying_price", "strike", "t_years", "is_call", "mark_price", "dte_days",
+            *(["mark_iv"] if has_mark_iv else [])]
+
+
+def process_quote_frame(
+    frame: pl.DataFrame,
+    lookup: RvLookup,
+    config: CalibrationConfig,
+    *,
+    has_mark_iv: bool,
+    timings: dict[str, float] | None = None,
+    count: bool = True,
+) -> tuple[QuoteTally, QuoteArrays]:
+    """Counts, unit medians and snapshots of a collected `quote_frame`; the usable rows as arrays.
+
+    With `count=False` (a second pass over data already counted) the tally
+    holds only the row count and the per-row exclusions found here.
+    """
+    timings = timings if timings is not None else {}
     t = time.perf_counter()
+    keep = _engine_columns(has_mark_iv)
     tally = QuoteTally(rows=frame.height)
-    counts = frame.group_by("exclude_reason").len()
-    tally.excluded = {r: int(n) for r, n in counts.iter_rows() if r is not None}
-    if keep_values:
-        tally.positive_values = {}
-    for name, target in (("mark_price", tally.mark_medians), ("mark_iv", tally.iv_medians)):
-        s = frame[name]
-        pos = s.filter(s > 0)
-        if tally.positive_values is not None:
-            tally.positive_values[name] = [pos.to_numpy()]
-        elif pos.len():
-            target.append((float(pos.median()), pos.len()))  # type: ignore[arg-type]
-    snap_all = frame["snapshot_us"].to_numpy()
-    if snap_all.size:
-        tally.snapshots_us.append(np.unique(snap_all[np.r_[True, snap_all[1:] != snap_all[:-1]]]))
-    usable = frame.filter(pl.col("exclude_reason").is_null()).select("snapshot_us", *keep)
+    if count:
+        codes = frame["reason_code"].to_numpy()
+        counts = np.bincount(codes, minlength=USABLE + 1)
+        tally.excluded = {ROW_REASONS[i]: int(n) for i, n in enumerate(counts[:len(ROW_REASONS)]) if n}
+        for name, target in (("mark_price", tally.mark_medians), ("mark_iv", tally.iv_medians)):
+            values = frame[name].to_numpy()
+            sample = values[::-(-values.size // UNIT_CHECK_SAMPLE)] if values.size else values
+            with np.errstate(invalid="ignore"):
+                n_pos = int(np.count_nonzero(values > 0))
+                sample = sample[sample > 0]
+            if n_pos and sample.size:
+                target.append((float(np.median(sample)), n_pos))
+        snap_all = frame["snapshot_us"].to_numpy()
+        if snap_all.size:
+            tally.snapshots_us.append(np.unique(snap_all[np.r_[True, snap_all[1:] != snap_all[:-1]]]))
+    usable = frame.filter(pl.col("reason_code") == USABLE).select("snapshot_us", *keep)
     del frame
     timings["data_quality"] = timings.get("data_quality", 0.0) + time.perf_counter() - t
 
@@ -560,7 +652,7 @@ def prepare_quotes(
 
 def prepare_window(
     chunks: Iterable[pl.LazyFrame],
-    lookup: RvLookup,
+    lookup: Callable[[], RvLookup] | RvLookup,
     config: CalibrationConfig,
     *,
     has_mark_iv: bool,
@@ -571,14 +663,12 @@ def prepare_window(
 
     Polars memory stays at one chunk; the usable rows go into arrays allocated
     once for `capacity` rows (an upper bound, e.g. the footers' row count;
-    pages never written are never touched). Medians stay exact.
+    pages never written are never touched).
     """
-    tally = QuoteTally(positive_values={})
+    tally = QuoteTally()
     buf: dict[str, np.ndarray] | None = None
     n = 0
-    for chunk in chunks:
-        part, arrays = prepare_quotes(chunk, lookup, config, has_mark_iv=has_mark_iv, timings=timings,
-                                      keep_values=True)
+    for part, arrays in iter_prepared(chunks, lookup, config, has_mark_iv=has_mark_iv, timings=timings):
         tally.merge(part)
         m = len(arrays)
         if buf is None:

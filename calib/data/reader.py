@@ -19,6 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import polars as pl
 
 from calib.data.compact import effective_parquet_files
@@ -166,6 +167,7 @@ class HarvestFile:
     path: str
     schema: pl.Schema
     day: date | None
+    size_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -222,13 +224,15 @@ def find_harvest_files(
     for path, day in listed:
         try:
             schema = pl.read_parquet_schema(path)
+            size = path.stat().st_size
         except FileNotFoundError as e:
             raise _VanishedFileError(str(path)) from e
         except Exception as e:  # truncated or not Parquet: report, keep going
             skipped.append(SkippedFile(path=str(path), error=f"{type(e).__name__}: {e}"[:300]))
             continue
         key = tuple((k, str(v)) for k, v in schema.items())
-        readable.append(HarvestFile(path=str(path), schema=schemas.setdefault(key, pl.Schema(schema)), day=day))
+        readable.append(HarvestFile(path=str(path), schema=schemas.setdefault(key, pl.Schema(schema)), day=day,
+                                    size_bytes=size))
     if progress:
         progress(f"scanning {len(readable)} files ({len(skipped)} unreadable)")
     present: set[str] = set()
@@ -307,6 +311,14 @@ def _has_parse_gaps(quotes: pl.DataFrame, hf: HarvestFiles) -> bool:
     return bool(quotes.select(pl.any_horizontal(pl.col(c).is_null() for c in _PARSED).any()).item())
 
 
+MIN_BYTES_PER_ROW = 4  # no harvest row compresses below this (4 required columns)
+
+
+def max_rows(files: Sequence[HarvestFile]) -> int:
+    """An upper bound on the files' rows from their sizes alone (no file opened)."""
+    return sum(f.size_bytes for f in files) // MIN_BYTES_PER_ROW
+
+
 def estimate_rows(files: Sequence[HarvestFile]) -> int:
     """Row count from the Parquet footers (no data pages read)."""
     frames = [pl.scan_parquet(paths, hive_partitioning=False, glob=False).select(pl.len())
@@ -338,10 +350,29 @@ def read_index_series(hf: HarvestFiles, files: Sequence[HarvestFile] | None = No
 
     The median positive `index_price` of the snapshot; where a snapshot has
     none, the median forward of its nearest unexpired expiry (a second,
-    filtered read that only runs when needed). Snapshots never span
-    partitions, so per-partition calls concatenate to the same series.
+    filtered read that only runs when needed). Read `INDEX_BATCH` partitions
+    at a time (a snapshot lives in one partition, so the pieces concatenate
+    exactly and memory stays bounded); files outside partitions are read in
+    one pass with everything when they share snapshots with partitioned files.
     """
     files = list(hf.files if files is None else files)
+    groups = partition_groups(files)
+    if len(groups) > 1:
+        parts = []
+        for i in range(0, len(groups), INDEX_BATCH):  # a few partitions per read: fast, still bounded
+            batch = [f for g in groups[i:i + INDEX_BATCH] for f in g]
+            parts.append(_index_finish(hf, batch, _index_spot_frame(hf, batch)))
+        index = pl.concat(parts, how="vertical").sort("snapshot_ts")
+        if not index["snapshot_ts"].is_duplicated().any():
+            return index
+        # A snapshot split across groups (files outside partitions): read everything in one pass.
+    return _index_finish(hf, files, _index_spot_frame(hf, files))
+
+
+INDEX_BATCH = 16  # partitions read together by `read_index_series` (~4M rows x 2 columns)
+
+
+def _index_rows(hf: HarvestFiles, files: Sequence[HarvestFile]) -> pl.LazyFrame:
     wlo = pl.lit(hf.warm_start).cast(TS_TYPE)
     hi = pl.lit(hf.window_end).cast(TS_TYPE)
     frames = []
@@ -349,10 +380,43 @@ def read_index_series(hf: HarvestFiles, files: Sequence[HarvestFile] | None = No
         scan = pl.scan_parquet(paths, hive_partitioning=False, glob=False)
         frames.append(scan.select(_ts_expr("snapshot_ts", schema["snapshot_ts"]), *_normalize(schema, ("index_price",)))
                       .filter(pl.col("snapshot_ts").is_between(wlo, hi)))
-    lf = pl.concat(frames, how="vertical") if frames else _empty(("snapshot_ts", "index_price"))
-    spot = lf.group_by("snapshot_ts").agg(
+    return pl.concat(frames, how="vertical") if frames else _empty(("snapshot_ts", "index_price"))
+
+
+def _index_spot_frame(hf: HarvestFiles, files: Sequence[HarvestFile]) -> pl.DataFrame:
+    """Median positive `index_price` per snapshot (null where the snapshot has none).
+
+    Harvests store a snapshot's rows together, and the index is the same on
+    every row of a snapshot, so the common case is a run-length pass over two
+    columns: a run whose smallest and largest price agree has that price as
+    its median. Runs that disagree, and unordered data, take the group-by.
+    """
+    rows = collect_checked(hf, [_index_rows(hf, files)])[0]
+    ts = rows["snapshot_ts"].dt.epoch("us").to_numpy()
+    if ts.size == 0 or rows["snapshot_ts"].null_count() or (np.diff(ts) < 0).any():
+        return _index_groupby(rows)
+    px = rows["index_price"].to_numpy()  # nulls become NaN
+    with np.errstate(invalid="ignore"):
+        px = np.where(px > 0, px, np.nan)
+    starts = np.flatnonzero(np.r_[True, ts[1:] != ts[:-1]])
+    lo, hi = np.fmin.reduceat(px, starts), np.fmax.reduceat(px, starts)
+    spot = pl.DataFrame({"snapshot_ts": rows["snapshot_ts"].gather(starts), "index_spot": lo}).with_columns(
+        pl.col("index_spot").fill_nan(None))
+    uneven = np.flatnonzero(lo != hi)  # NaN != NaN is False: snapshots without any index stay null
+    if uneven.size:
+        exact = _index_groupby(rows.filter(pl.col("snapshot_ts").is_in(spot["snapshot_ts"].gather(uneven).implode())))
+        spot = spot.join(exact, on="snapshot_ts", how="left", suffix="_exact").select(
+            "snapshot_ts", pl.coalesce("index_spot_exact", "index_spot").alias("index_spot"))
+    return spot
+
+
+def _index_groupby(rows: pl.DataFrame) -> pl.DataFrame:
+    return rows.group_by("snapshot_ts").agg(
         pl.col("index_price").filter(pl.col("index_price") > 0).median().alias("index_spot"))
-    index = collect_checked(hf, [spot])[0]
+
+
+def _index_finish(hf: HarvestFiles, files: Sequence[HarvestFile], index: pl.DataFrame) -> pl.DataFrame:
+    """Fill snapshots without an index from their nearest-expiry forward; label the source."""
     missing = index.filter(pl.col("index_spot").is_null())["snapshot_ts"]
     fallback = pl.DataFrame(schema={"snapshot_ts": TS_TYPE, "index_fallback": pl.Float64})
     if missing.len():

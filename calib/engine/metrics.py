@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,8 @@ class QuoteErrors:
     err_vol_points: FloatArray
 
 
-def quote_errors(q: QuoteArrays, multiplier: float, anchors_z: FloatArray, ratios: FloatArray) -> QuoteErrors:
+def quote_errors(q: QuoteArrays, multiplier: float | FloatArray, anchors_z: FloatArray,
+                 ratios: FloatArray) -> QuoteErrors:
     """err_pct = (model - mark)/mark x 100; err_vol_points = (sigma_model - IV) x 100."""
     sigma = model_sigma(q, multiplier, anchors_z, ratios)
     price = model_price_coin(q, sigma)
@@ -92,29 +94,46 @@ class MetricSums:
     def zeros(cls, groups: int = 1) -> MetricSums:
         return cls(np.zeros(groups, dtype=np.int64), *(np.zeros(groups) for _ in range(5)))
 
-    def add(self, errors: QuoteErrors, vega: FloatArray, group: np.ndarray | None = None) -> None:
-        """Add quotes; `group` gives each quote's group (0..groups-1; negative = skip), None = group 0."""
+    def add(self, errors: QuoteErrors, vega: FloatArray, masks: Sequence[np.ndarray | None] = (None,)) -> None:
+        """Add quotes to the groups: `masks[i]` selects group i's quotes (None = all of them).
+
+        Masked sums are dot products with the 0/1 mask (no copies). A non-finite
+        error (never for quotes that passed the exclusions) would leak into
+        every group through ``0 x NaN``, so then the masks select by copying.
+        """
         e, ev, w = errors.err_pct, errors.err_vol_points, vega
-        k = self.n.size
-        if group is None:
-            abs_e = np.abs(e)
-            self.n[0] += e.size
-            self.abs_err[0] += abs_e.sum()
-            self.w_abs_err[0] += np.dot(w, abs_e)
-            self.w[0] += w.sum()
-            self.err[0] += e.sum()
-            self.abs_vol[0] += np.abs(ev).sum()
-            return
-        if group.size and group.min() < 0:
-            keep = group >= 0
-            e, ev, w, group = e[keep], ev[keep], w[keep], group[keep]
         abs_e = np.abs(e)
-        self.n += np.bincount(group, minlength=k)
-        self.abs_err += np.bincount(group, weights=abs_e, minlength=k)
-        self.w_abs_err += np.bincount(group, weights=w * abs_e, minlength=k)
-        self.w += np.bincount(group, weights=w, minlength=k)
-        self.err += np.bincount(group, weights=e, minlength=k)
-        self.abs_vol += np.bincount(group, weights=np.abs(ev), minlength=k)
+        w_abs_e = w * abs_e
+        abs_ev = np.abs(ev)
+        if not (np.isfinite(w_abs_e).all() and np.isfinite(abs_ev).all()):
+            for i, mask in enumerate(masks):
+                sel = slice(None) if mask is None else mask
+                self.n[i] += int(np.count_nonzero(mask)) if mask is not None else e.size
+                self.abs_err[i] += abs_e[sel].sum()
+                self.w_abs_err[i] += w_abs_e[sel].sum()
+                self.w[i] += w[sel].sum()
+                self.err[i] += e[sel].sum()
+                self.abs_vol[i] += abs_ev[sel].sum()
+            return
+        for i, mask in enumerate(masks):
+            if mask is None:
+                self.n[i] += e.size
+                self.abs_err[i] += abs_e.sum()
+                self.w_abs_err[i] += w_abs_e.sum()
+                self.w[i] += w.sum()
+                self.err[i] += e.sum()
+                self.abs_vol[i] += abs_ev.sum()
+                continue
+            count = int(np.count_nonzero(mask))
+            if not count:
+                continue
+            m = mask.astype(np.float64)
+            self.n[i] += count
+            self.abs_err[i] += np.dot(m, abs_e)
+            self.w_abs_err[i] += np.dot(m, w_abs_e)
+            self.w[i] += np.dot(m, w)
+            self.err[i] += np.dot(m, e)
+            self.abs_vol[i] += np.dot(m, abs_ev)
 
     def merge(self, other: MetricSums) -> None:
         for name in self.__slots__:  # type: ignore[attr-defined]

@@ -1,0 +1,500 @@
+"""`python -m calib.bench`: speed and memory of the real auto-calibration, by harvest size.
+
+For each size (a lookback window of 5-minute BTC snapshots, ~800 live
+instruments, made by the demo generator and cached under `data/bench/`), a
+fresh worker process runs the `calib auto-calibrate --json` command in
+process (same code, same allocator settings, recording into a temporary
+DuckDB file) and reports the stage timings the result carries, the store
+time and its own peak RSS (`wait4` of that process only, so peaks never mix).
+Then `calib auto-calibrate` runs once more as a plain subprocess, timed end to
+end including interpreter start and imports.
+
+Two extra measurements: one day of 288 per-snapshot files against the same
+day compacted into one file (scan time and ratio), and implied-vol
+throughput on ~1M quotes (quotes/s, worst round-trip error, NaN count above
+the 0.0001 coin tick). Figures depend on the machine and its load: this is a
+benchmark to read, not a test to pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CACHE_DIR = Path("data/bench")
+DEFAULT_SIZES: tuple[str, ...] = ("1d", "14d", "90d", "365d")
+BENCH_END = datetime(2025, 6, 30, tzinfo=UTC)  # last snapshot of every bench harvest
+RV_WARMUP_DAYS = 7.0  # harvested before the window so RV_7d is complete from its first snapshot
+STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("scan", ("scan",)),
+    ("dq", ("data_quality",)),
+    ("rv", ("rv",)),
+    ("pricing", ("pricing",)),
+    ("fit+skew", ("fit_and_skew",)),  # the skew is solved inside every multiplier evaluation: one stage
+    ("bands", ("band_fit",)),
+    ("metrics", ("metrics",)),
+)
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BenchRow:
+    """One harvest size: rows, stage timings (s), throughput and peak memory of one run."""
+
+    size: str
+    window_days: float
+    rows_scanned: int
+    rows_used: int
+    engine_path: str
+    status: str
+    stages_s: dict[str, float]  # STAGES names -> seconds, plus "store"
+    calib_s: float  # scan to stored result (library call + record_run)
+    rows_per_s: float  # rows scanned / calib_s
+    peak_rss_mb: float  # the worker process's high-water mark
+    cli_s: float | None = None  # `calib auto-calibrate` as a subprocess, interpreter start included
+    cli_peak_rss_mb: float | None = None
+    fit_sample_size: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SmallFilesRow:
+    """Reader scan of one day: per-snapshot files against the compacted file."""
+
+    rows: int
+    files_snapshot: int
+    files_compact: int
+    scan_snapshot_s: float
+    scan_compact_s: float
+
+    @property
+    def ratio(self) -> float:
+        return self.scan_snapshot_s / self.scan_compact_s if self.scan_compact_s > 0 else float("inf")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImpliedVolRow:
+    """`calib.numerics.implied_vol` on demo quotes priced exactly at their mark IV."""
+
+    quotes: int
+    seconds: float
+    quotes_per_s: float
+    max_abs_err_vol: float  # worst |IV - true IV| (fraction) over quotes with time value above the tick
+    nan_above_tick: int  # no IV although the time value is above 0.0001 coin
+    nan_total: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_size(size: str | float) -> float:
+    """'14d' -> 14.0, '12h' -> 0.5, 0.1 -> 0.1 (days)."""
+    if isinstance(size, int | float):
+        days = float(size)
+    else:
+        text = size.strip().lower()
+        try:
+            days = float(text[:-1]) / 24.0 if text.endswith("h") else float(text.removesuffix("d"))
+        except ValueError:
+            raise ValueError(f"size must look like 1d, 14d, 12h or a number of days; got {size!r}") from None
+    if not days > 0:
+        raise ValueError(f"size must be positive; got {size!r}")
+    return days
+
+
+def _size_label(size: str | float) -> str:
+    if isinstance(size, str) and size.strip()[-1:].lower() in ("d", "h"):
+        return size.strip()
+    return f"{parse_size(size):g}d"
+
+
+def ensure_harvest(
+    cache_dir: Path,
+    days: float,
+    *,
+    files_per: str = "day",
+    max_instruments: int | None = 800,
+    step_minutes: float = 5.0,
+    seed: int = 7,
+    end: datetime = BENCH_END,
+    exact: bool = False,
+    progress: Progress | None = None,
+) -> Path:
+    """A demo BTC harvest of at least `days` days ending at `end`, generated once and cached.
+
+    Reuses any cached harvest of the same spec that is at least as long (the
+    window reads only its own days), or with `exact` only one of exactly
+    `days` (two specs differing only in `files_per` then hold the same rows).
+    A marker file is written last, so an interrupted generation is redone.
+    """
+    from calib.data.demo import DemoSpec, generate_demo_harvest
+
+    cache_dir = Path(cache_dir)
+    stem = f"BTC_step{step_minutes:g}m_n{max_instruments or 'all'}_seed{seed}_{files_per}_end{end:%Y%m%d}"
+    best: tuple[float, Path] | None = None
+    if cache_dir.is_dir():
+        for marker in cache_dir.glob(f"{stem}_*d/.complete.json"):
+            have = float(json.loads(marker.read_text())["days"])
+            if (abs(have - days) < 1e-9 if exact else have >= days - 1e-9) and (best is None or have < best[0]):
+                best = (have, marker.parent)
+    if best is not None:
+        return best[1]
+    root = cache_dir / f"{stem}_{days:g}d"
+    if progress:
+        progress(f"generating {days:g} days of 5-minute BTC snapshots into {root} (cached for next time)")
+    t0 = time.perf_counter()
+    spec = DemoSpec(underlyings=("BTC",), end=end, days=days, step_minutes=step_minutes, seed=seed,
+                    files_per=files_per, max_instruments=max_instruments)  # type: ignore[arg-type]
+    summary = generate_demo_harvest(root, spec)
+    (root / ".complete.json").write_text(json.dumps({
+        "days": days, "rows": summary.rows, "files": summary.files, "snapshots": summary.snapshots,
+        "seconds": round(time.perf_counter() - t0, 1)}))
+    return root
+
+
+def _project_root() -> Path:
+    """Directory holding the `calib` package (and `cli.py`) this process imported."""
+    return Path(__file__).resolve().parent.parent
+
+
+def _cli_path() -> Path:
+    spec = importlib.util.find_spec("cli")
+    local = _project_root() / "cli.py"
+    if local.is_file():
+        return local
+    if spec is None or spec.origin is None:
+        raise RuntimeError("cannot find cli.py (the calib command line)")
+    return Path(spec.origin)
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(_project_root()), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def _run_measured(cmd: list[str], *, timeout: float | None = None) -> tuple[int, str, str, float, float]:
+    """Run `cmd`; returns (exit code, stdout, stderr, wall s, peak RSS MB of that process alone)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=_child_env())
+        deadline = None if timeout is None else t0 + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if deadline is not None and time.perf_counter() > deadline:
+                proc.kill()
+                _, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.005)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return (proc.returncode, out.read().decode(), err.read().decode(), wall,
+                usage.ru_maxrss / 1024.0)  # Linux reports KiB
+
+
+def _cli_args(data_dir: Path, window_days: float, db: Path) -> list[str]:
+    return ["auto-calibrate", "--underlying", "BTC", "--data-dir", str(data_dir),
+            "--as-of", BENCH_END.isoformat().replace("+00:00", "Z"), "--lookback-days", f"{window_days:g}",
+            "--db", str(db), "--json"]
+
+
+def worker(data_dir: Path, window_days: float, db: Path) -> dict[str, Any]:
+    """In a fresh process: `calib auto-calibrate --json` in process, with the store timed.
+
+    Runs the Typer command itself (`cli.app`), so the calibration, the
+    history write and the process settings are exactly the CLI's.
+    """
+    sys.path.insert(0, str(_cli_path().parent))
+    # cli first: it applies its process settings before numpy loads.
+    import cli  # noqa: I001
+    import calib.calibration
+    import calib.store.history
+
+    seen: dict[str, float] = {}
+    run, record = calib.calibration.run_historical_calibration_from_harvest, calib.store.history.record_run
+
+    def timed_run(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return run(*args, **kwargs)
+        finally:
+            seen["calibration"] = time.perf_counter() - t0
+
+    def timed_record(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return record(*args, **kwargs)
+        finally:
+            seen["store"] = time.perf_counter() - t0
+
+    calib.calibration.run_historical_calibration_from_harvest = timed_run  # type: ignore[assignment]
+    calib.store.history.record_run = timed_record  # type: ignore[assignment]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = cli.app(_cli_args(data_dir, window_days, db), standalone_mode=False)
+    d = json.loads(stdout.getvalue())
+    dq = d["data_quality"]
+    return {
+        "exit_code": code or 0, "status": d["status"], "timings_s": d["timings_s"],
+        "rows_scanned": dq["rows_scanned"], "rows_used": dq["rows_used"],
+        "engine_path": dq.get("engine_path", "?"), "fit_sample_size": dq.get("fit_sample_size"),
+        "calibration_s": seen.get("calibration", float("nan")), "store_s": seen.get("store", float("nan")),
+    }
+
+
+def bench_size(size: str | float, data_dir: Path, *, cli: bool = True) -> BenchRow:
+    """Run one size in a fresh worker process (and, with `cli`, once more as a plain CLI subprocess)."""
+    window_days = parse_size(size)
+    with tempfile.TemporaryDirectory(prefix="calib-bench-") as tmp:
+        spec = json.dumps({"data_dir": str(data_dir), "window_days": window_days, "db": str(Path(tmp) / "w.duckdb")})
+        code, out, err, _, rss = _run_measured([sys.executable, "-m", "calib.bench", "--worker", spec])
+        if code != 0:
+            raise RuntimeError(f"bench worker for {size} failed (exit {code}): {err.strip()[-2000:]}")
+        w = json.loads(out.strip().splitlines()[-1])
+        cli_s = cli_rss = None
+        if cli:
+            args = [sys.executable, str(_cli_path()), *_cli_args(data_dir, window_days, Path(tmp) / "c.duckdb")]
+            code, _, err, cli_s, cli_rss = _run_measured(args)
+            if code not in (0, 3):  # 3 = a failed (but recorded) calibration: still a timing
+                raise RuntimeError(f"calib auto-calibrate failed (exit {code}): {err.strip()[-2000:]}")
+    t = w["timings_s"]
+    stages = {name: sum(t.get(k, 0.0) for k in keys) for name, keys in STAGES}
+    stages["store"] = w["store_s"]
+    calib_s = w["calibration_s"] + w["store_s"]
+    return BenchRow(
+        size=_size_label(size), window_days=window_days, rows_scanned=w["rows_scanned"], rows_used=w["rows_used"],
+        engine_path=w["engine_path"], status=w["status"], stages_s=stages, calib_s=calib_s,
+        rows_per_s=w["rows_scanned"] / calib_s if calib_s > 0 else 0.0, peak_rss_mb=rss, cli_s=cli_s,
+        cli_peak_rss_mb=cli_rss, fit_sample_size=w.get("fit_sample_size"),
+    )
+
+
+def run_benchmark(
+    sizes: Sequence[str | float] = DEFAULT_SIZES,
+    *,
+    cache_dir: Path = DEFAULT_CACHE_DIR,
+    max_instruments: int | None = 800,
+    step_minutes: float = 5.0,
+    warmup_days: float = RV_WARMUP_DAYS,
+    cli: bool = True,
+    repeat: int = 1,
+    progress: Progress | None = None,
+) -> list[BenchRow]:
+    """Benchmark the real auto-calibration on cached demo harvests, one row per size.
+
+    Parameters
+    ----------
+    sizes : window lengths such as ``"1d"``, ``"14d"``, ``"365d"``, ``"12h"`` or days as numbers.
+    cache_dir : where generated harvests are kept (``data/bench``, git-ignored).
+    max_instruments : live instruments per snapshot (~800 is BTC on Deribit).
+    step_minutes : snapshot spacing.
+    warmup_days : days harvested before the window (RV_7d needs 7).
+    cli : also time ``calib auto-calibrate`` as a subprocess, end to end.
+    repeat : runs per size; the row with the fastest calibration is kept.
+    progress : called with one-line status messages.
+
+    Returns
+    -------
+    One `BenchRow` per size, in the order given.
+    """
+    if repeat < 1:
+        raise ValueError(f"`repeat` must be >= 1; got {repeat}")
+    days = {s: parse_size(s) for s in sizes}
+    if not days:
+        return []
+    data_dir = ensure_harvest(Path(cache_dir), max(days.values()) + warmup_days, max_instruments=max_instruments,
+                              step_minutes=step_minutes, progress=progress)
+    rows = []
+    for s in sizes:
+        if progress:
+            progress(f"benchmarking {_size_label(s)} ({repeat} run(s))")
+        runs = [bench_size(s, data_dir, cli=cli) for _ in range(repeat)]
+        rows.append(min(runs, key=lambda r: r.calib_s))
+    return rows
+
+
+def bench_small_files(
+    cache_dir: Path = DEFAULT_CACHE_DIR,
+    *,
+    max_instruments: int | None = 800,
+    step_minutes: float = 5.0,
+    repeat: int = 5,
+    progress: Progress | None = None,
+) -> SmallFilesRow:
+    """Scan one day written as one file per snapshot vs the same day in one file (best of `repeat`).
+
+    The scan is the reader's whole job for the day, as a calibration does it:
+    listing and footers, row bound, index series, the quote columns the engine reads.
+    """
+    from calib.data.reader import find_harvest_files, max_rows, read_index_series, scan_quotes
+
+    roots = {fp: ensure_harvest(Path(cache_dir), 1.0, files_per=fp, max_instruments=max_instruments,
+                                step_minutes=step_minutes, exact=True, progress=progress)
+             for fp in ("snapshot", "day")}
+    start = BENCH_END - timedelta(days=1)
+    best: dict[str, float] = {}
+    files: dict[str, int] = {}
+    rows = 0
+    for _ in range(repeat):
+        for fp, root in roots.items():
+            t0 = time.perf_counter()
+            hf = find_harvest_files(root, "BTC", window_start=start, window_end=BENCH_END, warmup=timedelta(0))
+            max_rows(hf.quote_files())
+            read_index_series(hf)
+            q = scan_quotes(hf).collect()
+            best[fp] = min(best.get(fp, float("inf")), time.perf_counter() - t0)
+            files[fp] = len(hf.files)
+            rows = q.height
+    return SmallFilesRow(rows=rows, files_snapshot=files["snapshot"], files_compact=files["day"],
+                         scan_snapshot_s=best["snapshot"], scan_compact_s=best["day"])
+
+
+def bench_implied_vol(
+    cache_dir: Path = DEFAULT_CACHE_DIR,
+    *,
+    n_quotes: int = 1_000_000,
+    max_instruments: int | None = 800,
+    step_minutes: float = 5.0,
+    repeat: int = 3,
+    progress: Progress | None = None,
+) -> ImpliedVolRow:
+    """Invert `n_quotes` demo quotes priced exactly (Black-76) at their mark IV; best of `repeat`."""
+    import numpy as np
+    import polars as pl
+
+    from calib.config import MIN_TICK_COIN
+    from calib.numerics.black76 import black76_price_coin
+    from calib.numerics.implied_vol import implied_vol
+
+    per_day = 1440.0 / step_minutes * (max_instruments or 1000)
+    days = float(math.ceil(n_quotes / per_day)) + 1.0
+    root = ensure_harvest(Path(cache_dir), days, max_instruments=max_instruments, step_minutes=step_minutes,
+                          progress=progress)
+    df = (
+        pl.scan_parquet(str(root / "BTC" / "**" / "*.parquet"))
+        .select("underlying_price", "strike", "mark_iv", "option_type",
+                ((pl.col("expiry_ts") - pl.col("snapshot_ts")).dt.total_microseconds() / (365 * 86400e6))
+                .alias("t_years"))
+        .filter((pl.col("t_years") > 0) & (pl.col("mark_iv") > 0))
+        .head(n_quotes)
+        .collect()
+    )
+    f, k, t = (df[c].to_numpy() for c in ("underlying_price", "strike", "t_years"))
+    call = (df["option_type"] == "C").to_numpy()
+    sigma = df["mark_iv"].to_numpy() / 100.0
+    price = black76_price_coin(f, k, t, sigma, call)
+    best = float("inf")
+    iv = np.empty(0)
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        iv, _reason = implied_vol(price, f, k, t, call)
+        best = min(best, time.perf_counter() - t0)
+    # Above the tick = time value (price - intrinsic) above 0.0001 coin: deep in-the-money quotes whose
+    # price equals intrinsic to machine precision carry no volatility at all.
+    time_value = price - np.where(call, np.maximum(1.0 - k / f, 0.0), np.maximum(k / f - 1.0, 0.0))
+    above = time_value > MIN_TICK_COIN
+    finite = above & np.isfinite(iv)
+    err = np.abs(iv[finite] - sigma[finite])
+    return ImpliedVolRow(
+        quotes=int(price.size), seconds=best, quotes_per_s=price.size / best,
+        max_abs_err_vol=float(err.max()) if err.size else float("nan"),
+        nan_above_tick=int((above & ~np.isfinite(iv)).sum()), nan_total=int((~np.isfinite(iv)).sum()),
+        extra={"quotes_above_tick": int(above.sum()),
+               "quotes_err_above_1e-8": int((err > 1e-8).sum()),
+               "nan_price_above_tick": int(((price > MIN_TICK_COIN) & ~np.isfinite(iv)).sum())},
+    )
+
+
+def _fmt_s(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def format_table(rows: Sequence[BenchRow]) -> str:
+    """The benchmark table: one line per size, seconds per stage."""
+    head = ["size", "rows scanned", "rows used", "path", *(n for n, _ in STAGES), "store", "calib s", "rows/s",
+            "peak RSS MB", "CLI e2e s"]
+    body = [[r.size, f"{r.rows_scanned:,}", f"{r.rows_used:,}", r.engine_path,
+             *(_fmt_s(r.stages_s.get(n)) for n, _ in STAGES), _fmt_s(r.stages_s.get("store")),
+             _fmt_s(r.calib_s), f"{r.rows_per_s / 1e6:.2f}M", f"{r.peak_rss_mb:.0f}", _fmt_s(r.cli_s)]
+            for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(b, widths, strict=True)) for b in body]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m calib.bench [--sizes 1d,14d,90d,365d] [--cache-dir data/bench] ...`."""
+    parser = argparse.ArgumentParser(prog="python -m calib.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default=",".join(DEFAULT_SIZES),
+                        help="comma-separated window lengths, e.g. 1d,14d,90d,365d or 12h (default: %(default)s)")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
+                        help="where generated harvests are cached (default: %(default)s)")
+    parser.add_argument("--max-instruments", type=int, default=800, help="live instruments per snapshot")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per size; the fastest is shown")
+    parser.add_argument("--no-cli", action="store_true", help="skip the end-to-end CLI subprocess timing")
+    parser.add_argument("--no-small-files", action="store_true", help="skip the 288-small-files scan comparison")
+    parser.add_argument("--no-iv", action="store_true", help="skip the implied-vol throughput measurement")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        spec = json.loads(args.worker)
+        print(json.dumps(worker(Path(spec["data_dir"]), float(spec["window_days"]), Path(spec["db"]))))
+        return 0
+
+    def say(msg: str) -> None:
+        print(f"... {msg}", file=sys.stderr, flush=True)
+
+    try:
+        sizes = [s for s in args.sizes.split(",") if s.strip()]
+        for s in sizes:
+            parse_size(s)
+    except ValueError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 2
+    rows = run_benchmark(sizes, cache_dir=args.cache_dir, max_instruments=args.max_instruments,
+                         cli=not args.no_cli, repeat=args.repeat, progress=say)
+    small = None if args.no_small_files else bench_small_files(args.cache_dir, max_instruments=args.max_instruments,
+                                                               progress=say)
+    ivr = None if args.no_iv else bench_implied_vol(args.cache_dir, max_instruments=args.max_instruments,
+                                                     progress=say)
+    if args.json:
+        print(json.dumps({"rows": [asdict(r) for r in rows], "small_files": asdict(small) if small else None,
+                          "implied_vol": asdict(ivr) if ivr else None}, default=str))
+        return 0
+    print(f"calib bench - {os.cpu_count()} CPU(s), python {sys.version.split()[0]}, "
+          f"{datetime.now(UTC):%Y-%m-%d %H:%M}Z; seconds per stage (worker process), "
+          "calib = scan to stored result")
+    print(format_table(rows))
+    if small:
+        print(f"\nsmall files: 1 day, {small.rows:,} rows: {small.files_snapshot} snapshot files "
+              f"{small.scan_snapshot_s:.3f} s vs {small.files_compact} compacted file {small.scan_compact_s:.3f} s "
+              f"-> ratio {small.ratio:.2f}x")
+    if ivr:
+        print(f"implied vol: {ivr.quotes:,} quotes in {ivr.seconds:.3f} s = {ivr.quotes_per_s / 1e6:.2f}M quotes/s; "
+              f"time value above the tick: {ivr.extra['quotes_above_tick']:,} quotes, max |IV - true IV| "
+              f"{ivr.max_abs_err_vol:.2e} ({ivr.extra['quotes_err_above_1e-8']} above 1e-8), "
+              f"NaN {ivr.nan_above_tick}; NaN overall {ivr.nan_total} (price above the tick but no time "
+              f"value: {ivr.extra['nan_price_above_tick']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

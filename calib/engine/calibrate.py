@@ -23,7 +23,7 @@ from calib.engine.result import BandMetrics, GlobalMetrics, OptionTypeMetrics
 from calib.engine.skew import SkewFit, _hat_weights, fit_skew, solve_skew_ratios
 from calib.errors import ConvergenceWarning
 
-JOINT_FIT_SAMPLE = 300_000
+JOINT_FIT_SAMPLE = 100_000
 _A = TypeVar("_A")
 _R = TypeVar("_R")
 SURFACE_TENORS_DAYS: tuple[float, ...] = (1, 3, 7, 14, 30, 60, 90, 180)

@@ -133,8 +133,9 @@ def implied_vol(
             lo = np.where(above_root, lo, s)
             step = np.where(upper, (price - qa) / vega, (np.log(price) - log_q) * price / vega)
             s_new = s - step
-            # Newton converges quadratically: a step below sqrt(tol) leaves an error ~ step^2.
-            done = (np.abs(step) <= np.sqrt(tol) * np.maximum(1.0, s)) | (hi - lo <= tol)
+            # Newton converges quadratically: a relative step below sqrt(tol) leaves a relative
+            # error ~ step^2; relative, because short-dated quotes have tiny total vols s.
+            done = (np.abs(step) <= np.sqrt(tol) * s) | (hi - lo <= tol * s)
             outside = ~done & (~np.isfinite(s_new) | (s_new <= lo) | (s_new >= hi))
             s_new = np.where(outside, 0.5 * (lo + hi), s_new)
             if done.any():

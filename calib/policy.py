@@ -61,7 +61,11 @@ def decide(result: CalibrationResult, state: PolicyState, cfg: PolicyConfig, now
         return PolicyOutcome(decision="skipped", reason=f"Run failed: {result.reason}", smoothed_multiplier=None,
                              ewma_multiplier=state.prev_ewma, ewma_bands=dict(state.prev_ewma_bands))
     gm = result.global_metrics
-    rec = gm.recommended_iv_multiplier
+    # The engine keeps its current skew until the trader edits it: apply the multiplier
+    # fitted with that skew (the joint fit's goes with a skew that is not applied).
+    rec = gm.recommended_iv_multiplier_current_skew
+    if rec is None:
+        rec = gm.recommended_iv_multiplier
     if rec is None:
         return PolicyOutcome(decision="skipped", reason="No recommendation", smoothed_multiplier=None,
                              ewma_multiplier=state.prev_ewma, ewma_bands=dict(state.prev_ewma_bands))
@@ -70,11 +74,13 @@ def decide(result: CalibrationResult, state: PolicyState, cfg: PolicyConfig, now
     ewma_bands: dict[str, float] = {}
     bands: dict[str, float] = {}
     for b in result.bands:
-        if b.recommended_iv_multiplier is None:
+        b_rec = b.recommended_iv_multiplier_current_skew
+        if b_rec is None:
+            b_rec = b.recommended_iv_multiplier
+        if b_rec is None:
             continue
         b_applied = state.applied_bands.get(b.name, applied)
-        ewma_bands[b.name], bands[b.name] = _smooth(
-            b.recommended_iv_multiplier, state.prev_ewma_bands.get(b.name), b_applied, cfg)
+        ewma_bands[b.name], bands[b.name] = _smooth(b_rec, state.prev_ewma_bands.get(b.name), b_applied, cfg)
 
     def skip(reason: str, *, trusted: bool = True) -> PolicyOutcome:
         # A recommendation the policy does not trust (too few samples, too large vMAE)

@@ -107,3 +107,25 @@ def test_live_and_harvested_share_the_engine(exact_harvest: Path) -> None:
     assert live.source == "live"
     assert live.n_snapshots == 1
     assert live.global_metrics.recommended_iv_multiplier == pytest.approx(1.2, abs=1e-6)
+
+
+def test_current_skew_multiplier_is_what_the_policy_applies(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from calib.config import PolicyConfig
+    from calib.policy import PolicyState, decide
+
+    root = tmp_path / "h"
+    exact_market(root, m_by_dte=((0, 1000, 1.1),), ratios=(1.4, 1.15, 1.0, 1.05, 1.2))
+    r = run_historical_calibration_from_harvest(_config(root))  # current skew FLAT, market skewed
+    gm = r.global_metrics
+    assert gm.recommended_iv_multiplier == pytest.approx(1.1, abs=1e-6)  # joint fit, with the market's skew
+    # With the flat skew the engine actually runs, a higher multiplier fits the wings better.
+    assert gm.recommended_iv_multiplier_current_skew > gm.recommended_iv_multiplier + 0.005
+    state = PolicyState(applied_global=None, applied_bands={}, last_applied_at=None, prev_ewma=None,
+                        prev_ewma_bands={})
+    out = decide(r, state, PolicyConfig(min_samples=1, max_step=1.0, ewma_alpha=1.0), datetime.now(UTC))
+    assert out.smoothed_multiplier == pytest.approx(gm.recommended_iv_multiplier_current_skew, abs=1e-9)
+    for b in r.bands:
+        if b.recommended_iv_multiplier_current_skew is not None:
+            assert out.smoothed_bands[b.name] == pytest.approx(b.recommended_iv_multiplier_current_skew, abs=1e-9)

@@ -69,6 +69,10 @@ class EngineFit:
     skew: SkewFit | None
     ratios: FloatArray  # recommended skew ratios (the current ones when the skew is not fitted)
     band_fits: tuple[MultiplierFit, ...]  # one per config band
+    # What the live policy applies: the engine keeps its current skew until the trader
+    # edits it, so the multiplier it should use is the one fitted with that skew.
+    fit_current_skew: MultiplierFit | None = None
+    band_fits_current_skew: tuple[MultiplierFit, ...] = ()
     rv_7d_pct: float | None
     atm_iv_pct: float | None
     recommended_surface: dict[str, Any] | None
@@ -91,6 +95,7 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
 
     g = q.subset(_in_global(q, config))
     fit = fit_multiplier(g, anchors_z=anchors, ratios=current, bounds=bounds, start=m_tested)
+    fit_current_skew = fit
     ratios = current
     skew: SkewFit | None = None
     if config.fit_skew and fit.multiplier is not None:
@@ -99,20 +104,26 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
     t_fit = time.perf_counter()
     m_rec = fit.multiplier
 
-    def band_fit(band: Band) -> MultiplierFit:
+    def band_fit(band: Band) -> tuple[MultiplierFit, MultiplierFit]:
         idx = np.flatnonzero((q.dte_days >= band.dte_min) & (q.dte_days < band.dte_max))
         if idx.size > JOINT_FIT_SAMPLE:  # same deterministic sampling as the joint fit
             idx = idx[_stride_mask(idx.size, JOINT_FIT_SAMPLE)]
-        return fit_multiplier(_take(q, idx), anchors_z=anchors, ratios=ratios, bounds=bounds,
-                              start=m_rec or m_tested)
+        bq = _take(q, idx)
+        rec = fit_multiplier(bq, anchors_z=anchors, ratios=ratios, bounds=bounds, start=m_rec or m_tested)
+        if ratios is current:
+            return rec, rec
+        return rec, fit_multiplier(bq, anchors_z=anchors, ratios=current, bounds=bounds, start=m_tested)
 
-    band_fits = _parallel_map(band_fit, config.bands, parallel=len(q) >= PARALLEL_MIN_QUOTES)
+    both = _parallel_map(band_fit, config.bands, parallel=len(q) >= PARALLEL_MIN_QUOTES)
+    band_fits = [b[0] for b in both]
+    band_fits_cs = tuple(b[1] for b in both)
     rv_now, atm_iv = _rv_and_atm(g, m_rec or m_tested)
     surface = None
     if config.emit_recommended_vol_surface and m_rec is not None and rv_now is not None:
         band_mult = {b.name: f.multiplier for b, f in zip(config.bands, band_fits, strict=True)}
         surface = recommended_surface(rv_now / 100, m_rec, band_mult, config, anchors, ratios)
     return EngineFit(fit=fit, skew=skew, ratios=ratios, band_fits=tuple(band_fits), rv_7d_pct=rv_now,
+                     fit_current_skew=fit_current_skew, band_fits_current_skew=band_fits_cs,
                      atm_iv_pct=atm_iv, recommended_surface=surface,
                      timings_s={"fit_and_skew": t_fit - t0, "band_fit": time.perf_counter() - t_fit})
 
@@ -237,6 +248,8 @@ def assemble_engine(fit: EngineFit, scores: EngineScores, config: CalibrationCon
     bands = tuple(
         BandMetrics(name=band.name, dte_min=band.dte_min, dte_max=band.dte_max,
                     n_samples=int(scores.band_tested.n[b]), recommended_iv_multiplier=bfit.multiplier,
+                    recommended_iv_multiplier_current_skew=(
+                        fit.band_fits_current_skew[b].multiplier if fit.band_fits_current_skew else bfit.multiplier),
                     at_bound=bfit.at_bound,
                     metrics=scores.band_recommended.metrics(b) if bfit.multiplier is not None else EMPTY,
                     tested=scores.band_tested.metrics(b))
@@ -247,7 +260,9 @@ def assemble_engine(fit: EngineFit, scores: EngineScores, config: CalibrationCon
         skew = replace(skew, n_per_anchor=tuple(int(c) for c in scores.anchor_counts))
     gm = GlobalMetrics(multiplier_tested=config.multiplier_tested, recommended_iv_multiplier=m_rec,
                        at_bound=fit.fit.at_bound, at_recommended=at_rec, tested=scores.tested.metrics(),
-                       rv_7d_pct=fit.rv_7d_pct, atm_iv_pct=fit.atm_iv_pct)
+                       rv_7d_pct=fit.rv_7d_pct, atm_iv_pct=fit.atm_iv_pct,
+                       recommended_iv_multiplier_current_skew=(
+                           fit.fit_current_skew.multiplier if fit.fit_current_skew else m_rec))
     return EngineOutput(
         global_metrics=gm, bands=bands, option_type_metrics=type_metrics, skew=skew,
         recommended_surface=fit.recommended_surface, n_samples=int(scores.tested.n[0]),

@@ -38,6 +38,7 @@ class BandMetrics:
     at_bound: bool
     metrics: ErrorMetrics
     tested: ErrorMetrics
+    recommended_iv_multiplier_current_skew: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -46,6 +47,7 @@ class BandMetrics:
             "dte_max": self.dte_max,
             "n_samples": self.n_samples,
             "recommended_iv_multiplier": self.recommended_iv_multiplier,
+            "recommended_iv_multiplier_current_skew": self.recommended_iv_multiplier_current_skew,
             "at_bound": self.at_bound,
             **self.metrics.to_dict(),
             "tested": self.tested.to_dict(),
@@ -70,11 +72,13 @@ class GlobalMetrics:
     tested: ErrorMetrics
     rv_7d_pct: float | None
     atm_iv_pct: float | None
+    recommended_iv_multiplier_current_skew: float | None = None  # what the live policy smooths and applies
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "multiplier_tested": self.multiplier_tested,
             "recommended_iv_multiplier": self.recommended_iv_multiplier,
+            "recommended_iv_multiplier_current_skew": self.recommended_iv_multiplier_current_skew,
             "at_bound": self.at_bound,
             **self.at_recommended.to_dict(),
             "tested": self.tested.to_dict(),

@@ -15,19 +15,21 @@ memory; the pieces both paths share live here (`prepare_quotes`,
 from __future__ import annotations
 
 import itertools
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
 from calib._typing import FloatArray
-from calib.config import DAYS_PER_YEAR, CalibrationConfig
+from calib.config import DAYS_PER_YEAR, DEFAULT_DB, CalibrationConfig
 from calib.data.quality import (
     FILTER_REASONS,
     INVALID_REASONS,
@@ -98,11 +100,15 @@ def run_historical_calibration_from_harvest(
     path in `data_quality.engine_path`.
     """
     t0 = time.perf_counter()
+    config = resolve_multiplier_tested(config)
     h = config.harvest
     lookback = timedelta(days=config.lookback_days)
     clamped = False
     if h.start_time is not None and h.end_time is not None:
         start, end = h.start_time, h.end_time
+        config = replace(config, lookback_days=(end - start).total_seconds() / 86400)
+    elif h.start_time is not None:  # a start alone: the lookback runs forward from it
+        start, end = h.start_time, h.start_time + lookback
     else:
         start, end, clamped = default_window(h.data_root, config.underlying, lookback=lookback, as_of=h.end_time)
     extra: list[DataQualityIssue] = []
@@ -191,6 +197,24 @@ class RvState:
         return self._index
 
 
+def resolve_multiplier_tested(config: CalibrationConfig, db_path: Path | None = None) -> CalibrationConfig:
+    """Fill `multiplier_tested` when None: the applied global multiplier, else 1.0 (SPEC section 3)."""
+    if config.tested_multiplier is not None:
+        return config
+    from calib.store.applied import read_applied
+    from calib.store.connection import connect
+
+    path = Path(db_path or os.environ.get("CALIB_DB", str(DEFAULT_DB)))
+    tested = 1.0
+    if path.exists():
+        with connect(path, read_only=True) as con:
+            tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+            if "applied_multipliers" in tables:
+                g = read_applied(con, config.underlying).get("global")
+                tested = g[0] if g else 1.0
+    return replace(config, multiplier_tested=tested)
+
+
 def calibrate_harvest_read(
     read: HarvestRead,
     config: CalibrationConfig,
@@ -201,6 +225,7 @@ def calibrate_harvest_read(
     progress: Progress | None = None,
 ) -> CalibrationResult:
     """The shared path: quality, RV, IV, engine, guardrails -> CalibrationResult."""
+    config = resolve_multiplier_tested(config)
     timings = {"scan": scan_s}
     t = time.perf_counter()
     lookup, rv_issues = rv_lookup(read.index)
@@ -348,7 +373,7 @@ def build_result(
                "skipped_files": [s.path for s in skipped], **extra_dq},
     )
     gm = engine.global_metrics if engine else GlobalMetrics(
-        multiplier_tested=config.multiplier_tested, recommended_iv_multiplier=None, at_bound=False,
+        multiplier_tested=config.tested_multiplier, recommended_iv_multiplier=None, at_bound=False,
         at_recommended=EMPTY, tested=EMPTY, rv_7d_pct=None, atm_iv_pct=None)
     failed_codes = [i.code for i in issues if i.severity == "error"]
     status, reason = assess_calibration_realism(

@@ -132,7 +132,9 @@ class CalibrationConfig:
     fit_skew: bool = True
     emit_recommended_vol_surface: bool = True
     max_samples: int | None = None
-    multiplier_tested: float = 1.0
+    # None: the currently applied global multiplier (history file at $CALIB_DB or the
+    # default path), else 1.0 - resolved when a run starts (`resolve_multiplier_tested`).
+    multiplier_tested: float | None = None
     multiplier_bounds: tuple[float, float] = (0.25, 4.0)
     lookback_days: float = 14.0
     harvest: HarvestConfig = field(default_factory=HarvestConfig)
@@ -141,6 +143,11 @@ class CalibrationConfig:
     realism: RealismThresholds = field(default_factory=RealismThresholds)
     min_tick_coin: float = MIN_TICK_COIN
     replay: bool = False
+
+    @property
+    def tested_multiplier(self) -> float:
+        """`multiplier_tested` once resolved; 1.0 for an engine called without resolving it."""
+        return 1.0 if self.multiplier_tested is None else float(self.multiplier_tested)
 
     def __post_init__(self) -> None:
         # Accept what callers naturally pass: lists or tuples, bands as mappings.
@@ -172,7 +179,7 @@ class CalibrationConfig:
             raise InvalidInputError(f"`option_types` must be a non-empty subset of C,P; got {self.option_types}")
         if self.max_samples is not None and self.max_samples < 1:
             raise InvalidInputError(f"`max_samples` must be positive; got {self.max_samples}")
-        if not self.multiplier_tested > 0:
+        if self.multiplier_tested is not None and not self.multiplier_tested > 0:
             raise InvalidInputError(f"`multiplier_tested` must be positive; got {self.multiplier_tested}")
         lo, hi = self.multiplier_bounds
         if not 0 < lo < hi:

@@ -80,13 +80,22 @@ def newest_snapshot_ts(data_root: Path, underlying: str) -> datetime:
 def run_calibration_extended(config: CalibrationConfig, *, chain: HarvestRead | None = None) -> CalibrationResult:
     """Score one current chain with the shared engine (source = live).
 
-    With `config.replay`, the chain is the newest snapshot under
-    `config.harvest.data_root` and RV comes from the 7 days of index before it.
-    Otherwise `chain` must be given (built from the Deribit API by the caller).
+    Without `chain`: the newest snapshot under `config.harvest.data_root` when
+    that holds the underlying (or `config.replay`), RV from the 7 days of index
+    before it; otherwise the chain and index history come from Deribit.
+    `multiplier_tested` None means the applied global multiplier.
     """
+    config = replace(config, source="live")
     if chain is None:
-        if not config.replay:
-            raise NoDataError("live calibration needs a chain from Deribit or --replay DATA_DIR")
+        # No chain handed in: replay the newest harvested snapshot under data_root when
+        # there is one (offline, tests), else ask Deribit.
+        if config.replay or (Path(config.harvest.data_root) / config.underlying).is_dir():
+            config = replace(config, replay=True)
+        else:
+            from calib.sources.live_chain import fetch_live_chain
+
+            chain = fetch_live_chain(config.underlying)
+    if chain is None:
         ts = newest_snapshot_ts(config.harvest.data_root, config.underlying)
         chain = read_harvest(config.harvest.data_root, config.underlying, window_start=ts, window_end=ts,
                              warmup=config.harvest.rv_warmup)

@@ -107,13 +107,13 @@ def applied_state(db_path: Path, underlying: str) -> AppliedState:
         ).fetchall()
     g = next((r for r in rows if r[0] == "global"), None)
     newest = max(rows, key=lambda r: r[2]) if rows else None
-    source = g if g is not None else newest
+    id_row = g if g is not None else newest
     return AppliedState(
         underlying=underlying,
         global_multiplier=float(g[1]) if g else None,
         bands={r[0]: float(r[1]) for r in rows if r[0] != "global"},
         updated_at=newest[2] if newest else None,
-        run_id=source[3] if source is not None else None,
+        run_id=id_row[3] if id_row is not None else None,
     )
 
 

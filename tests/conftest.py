@@ -14,6 +14,14 @@ settings.register_profile("calib", derandomize=True, deadline=None)
 settings.load_profile("calib")
 
 
+@pytest.fixture(autouse=True)
+def _isolated_history(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the developer's data/calibration.duckdb or calib.toml by accident."""
+    home = tmp_path_factory.mktemp("calib-env")
+    monkeypatch.setenv("CALIB_DB", str(home / "history.duckdb"))
+    monkeypatch.setenv("CALIB_CONFIG", str(home / "calib.toml"))
+
+
 @pytest.fixture
 def exact_harvest(tmp_path: Path) -> Path:
     """BTC harvest, 10 days hourly, market IV = RV_7d x 1.2 (flat skew)."""

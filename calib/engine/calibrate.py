@@ -91,7 +91,7 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
     anchors = np.asarray(config.skew.anchors_z, dtype=np.float64)
     current = np.asarray(config.skew.current_ratios, dtype=np.float64)
     bounds = config.multiplier_bounds
-    m_tested = config.multiplier_tested
+    m_tested = config.tested_multiplier
 
     g = q.subset(_in_global(q, config))
     fit = fit_multiplier(g, anchors_z=anchors, ratios=current, bounds=bounds, start=m_tested)
@@ -194,7 +194,7 @@ def _score_part(q: QuoteArrays, fit: EngineFit, config: CalibrationConfig, *, bl
     """
     anchors = np.asarray(config.skew.anchors_z, dtype=np.float64)
     current = np.asarray(config.skew.current_ratios, dtype=np.float64)
-    m_tested = config.multiplier_tested
+    m_tested = config.tested_multiplier
     m_rec = fit.fit.multiplier
     out = EngineScores.zeros(config)
     bands = config.bands
@@ -258,7 +258,7 @@ def assemble_engine(fit: EngineFit, scores: EngineScores, config: CalibrationCon
     skew = fit.skew
     if skew is not None:
         skew = replace(skew, n_per_anchor=tuple(int(c) for c in scores.anchor_counts))
-    gm = GlobalMetrics(multiplier_tested=config.multiplier_tested, recommended_iv_multiplier=m_rec,
+    gm = GlobalMetrics(multiplier_tested=config.tested_multiplier, recommended_iv_multiplier=m_rec,
                        at_bound=fit.fit.at_bound, at_recommended=at_rec, tested=scores.tested.metrics(),
                        rv_7d_pct=fit.rv_7d_pct, atm_iv_pct=fit.atm_iv_pct,
                        recommended_iv_multiplier_current_skew=(

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -84,6 +84,11 @@ class Underlying(StrEnum):
     ETH = "ETH"
 
 
+class Source(StrEnum):
+    harvested = "harvested"
+    live = "live"
+
+
 DbOpt = Annotated[Path, typer.Option("--db", envvar="CALIB_DB", help="History DuckDB file (env CALIB_DB).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 UndOpt = Annotated[Underlying, typer.Option("--underlying", "-u", case_sensitive=False, help="Underlying asset.")]
@@ -108,10 +113,12 @@ def _parse_ts(text: str | None) -> datetime | None:
         return None
     try:
         ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        _err(f"`--as-of` must be an ISO-8601 time such as 2023-04-14T12:00:00Z; got {text!r}")
+        ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+        ts - timedelta(days=3660)  # the window and its RV warm-up must stay representable
+    except (ValueError, OverflowError):
+        _err(f"`--as-of` must be an ISO-8601 time after year 10, such as 2023-04-14T12:00:00Z; got {text!r}")
         raise typer.Exit(code=EXIT_USAGE) from None
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+    return ts
 
 
 def _fmt(v: Any, spec: str = ".2f", suffix: str = "") -> str:
@@ -354,7 +361,9 @@ def _print_frame(df: Any, json_out: bool) -> None:
     import polars as pl
 
     if json_out:
-        typer.echo(json.dumps(df.to_dicts(), default=str))
+        from calib.engine.result import clean_json
+
+        typer.echo(json.dumps(clean_json(df.to_dicts()), default=str, allow_nan=False))
         return
     with pl.Config(tbl_rows=200, tbl_cols=40, fmt_str_lengths=60, tbl_width_chars=200, tbl_hide_dataframe_shape=True):
         typer.echo(str(df))
@@ -364,8 +373,8 @@ def _print_frame(df: Any, json_out: bool) -> None:
 def history_cmd(
     underlying: Annotated[Underlying | None, typer.Option("--underlying", "-u", case_sensitive=False,
                                                           help="Only this underlying.")] = None,
-    source: Annotated[str | None, typer.Option(help="harvested or live.")] = None,
-    limit: Annotated[int, typer.Option(help="Number of runs.")] = 20,
+    source: Annotated[Source | None, typer.Option(help="Only harvested or only live runs.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="Number of runs.")] = 20,
     db: DbOpt = DEFAULT_DB,
     json_out: JsonOpt = False,
 ) -> None:
@@ -373,7 +382,8 @@ def history_cmd(
     from calib.queries import list_runs
 
     try:
-        df = list_runs(db, underlying=underlying.value if underlying else None, source=source, limit=limit)
+        df = list_runs(db, underlying=underlying.value if underlying else None,
+                       source=source.value if source else None, limit=limit)
     except CalibError as e:
         _fail(e)
     if df.height == 0 and not json_out:

@@ -55,6 +55,7 @@ from calib.data.reader import (
     reading,
     relisting,
     scan_quotes,
+    without_corrupt_files,
 )
 from calib.engine.calibrate import EngineOutput, calibrate_quotes
 from calib.engine.guardrails import assess_calibration_realism
@@ -123,6 +124,16 @@ def run_historical_calibration_from_harvest(
     def once() -> CalibrationResult:
         hf = find_harvest_files(h.data_root, config.underlying, window_start=start, window_end=end,
                                 warmup=h.rv_warmup, progress=progress)
+        try:
+            return calibrate_files(hf)
+        except (pl.exceptions.PolarsError, OSError):
+            # A file with an intact footer but corrupt pages: find it, skip it, report it.
+            cleaned = without_corrupt_files(hf)
+            if cleaned is None:
+                raise
+            return calibrate_files(cleaned)
+
+    def calibrate_files(hf: HarvestFiles) -> CalibrationResult:
         files = hf.quote_files()
         est_rows = max_rows(files)  # the sizes bound the rows: most windows need no footer count
         if est_rows > threshold:

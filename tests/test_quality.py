@@ -135,3 +135,15 @@ def test_empty_directory_fails_cleanly(tmp_path: Path) -> None:
     assert r.status == "failed"
     assert r.n_samples == 0
     assert "missing_required_column" in _codes(r) or "no_usable_rows" in _codes(r)
+
+
+def test_corrupt_data_pages_are_skipped_not_fatal(exact_harvest: Path) -> None:
+    f = sorted((exact_harvest / "BTC").rglob("*.parquet"))[-2]
+    raw = bytearray(f.read_bytes())
+    raw[len(raw) // 4 : len(raw) // 2] = b"\xab" * (len(raw) // 2 - len(raw) // 4)  # footer intact
+    f.write_bytes(bytes(raw))
+    r = _run(exact_harvest)
+    assert r.data_quality.files_skipped == 1
+    assert r.status == "degraded"
+    # A day of index is gone, so RV (and the fit) shift a little; the run still stands.
+    assert r.global_metrics.recommended_iv_multiplier == pytest.approx(1.2, abs=0.05)

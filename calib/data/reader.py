@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -337,6 +337,29 @@ def reading(hf: HarvestFiles) -> Iterator[None]:
         if any(not Path(f.path).exists() for f in hf.files):
             raise _VanishedFileError(str(e)) from e
         raise
+
+
+def without_corrupt_files(hf: HarvestFiles) -> HarvestFiles | None:
+    """Read every file's pages once; return `hf` minus the files that fail, or None if all read.
+
+    Footers were checked when listing; this finds the rarer file whose footer is
+    intact but whose data pages are not. Only run after a scan has failed.
+    """
+    bad: list[SkippedFile] = []
+    good: list[HarvestFile] = []
+    for f in hf.files:
+        cols = [c for c in QUOTE_COLUMNS if c in f.schema]
+        try:
+            pl.read_parquet(f.path, columns=cols)
+        except FileNotFoundError as e:
+            raise _VanishedFileError(f.path) from e
+        except Exception as e:  # corrupt pages: reported as a skipped file by the caller
+            bad.append(SkippedFile(path=f.path, error=f"{type(e).__name__}: {e}"[:300]))
+        else:
+            good.append(f)
+    if not bad:
+        return None
+    return replace(hf, files=tuple(good), skipped=(*hf.skipped, *bad))
 
 
 def collect_checked(hf: HarvestFiles, frames: list[pl.LazyFrame]) -> list[pl.DataFrame]:

@@ -441,8 +441,11 @@ def recommended_surface(rv_now: float, m_global: float, band_mult: dict[str, flo
     mults = []
     for tenor in SURFACE_TENORS_DAYS:
         m = m_global
+        last = config.bands[-1] if config.bands else None
         for band in config.bands:
-            if band.dte_min <= tenor < band.dte_max and band_mult.get(band.name) is not None:
+            # Bands are [min, max); the last band also owns its upper edge (180 d is quarterly).
+            inside = band.dte_min <= tenor < band.dte_max or (band is last and tenor == band.dte_max)
+            if inside and band_mult.get(band.name) is not None:
                 m = band_mult[band.name]  # type: ignore[assignment]
         mults.append(m)
         rows.append([rv_now * m * float(r) * 100 for r in skew_ratio(anchors, anchors, ratios)])

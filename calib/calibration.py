@@ -314,7 +314,16 @@ def build_result(
 ) -> CalibrationResult:
     """Data-quality issues and grade, guardrails, CalibrationResult (both engine paths end here)."""
     t = time.perf_counter()
-    issues = check_schema(columns_present, columns_missing_somewhere)
+    if tally.rows == 0:
+        # Nothing in the window: say that, not "columns missing" about files that were never there.
+        where = f"{window_start:%Y-%m-%d %H:%M}Z -> {window_end:%Y-%m-%d %H:%M}Z"
+        issues = [DataQualityIssue(
+            code="no_data_in_window", severity="error",
+            message=(f"no readable quotes for {config.underlying} in {where} under {config.harvest.data_root}"
+                     + (f" ({len(skipped)} unreadable file(s))" if skipped else "")
+                     + "; check --data-dir and --as-of/--lookback-days"), count=0)]
+    else:
+        issues = check_schema(columns_present, columns_missing_somewhere)
     required_ok = not any(i.code == "missing_required_column" for i in issues)
     issues += extra_issues
     if skipped:
@@ -329,7 +338,9 @@ def build_result(
     coverage = expected = None
     present = snapshots.len()
     step_min = gap_min = None
-    if coverage_applies:
+    if coverage_applies and rows_scanned == 0:
+        coverage, expected = 0.0, None
+    elif coverage_applies:
         cov = check_coverage(snapshots, window_start=window_start, window_end=window_end,
                              step=config.harvest.snapshot_step)
         coverage, expected, present, step_min, gap_min, cov_issues = cov

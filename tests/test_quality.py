@@ -134,7 +134,8 @@ def test_empty_directory_fails_cleanly(tmp_path: Path) -> None:
     r = _run(tmp_path)
     assert r.status == "failed"
     assert r.n_samples == 0
-    assert "missing_required_column" in _codes(r) or "no_usable_rows" in _codes(r)
+    assert _codes(r) == {"no_data_in_window"}
+    assert r.reason == "Data quality failed (no_data_in_window)"
 
 
 def test_corrupt_data_pages_are_skipped_not_fatal(exact_harvest: Path) -> None:

@@ -229,6 +229,8 @@ def grade(issues: list[DataQualityIssue], *, coverage_pct: float | None, invalid
     """SPEC section 3 rules. Appends the issues that explain the verdict."""
     out = list(issues)
     codes = {i.code for i in out}
+    if "no_data_in_window" in codes:
+        return "failed", out  # one clear finding; coverage and row checks add nothing
     failed = bool(codes & {"missing_required_column", "marks_not_in_coin", "iv_not_in_percent"})
     if rows_used == 0:
         out.append(DataQualityIssue(code="no_usable_rows", severity="error",

@@ -55,6 +55,7 @@ from calib.data.reader import (
     reading,
     relisting,
     scan_quotes,
+    window_snapshots,
     without_corrupt_files,
 )
 from calib.engine.calibrate import EngineOutput, calibrate_quotes
@@ -124,6 +125,13 @@ def run_historical_calibration_from_harvest(
     def once() -> CalibrationResult:
         hf = find_harvest_files(h.data_root, config.underlying, window_start=start, window_end=end,
                                 warmup=h.rv_warmup, progress=progress)
+        if h.max_snapshots is not None:
+            # Keep the newest `max_snapshots` snapshots: the window starts at the oldest kept one
+            # (coverage is then judged on that shorter window; RV still warms up before it).
+            snaps = window_snapshots(hf)
+            if len(snaps) > h.max_snapshots:
+                hf = find_harvest_files(h.data_root, config.underlying, window_start=snaps[-h.max_snapshots],
+                                        window_end=end, warmup=h.rv_warmup, progress=progress)
         try:
             return calibrate_files(hf)
         except (pl.exceptions.PolarsError, OSError):

@@ -129,3 +129,11 @@ def test_current_skew_multiplier_is_what_the_policy_applies(tmp_path: Path) -> N
     for b in r.bands:
         if b.recommended_iv_multiplier_current_skew is not None:
             assert out.smoothed_bands[b.name] == pytest.approx(b.recommended_iv_multiplier_current_skew, abs=1e-9)
+
+
+def test_max_snapshots_keeps_the_newest(exact_harvest: Path) -> None:
+    cfg = _config(exact_harvest, harvest=HarvestConfig(data_root=exact_harvest, end_time=END, max_snapshots=5))
+    r = run_historical_calibration_from_harvest(cfg)
+    assert r.n_snapshots == 5
+    assert r.data_quality.coverage_pct == pytest.approx(100.0)
+    assert r.global_metrics.recommended_iv_multiplier == pytest.approx(1.2, abs=1e-6)

@@ -339,6 +339,24 @@ def reading(hf: HarvestFiles) -> Iterator[None]:
         raise
 
 
+def window_snapshots(hf: HarvestFiles) -> list[datetime]:
+    """Distinct snapshot times inside the window, oldest first (reads one column)."""
+    lo = pl.lit(hf.window_start).cast(TS_TYPE)
+    hi = pl.lit(hf.window_end).cast(TS_TYPE)
+    frames = [
+        pl.scan_parquet(f.path, hive_partitioning=False, glob=False)
+        .select(_ts_expr("snapshot_ts", f.schema["snapshot_ts"]))
+        .filter(pl.col("snapshot_ts").is_between(lo, hi))
+        for f in hf.quote_files()
+        if "snapshot_ts" in f.schema
+    ]
+    if not frames:
+        return []
+    with reading(hf):
+        ts = pl.concat(frames).unique().sort("snapshot_ts").collect()
+    return list(ts["snapshot_ts"])
+
+
 def without_corrupt_files(hf: HarvestFiles) -> HarvestFiles | None:
     """Read every file's pages once; return `hf` minus the files that fail, or None if all read.
 

@@ -552,6 +552,20 @@ def demo_db_cmd(
     typer.echo(f"Open the dashboard: {prefix}streamlit run app.py")
 
 
+@app.command("bench")
+def bench_cmd(
+    sizes: Annotated[str, typer.Option(help="Window lengths, e.g. 1d,14d,90d,365d.")] = "1d,14d,90d,365d",
+    repeat: Annotated[int, typer.Option(min=1, help="Runs per size; the fastest is shown.")] = 1,
+    cache_dir: Annotated[Path, typer.Option(help="Where generated harvests are cached.")] = Path("data/bench"),
+    json_out: JsonOpt = False,
+) -> None:
+    """Benchmark auto-calibration end to end: rows/s, time per stage, peak memory."""
+    from calib.bench import main as bench_main
+
+    argv = ["--sizes", sizes, "--repeat", str(repeat), "--cache-dir", str(cache_dir)]
+    raise typer.Exit(code=bench_main([*argv, "--json"] if json_out else argv))
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
+from calib.sources.deribit import DeribitClient
+from tests.fake_deribit import FakeDeribit
 from tests.synth import END, exact_market
 
 # Same examples on every run: CI results do not depend on luck (and failures replay).
@@ -20,6 +23,19 @@ def _isolated_history(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyt
     home = tmp_path_factory.mktemp("calib-env")
     monkeypatch.setenv("CALIB_DB", str(home / "history.duckdb"))
     monkeypatch.setenv("CALIB_CONFIG", str(home / "calib.toml"))
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeDeribit]:
+    """A Deribit-shaped JSON-RPC server on 127.0.0.1, stopped after the test."""
+    with FakeDeribit() as server:
+        yield server
+
+
+@pytest.fixture
+def client(fake: FakeDeribit) -> Iterator[DeribitClient]:
+    with DeribitClient(base_url=fake.base_url, timeout_s=2.0, max_retries=3, backoff_s=0.001) as c:
+        yield c
 
 
 @pytest.fixture

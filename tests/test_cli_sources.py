@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
-import pytest
 from typer.testing import CliRunner
 
 from calib.data.layout import list_parquet_files
@@ -15,12 +13,6 @@ from cli import app
 from tests.fake_deribit import Fail, FakeDeribit
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeDeribit]:
-    with FakeDeribit() as server:
-        yield server
 
 
 def test_harvest_once_then_compact(fake: FakeDeribit, tmp_path: Path) -> None:

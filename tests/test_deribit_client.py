@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -18,18 +17,6 @@ from tests.fake_deribit import INDEX_USD, Fail, FakeDeribit, book_entries
 
 BOOK = "public/get_book_summary_by_currency"
 INDEX = "public/get_index_price"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeDeribit]:
-    with FakeDeribit() as server:
-        yield server
-
-
-@pytest.fixture
-def client(fake: FakeDeribit) -> Iterator[DeribitClient]:
-    with DeribitClient(base_url=fake.base_url, timeout_s=2.0, max_retries=3, backoff_s=0.001) as c:
-        yield c
 
 
 def test_book_summary_fields_and_units(client: DeribitClient, fake: FakeDeribit) -> None:

@@ -21,13 +21,8 @@ BOOK = "public/get_book_summary_by_currency"
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeDeribit]:
-    with FakeDeribit() as server:
-        yield server
-
-
-@pytest.fixture
 def client(fake: FakeDeribit) -> Iterator[DeribitClient]:
+    """No retries: a scripted failure must reach the harvester's own error handling."""
     with DeribitClient(base_url=fake.base_url, timeout_s=2.0, max_retries=0, backoff_s=0.001) as c:
         yield c
 

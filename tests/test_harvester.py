@@ -223,3 +223,37 @@ def test_empty_chain_is_a_failure_not_an_empty_file(
     (entry,) = harvest_once(client, ["BTC"], tmp_path)
     assert not entry.ok and entry.error == "Deribit listed no BTC options"
     assert list_parquet_files(tmp_path, "BTC") == []
+
+
+def test_finished_days_are_compacted_automatically(client: DeribitClient, tmp_path: Path) -> None:
+    # Three snapshot files of an earlier day (as a harvester left them), then one live poll.
+    day = datetime(2026, 1, 5, tzinfo=UTC)
+    for _ in range(3):
+        harvest_once(client, ["BTC"], tmp_path)
+    written = list_parquet_files(tmp_path, "BTC")
+    n_rows = sum(pl.read_parquet(f).height for f in written)
+    old_dir = tmp_path / "BTC" / f"date={day:%Y-%m-%d}"
+    old_dir.mkdir(parents=True)
+    for i, f in enumerate(written):
+        frame = pl.read_parquet(f).with_columns(pl.lit(day + timedelta(minutes=5 * i)).cast(
+            pl.Datetime("ms", "UTC")).alias("snapshot_ts"))
+        frame.write_parquet(old_dir / f"snapshot_{i}.parquet")
+        f.unlink()
+    lines: list[str] = []
+    run_harvester(client, ["BTC"], tmp_path, 60.0, once=True, log=lines.append,
+                  today=lambda: (day + timedelta(days=2)).date())
+    old_files = [p for p in list_parquet_files(tmp_path, "BTC") if p.parent == old_dir]
+    assert [p.name for p in old_files] == [f"compact_{day:%Y-%m-%d}.parquet"]
+    assert pl.read_parquet(old_files[0]).height == n_rows
+    assert pl.read_parquet(old_files[0])["snapshot_ts"].n_unique() == 3
+    assert any("compact" in line.lower() for line in lines)
+
+
+def test_compaction_can_be_turned_off(client: DeribitClient, tmp_path: Path) -> None:
+    old_dir = tmp_path / "BTC" / "date=2026-01-05"
+    harvest_once(client, ["BTC"], tmp_path)
+    (f,) = list_parquet_files(tmp_path, "BTC")
+    old_dir.mkdir(parents=True)
+    f.rename(old_dir / "snapshot_a.parquet")
+    run_harvester(client, ["BTC"], tmp_path, 60.0, once=True, log=lambda _: None, compact=False)
+    assert (old_dir / "snapshot_a.parquet").exists()

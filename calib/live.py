@@ -16,12 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import polars as pl
-
 from calib.calibration import calibrate_harvest_read
 from calib.config import CalibrationConfig, PolicyConfig
-from calib.data.layout import list_parquet_files
-from calib.data.reader import HarvestRead, read_harvest
+from calib.data.reader import HarvestRead, newest_snapshot, read_harvest
 from calib.engine.result import CalibrationResult
 from calib.errors import NoDataError, PolicyError, StoreError
 from calib.policy import FORCED_REASON, PolicyOutcome, PolicyState, decide
@@ -55,26 +52,10 @@ def _has_table(con: Any, name: str) -> bool:
 
 def newest_snapshot_ts(data_root: Path, underlying: str) -> datetime:
     """Newest `snapshot_ts` in a harvest directory (for `--replay`)."""
-    files = list_parquet_files(data_root, underlying)
-    if not files:
-        raise NoDataError(f"no harvested snapshots for {underlying} under {Path(data_root) / underlying}")
-    newest: datetime | None = None
-    # Partitions sort by date; scan the newest partitions first and stop at the first readable one.
-    by_dir: dict[Path, list[Path]] = {}
-    for f in files:
-        by_dir.setdefault(f.parent, []).append(f)
-    for d in sorted(by_dir, reverse=True):
-        for f in by_dir[d]:
-            try:
-                v = pl.scan_parquet(f).select(pl.col("snapshot_ts").max()).collect().item()
-            except Exception:  # unreadable files are reported by the reader itself
-                continue
-            if v is not None:
-                v = v if v.tzinfo else v.replace(tzinfo=UTC)
-                newest = v if newest is None or v > newest else newest
-        if newest is not None:
-            return newest
-    raise NoDataError(f"no readable snapshot for {underlying} under {Path(data_root) / underlying}")
+    newest = newest_snapshot(Path(data_root), underlying)
+    if newest is None:
+        raise NoDataError(f"no readable snapshot for {underlying} under {Path(data_root) / underlying}")
+    return newest
 
 
 def run_calibration_extended(config: CalibrationConfig, *, chain: HarvestRead | None = None) -> CalibrationResult:

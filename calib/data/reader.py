@@ -516,24 +516,33 @@ def default_window(
     if dates:
         newest_day_end = datetime.combine(max(dates), datetime.min.time(), tzinfo=UTC) + timedelta(days=1)
         if newest_day_end < now:
-            newest = _newest_snapshot(Path(data_root), underlying, max(dates))
+            newest = newest_snapshot(Path(data_root), underlying)
             if newest is not None:
                 return newest - lookback, newest, True
     return now - lookback, now, False
 
 
-def _newest_snapshot(data_root: Path, underlying: str, day: date) -> datetime | None:
-    paths = [str(p) for p in list_parquet_files(data_root, underlying) if _partition_date(p) == day]
-    best: datetime | None = None
-    for p in paths:
-        try:
-            schema = pl.read_parquet_schema(p)
-            if "snapshot_ts" not in schema:
+def newest_snapshot(data_root: Path, underlying: str) -> datetime | None:
+    """Newest `snapshot_ts` under `<data_root>/<UND>`, reading the newest readable directory only.
+
+    Unreadable files are passed over here; `read_harvest` is what reports them.
+    """
+    by_dir: dict[Path, list[Path]] = {}
+    for p in list_parquet_files(data_root, underlying):
+        by_dir.setdefault(p.parent, []).append(p)
+    for d in sorted(by_dir, key=lambda d: (_partition_date(d / "x") or date.min, str(d)), reverse=True):
+        best: datetime | None = None
+        for p in by_dir[d]:
+            try:
+                schema = pl.read_parquet_schema(p)
+                if "snapshot_ts" not in schema:
+                    continue
+                v = pl.scan_parquet(p).select(_ts_expr("snapshot_ts", schema["snapshot_ts"]).max()).collect().item()
+            except Exception:  # noqa: S112 - reported by read_harvest, not by this probe
                 continue
-            v = pl.scan_parquet(p).select(_ts_expr("snapshot_ts", schema["snapshot_ts"]).max()).collect().item()
-        except Exception:  # unreadable files are reported by read_harvest
-            continue
-        if v is not None and (best is None or v > best):
-            best = v
-    return best
+            if v is not None and (best is None or v > best):
+                best = v
+        if best is not None:
+            return best
+    return None
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,6 @@ import duckdb
 from calib.engine.result import CalibrationResult, clean_json
 from calib.errors import StoreError
 from calib.policy import PolicyOutcome
-from calib.store.applied import write_applied
 from calib.store.connection import connect
 
 RUN_COLUMNS: tuple[str, ...] = (
@@ -78,26 +77,18 @@ def insert_run(con: duckdb.DuckDBPyConnection, row: dict[str, Any]) -> None:
     con.execute(f"INSERT INTO calibration_runs ({cols}) VALUES ({marks})", [row[c] for c in RUN_COLUMNS])
 
 
-def record_run(db_path: Path | str, result: CalibrationResult, outcome: PolicyOutcome | None = None) -> datetime | None:
-    """Insert the run; when the policy applies it, write applied_multipliers in the same transaction.
+def record_run(db_path: Path | str, result: CalibrationResult) -> None:
+    """Insert one run that is never applied (auto-calibrate) in one transaction.
 
-    Harvested runs are always recorded with applied = false and never touch
-    the applied state. Returns `applied_at` when the run was applied.
+    Live runs, whose policy decision may write `applied_multipliers`, go through
+    `calib.live.record_live_run`, which decides and writes in one transaction.
     """
-    if result.source != "live" and outcome is not None and outcome.apply:
-        raise StoreError("harvested runs never change applied multipliers")
-    applying = outcome is not None and outcome.apply and result.source == "live"
-    applied_at = datetime.now(UTC) if applying else None
-    row = run_row(result, outcome, applied_at)
+    row = run_row(result, None, None)
     with connect(db_path, read_only=False) as con:
         con.execute("BEGIN TRANSACTION")
         try:
             insert_run(con, row)
-            if applying and outcome is not None and outcome.smoothed_multiplier is not None:
-                write_applied(con, result.underlying, outcome.smoothed_multiplier, outcome.smoothed_bands,
-                              run_id=result.run_id, at=applied_at, reason=outcome.reason)  # type: ignore[arg-type]
             con.execute("COMMIT")
         except Exception as e:
             con.execute("ROLLBACK")
             raise StoreError(f"could not record run {result.run_id}: {e}") from e
-    return applied_at

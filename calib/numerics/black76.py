@@ -7,9 +7,8 @@ All kernels take broadcastable float64 arrays in the same argument order
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import ndtr
-
 from calib._typing import BoolArray, FloatArray
+from calib.numerics.normal import norm_cdf
 
 _INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
 
@@ -56,12 +55,12 @@ def black76_price_coin(
         np.asarray(is_call, dtype=bool),
     )
     k_rel = k / f
+    omega = np.where(c, 1.0, -1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         d1, d2, total_vol = _d1_d2(f, k, t, v)
-        call = ndtr(d1) - k_rel * ndtr(d2)
-        put = k_rel * ndtr(-d2) - ndtr(-d1)
-    price = np.where(c, call, put)
-    intrinsic = np.where(c, np.maximum(1.0 - k_rel, 0.0), np.maximum(k_rel - 1.0, 0.0))
+        # One formula for both types (two CDFs, not four): w (N(w d1) - k N(w d2)), w = +1 call, -1 put.
+        price = omega * (norm_cdf(omega * d1) - k_rel * norm_cdf(omega * d2))
+    intrinsic = np.maximum(omega * (1.0 - k_rel), 0.0)
     return np.asarray(np.where(total_vol > 0, np.maximum(price, 0.0), intrinsic), dtype=np.float64)
 
 

@@ -12,9 +12,8 @@ iterated (the active set shrinks), so cost follows the hard quotes only.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import ndtr
-
 from calib._typing import BoolArray, FloatArray
+from calib.numerics.normal import norm_cdf
 
 _INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
 MAX_TOTAL_VOL = 12.0  # sigma sqrt(T) above this is not a price anyone quotes
@@ -38,7 +37,7 @@ def _otm_call(x: FloatArray, s: FloatArray) -> tuple[FloatArray, FloatArray]:
     """Normalized OTM call price C(x, s) = N(d1) - e^x N(d2) (x = ln(K/F) >= 0) and dC/ds."""
     d1 = -x / s + 0.5 * s
     d2 = d1 - s
-    price = ndtr(d1) - np.exp(x) * ndtr(d2)
+    price = norm_cdf(d1) - np.exp(x) * norm_cdf(d2)
     vega = _INV_SQRT_2PI * np.exp(-0.5 * d1 * d1)
     return price, vega
 

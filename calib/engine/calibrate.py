@@ -18,9 +18,16 @@ from calib._typing import FloatArray
 from calib.config import Band, CalibrationConfig
 from calib.engine.fit import MultiplierFit, fit_multiplier
 from calib.engine.metrics import EMPTY, MetricSums, quote_errors
-from calib.engine.model import QuoteArrays, skew_ratio, standardized_moneyness
+from calib.engine.model import ModelInputs, QuoteArrays, model_inputs, skew_ratio
 from calib.engine.result import BandMetrics, GlobalMetrics, OptionTypeMetrics
-from calib.engine.skew import SkewFit, _hat_weights, fit_skew, solve_skew_ratios
+from calib.engine.skew import (
+    SkewFit,
+    _hat_weights,
+    fit_skew,
+    hat_curve,
+    nearest_anchor_counts,
+    solve_skew_ratios,
+)
 from calib.errors import ConvergenceWarning
 
 JOINT_FIT_SAMPLE = 100_000
@@ -93,13 +100,15 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
     bounds = config.multiplier_bounds
     m_tested = config.tested_multiplier
 
-    g = q.subset(_in_global(q, config))
-    fit = fit_multiplier(g, anchors_z=anchors, ratios=current, bounds=bounds, start=m_tested)
+    g_idx = np.flatnonzero(_in_global(q, config))
+    g = _take(q, g_idx)
+    g_in = model_inputs(g)
+    fit = fit_multiplier(g_in, anchors_z=anchors, ratios=current, bounds=bounds, start=m_tested)
     fit_current_skew = fit
     ratios = current
     skew: SkewFit | None = None
     if config.fit_skew and fit.multiplier is not None:
-        fit, skew = _joint_fit(g, fit, anchors, current, bounds)
+        fit, skew = _joint_fit(g, g_in, fit, anchors, current, bounds)
         ratios = np.asarray(skew.recommended, dtype=np.float64)
     t_fit = time.perf_counter()
     m_rec = fit.multiplier
@@ -108,7 +117,7 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
         idx = np.flatnonzero((q.dte_days >= band.dte_min) & (q.dte_days < band.dte_max))
         if idx.size > JOINT_FIT_SAMPLE:  # same deterministic sampling as the joint fit
             idx = idx[_stride_mask(idx.size, JOINT_FIT_SAMPLE)]
-        bq = _take(q, idx)
+        bq = model_inputs(q, idx)
         rec = fit_multiplier(bq, anchors_z=anchors, ratios=ratios, bounds=bounds, start=m_rec or m_tested)
         if ratios is current:
             return rec, rec
@@ -200,40 +209,51 @@ def _score_part(q: QuoteArrays, fit: EngineFit, config: CalibrationConfig, *, bl
     bands = config.bands
     band_m = [f.multiplier for f in fit.band_fits]
     disjoint = all(a.dte_max <= b.dte_min for a, b in pairwise(sorted(bands, key=lambda b: b.dte_min)))
+    g_mask = _in_global(q, config)
+    types = config.option_types
     for i in range(0, len(q), block):
         qb = _slice(q, i, i + block)
+        mb = model_inputs(qb)
         in_b = [(qb.dte_days >= b.dte_min) & (qb.dte_days < b.dte_max) for b in bands]
-        err_tested = quote_errors(qb, m_tested, anchors, current)
-        out.tested.add(err_tested, qb.vega_coin, [_in_global(qb, config)])
-        out.band_tested.add(err_tested, qb.vega_coin, in_b)
+        err_tested = quote_errors(mb, m_tested, anchors, current)
+        out.tested.add(err_tested, mb.vega_coin, [g_mask[i:i + block]])
+        out.band_tested.add(err_tested, mb.vega_coin, in_b)
         if disjoint:  # one pricing pass: each quote at its own band's multiplier
             m_quote = np.full(len(qb), m_tested)
             for mask, m in zip(in_b, band_m, strict=True):
                 if m is not None:
                     m_quote[mask] = m
             # Bands without a multiplier are summed at the tested one but never reported.
-            out.band_recommended.add(quote_errors(qb, m_quote, anchors, fit.ratios), qb.vega_coin, in_b)
+            out.band_recommended.add(quote_errors(mb, m_quote, anchors, fit.ratios), mb.vega_coin, in_b)
         else:
             for b, (mask, m) in enumerate(zip(in_b, band_m, strict=True)):
                 if m is not None and mask.any():
-                    bq = qb.subset(mask)
+                    bq = mb.take(np.flatnonzero(mask))
                     masks: list[np.ndarray | None] = [np.zeros(len(bq), bool)] * len(bands)
                     masks[b] = np.ones(len(bq), bool)
                     out.band_recommended.add(quote_errors(bq, m, anchors, fit.ratios), bq.vega_coin, masks)
-    idx_g = np.flatnonzero(_in_global(q, config))
-    types = config.option_types
-    for i in range(0, idx_g.size, block):
-        gq = _take(q, idx_g[i:i + block])
-        out.snapshots_us.append(np.unique(gq.snapshot_us))
+        gi = np.flatnonzero(g_mask[i:i + block])
+        if gi.size == 0:
+            continue
+        out.snapshots_us.append(_distinct(qb.snapshot_us.take(gi)))
         if m_rec is None:
             continue
-        err_rec = quote_errors(gq, m_rec, anchors, fit.ratios)
-        out.at_recommended.add(err_rec, gq.vega_coin)
-        out.by_type.add(err_rec, gq.vega_coin, [gq.is_call if t == "C" else ~gq.is_call for t in types])
+        gm = mb.take(gi)
+        err_rec = quote_errors(gm, m_rec, anchors, fit.ratios)
+        out.at_recommended.add(err_rec, gm.vega_coin)
+        call = gm.omega > 0
+        out.by_type.add(err_rec, gm.vega_coin, [call if t == "C" else ~call for t in types])
         if fit.skew is not None:
-            left, frac = _hat_weights(standardized_moneyness(gq, m_rec), anchors)
-            out.anchor_counts += np.bincount(np.where(frac < 0.5, left, left + 1), minlength=anchors.size)
+            left, frac = _hat_weights(gm.z1 / m_rec, anchors)
+            out.anchor_counts += nearest_anchor_counts(left, frac, anchors.size)
     return out
+
+
+def _distinct(us: np.ndarray) -> np.ndarray:
+    """Distinct values of `us`; quotes come grouped by snapshot, so dedupe runs first (cheap) and sort the rest."""
+    if us.size == 0:
+        return us
+    return np.unique(us[np.r_[True, us[1:] != us[:-1]]])
 
 
 def assemble_engine(fit: EngineFit, scores: EngineScores, config: CalibrationConfig, *,
@@ -291,16 +311,19 @@ def _slice(q: QuoteArrays, start: int, stop: int) -> QuoteArrays:
     return QuoteArrays(*(getattr(q, f)[start:stop] for f in q.__dataclass_fields__))
 
 
-def _profile_objective(g: QuoteArrays, anchors: np.ndarray, current: np.ndarray, m: float) -> tuple[float, np.ndarray]:
+def _profile_objective(g: ModelInputs, iv_over_rv: FloatArray, anchors: np.ndarray, current: np.ndarray,
+                       m: float) -> tuple[float, np.ndarray]:
     """J(m) = min over skew of sum v (RV m skew(z(m)) - IV)^2, and that skew."""
-    z = standardized_moneyness(g, m)
-    base = g.rv * m
-    ratios, *_ = solve_skew_ratios(z, g.iv / base, g.vega_coin, anchors, current)
-    resid = base * skew_ratio(z, anchors, ratios) - g.iv
+    hat = _hat_weights(g.z1 / m, anchors)
+    ratios, *_ = solve_skew_ratios(np.empty(0), iv_over_rv / m, g.vega_coin, anchors, current, hat=hat,
+                                   with_counts=False)
+    resid = hat_curve(hat, ratios)
+    resid *= g.rv * m
+    resid -= g.iv
     return float(np.dot(g.vega_coin, resid * resid)), ratios
 
 
-def _joint_fit(g: QuoteArrays, fit: MultiplierFit, anchors: np.ndarray, current: np.ndarray,
+def _joint_fit(g: QuoteArrays, g_in: ModelInputs, fit: MultiplierFit, anchors: np.ndarray, current: np.ndarray,
                bounds: tuple[float, float]) -> tuple[MultiplierFit, SkewFit]:
     """Multiplier and skew that fit together: minimize the profile J(m) over m.
 
@@ -318,15 +341,18 @@ def _joint_fit(g: QuoteArrays, fit: MultiplierFit, anchors: np.ndarray, current:
     """
     lo, hi = bounds
     m_cs = float(fit.multiplier)  # type: ignore[arg-type]
-    sample = g if len(g) <= JOINT_FIT_SAMPLE else g.subset(_stride_mask(len(g), JOINT_FIT_SAMPLE))
+    sample = g_in if len(g_in) <= JOINT_FIT_SAMPLE else g_in.take(
+        np.flatnonzero(_stride_mask(len(g_in), JOINT_FIT_SAMPLE)))
+    iv_over_rv = sample.iv / sample.rv
     a, b = max(lo, m_cs / 2), min(hi, m_cs * 2)
     if b - a > 1e-9:
-        m_star = minimize_bounded(lambda m: _profile_objective(sample, anchors, current, m)[0], a, b, xatol=1e-10)
+        m_star = minimize_bounded(lambda m: _profile_objective(sample, iv_over_rv, anchors, current, m)[0], a, b,
+                                  xatol=1e-10)
     else:
         m_star = m_cs
     at_bound = m_star <= lo * (1 + 1e-6) or m_star >= hi * (1 - 1e-6)
     joint = MultiplierFit(multiplier=m_star, unclipped=m_star, at_bound=at_bound or fit.at_bound, iterations=0)
-    return joint, fit_skew(g, m_star, anchors_z=anchors, current=current)
+    return joint, fit_skew(g, m_star, anchors_z=anchors, current=current, inputs=g_in)
 
 
 def minimize_bounded(func: Callable[[float], float], lo: float, hi: float, *, xatol: float = 1e-5,

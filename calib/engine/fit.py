@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from calib._typing import FloatArray
-from calib.engine.model import QuoteArrays, skew_ratio, standardized_moneyness
+from calib.engine.model import ModelInputs, QuoteArrays, as_model_inputs, skew_ratio
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -19,7 +19,7 @@ class MultiplierFit:
 
 
 def fit_multiplier(
-    q: QuoteArrays,
+    q: QuoteArrays | ModelInputs,
     *,
     anchors_z: FloatArray,
     ratios: FloatArray,
@@ -43,15 +43,18 @@ def fit_multiplier(
     """
     if len(q) == 0:
         return MultiplierFit(multiplier=None, unclipped=None, at_bound=False, iterations=0)
+    mi = as_model_inputs(q)
     lo, hi = bounds
     m = float(np.clip(start, lo, hi))
     raw = m
     for it in range(1, max_iter + 1):
-        b = q.rv * skew_ratio(standardized_moneyness(q, m), anchors_z, ratios)
-        den = float(np.dot(q.vega_coin, b * b))
+        b = skew_ratio(mi.z1 / m, anchors_z, ratios)
+        b *= mi.rv
+        vb = mi.vega_coin * b
+        den = float(np.dot(vb, b))
         if not den > 0:
             return MultiplierFit(multiplier=None, unclipped=None, at_bound=False, iterations=it)
-        raw = float(np.dot(q.vega_coin, b * q.iv)) / den
+        raw = float(np.dot(vb, mi.iv)) / den
         m_new = float(np.clip(raw, lo, hi))
         if abs(m_new - m) <= tol * max(1.0, m):
             m = m_new

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from calib._typing import FloatArray
-from calib.engine.model import QuoteArrays, model_price_coin, model_sigma
+from calib.engine.model import ModelInputs, QuoteArrays, as_model_inputs, model_sigma_price
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,16 +41,15 @@ class QuoteErrors:
     err_vol_points: FloatArray
 
 
-def quote_errors(q: QuoteArrays, multiplier: float | FloatArray, anchors_z: FloatArray,
+def quote_errors(q: QuoteArrays | ModelInputs, multiplier: float | FloatArray, anchors_z: FloatArray,
                  ratios: FloatArray) -> QuoteErrors:
     """err_pct = (model - mark)/mark x 100; err_vol_points = (sigma_model - IV) x 100."""
-    sigma = model_sigma(q, multiplier, anchors_z, ratios)
-    price = model_price_coin(q, sigma)
-    return QuoteErrors(
-        sigma=sigma,
-        err_pct=(price - q.mark_coin) / q.mark_coin * 100.0,
-        err_vol_points=(sigma - q.iv) * 100.0,
-    )
+    mi = as_model_inputs(q)
+    sigma, price = model_sigma_price(mi, multiplier, anchors_z, ratios)
+    price -= mi.mark_coin
+    price /= mi.mark_coin
+    price *= 100.0
+    return QuoteErrors(sigma=sigma, err_pct=price, err_vol_points=(sigma - mi.iv) * 100.0)
 
 
 def summarize(errors: QuoteErrors, vega: FloatArray, mask: np.ndarray | None = None) -> ErrorMetrics:

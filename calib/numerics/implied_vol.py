@@ -12,6 +12,7 @@ iterated (the active set shrinks), so cost follows the hard quotes only.
 from __future__ import annotations
 
 import numpy as np
+
 from calib._typing import BoolArray, FloatArray
 from calib.numerics.normal import norm_cdf
 

@@ -39,7 +39,7 @@ from calib.data.quality import (
     check_schema,
     check_units,
     grade,
-    row_reason_expr,
+    row_reason_code_expr,
 )
 from calib.data.reader import (
     TS_TYPE,
@@ -74,6 +74,7 @@ CHUNKED_THRESHOLD_ROWS = 20_000_000  # quote rows (Parquet footers) above which 
 # Row exclusion reasons as codes (quality.py's order); USABLE marks rows without one.
 ROW_REASONS: tuple[str, ...] = tuple(dict.fromkeys((*INVALID_REASONS, *FILTER_REASONS)))
 USABLE = 255
+_REASON_CODES = {r: i for i, r in enumerate(ROW_REASONS)}
 UNIT_CHECK_SAMPLE = 16_384  # values per chunk behind the unit check's medians
 KERNEL_BLOCK = 1 << 17  # quotes per vega / IV kernel call: small temporaries, no fresh-memory faults
 
@@ -613,15 +614,13 @@ def quote_frame(quotes: pl.LazyFrame, config: CalibrationConfig, *, has_mark_iv:
     k_rel = pl.col("strike") / pl.col("underlying_price")
     is_call = pl.col("option_type") == "C"
     intrinsic = pl.when(is_call).then((1 - k_rel).clip(lower_bound=0)).otherwise((k_rel - 1).clip(lower_bound=0))
-    reason = row_reason_expr(has_mark_iv=has_mark_iv, option_types=tuple(config.option_types),
-                             dte_max_read=dte_max_read, min_tick_coin=config.min_tick_coin, th=config.quality)
-    # Reasons as small integer codes (255 = usable): counting is a bincount, not a group-by.
-    code = pl.col("exclude_reason").cast(pl.Enum(ROW_REASONS)).to_physical().cast(pl.UInt8).fill_null(USABLE)
+    code = row_reason_code_expr(has_mark_iv=has_mark_iv, option_types=tuple(config.option_types),
+                                dte_max_read=dte_max_read, min_tick_coin=config.min_tick_coin, th=config.quality,
+                                codes=_REASON_CODES, usable=USABLE)
     return (
         quotes.with_columns(t_years.alias("t_years"), is_call.alias("is_call"))
         .with_columns((pl.col("t_years") * DAYS_PER_YEAR).alias("dte_days"), intrinsic.alias("intrinsic_coin"))
-        .with_columns(reason)
-        .select(pl.col("snapshot_ts").dt.epoch("us").alias("snapshot_us"), code.alias("reason_code"),
+        .select(pl.col("snapshot_ts").dt.epoch("us").alias("snapshot_us"), code,
                 *_engine_columns(has_mark_iv), *([] if has_mark_iv else [pl.col("mark_iv")]))
     )
 

@@ -8,6 +8,8 @@ reason (the first that applies, in a fixed order), so counts add up.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -88,18 +90,25 @@ FILTER_REASONS: tuple[str, ...] = (
 )
 
 
-def row_reason_expr(
+def row_reason_code_expr(
     *,
     has_mark_iv: bool,
     option_types: tuple[str, ...],
     dte_max_read: float,
     min_tick_coin: float,
     th: QualityThresholds,
+    codes: Mapping[str, int],
+    usable: int = 255,
 ) -> pl.Expr:
-    """One exclusion reason per row (null = usable) from the normalized quote columns.
+    """One exclusion reason per row as a UInt8 code (`codes[reason]`; `usable` = no reason).
 
     Expects columns mark_price, underlying_price, strike, expiry_ts, option_type,
     mark_iv, bid_price, ask_price, t_years, dte_days, intrinsic_coin.
+
+    The first rule that holds names the row's reason. Rather than a nested
+    when/then chain of strings (~70% of the scan's time), each rule gives
+    ``rank << 4 | code`` where it holds (255 elsewhere), the row-wise minimum
+    picks the first rule by rank, and ``& 15`` recovers the code.
     """
     mark = pl.col("mark_price")
     fwd = pl.col("underlying_price")
@@ -108,34 +117,28 @@ def row_reason_expr(
     if has_mark_iv:
         missing = missing | iv.is_null() | iv.is_nan()
     crossed = (pl.col("bid_price") > 0) & (pl.col("ask_price") > 0) & (pl.col("bid_price") > pl.col("ask_price"))
-    return (
-        pl.when(pl.col("expiry_ts").is_null() | pl.col("strike").is_null() | pl.col("option_type").is_null())
-        .then(pl.lit("unparsable_instrument"))
-        .when(missing)
-        .then(pl.lit("missing_value"))
-        .when((fwd <= 0) | (pl.col("strike") <= 0) | (mark < 0))
-        .then(pl.lit("non_positive"))
-        .when(pl.col("t_years") <= 0)
-        .then(pl.lit("expired"))
-        .when(pl.col("t_years") * (365.0 * 24.0) < th.min_hours_to_expiry)
-        .then(pl.lit("near_expiry"))
-        .when(~pl.col("option_type").is_in(list(option_types)))
-        .then(pl.lit("option_type_not_selected"))
-        .when(pl.col("dte_days") > dte_max_read)
-        .then(pl.lit("outside_dte_range"))
-        .when(mark == 0)
-        .then(pl.lit("zero_mark"))
-        .when(mark <= min_tick_coin * (1 + 1e-9))
-        .then(pl.lit("min_tick"))
-        .when(has_mark_iv & ((iv < th.min_iv_pct) | (iv > th.max_iv_pct)))
-        .then(pl.lit("iv_out_of_range"))
-        .when(mark < pl.col("intrinsic_coin") - min_tick_coin)
-        .then(pl.lit("below_intrinsic"))
-        .when(crossed)
-        .then(pl.lit("crossed_book"))
-        .otherwise(pl.lit(None, dtype=pl.String))
-        .alias("exclude_reason")
-    )
+    rules: list[tuple[str, pl.Expr]] = [
+        ("unparsable_instrument", pl.col("expiry_ts").is_null() | pl.col("strike").is_null()
+         | pl.col("option_type").is_null()),
+        ("missing_value", missing),
+        ("non_positive", (fwd <= 0) | (pl.col("strike") <= 0) | (mark < 0)),
+        ("expired", pl.col("t_years") <= 0),
+        ("near_expiry", pl.col("t_years") * (365.0 * 24.0) < th.min_hours_to_expiry),
+        ("option_type_not_selected", ~pl.col("option_type").is_in(list(option_types))),
+        ("outside_dte_range", pl.col("dte_days") > dte_max_read),
+        ("zero_mark", mark == 0),
+        ("min_tick", mark <= min_tick_coin * (1 + 1e-9)),
+        *([("iv_out_of_range", (iv < th.min_iv_pct) | (iv > th.max_iv_pct))] if has_mark_iv else []),
+        ("below_intrinsic", mark < pl.col("intrinsic_coin") - min_tick_coin),
+        ("crossed_book", crossed),
+    ]
+    if len(rules) > 15 or any(not 0 <= codes[r] < 16 for r, _ in rules):
+        raise ValueError("row_reason_code_expr packs rank and code into one byte: at most 15 rules and 16 codes")
+    # A null test (e.g. a comparison with a null bid) does not hold, as in when/then.
+    ranked = [pl.when(cond.fill_null(False)).then(pl.lit((rank << 4) | codes[reason], dtype=pl.UInt8))
+              .otherwise(pl.lit(255, dtype=pl.UInt8)) for rank, (reason, cond) in enumerate(rules)]
+    first = pl.min_horizontal(ranked)
+    return pl.when(first == 255).then(pl.lit(usable, dtype=pl.UInt8)).otherwise(first & 15).alias("reason_code")
 
 
 def check_schema(columns_present: frozenset[str], missing_somewhere: frozenset[str]) -> list[DataQualityIssue]:

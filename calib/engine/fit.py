@@ -35,8 +35,8 @@ def fit_multiplier(
     With ``b_i = RV_i skew(z_i)`` fixed, the optimum is the closed form
     ``m = sum v b IV / sum v b^2`` (sufficient statistics: two sums, so the fit
     reduces partition by partition). ``z`` depends on ``m`` through the model's
-    own standardization, so the closed form is iterated to a fixed point
-    (2-4 iterations in practice; skew is flat near the money). Weights ``v`` are
+    own standardization, so the closed form is iterated to a fixed point,
+    accelerated by Steffensen steps. Weights ``v`` are
     Black-76 vegas at the market IV, which makes the vol error a first-order
     proxy for the price error. The result is clipped to ``bounds``; ``at_bound``
     says the unconstrained optimum lies on or beyond a bound.
@@ -45,20 +45,41 @@ def fit_multiplier(
         return MultiplierFit(multiplier=None, unclipped=None, at_bound=False, iterations=0)
     mi = as_model_inputs(q)
     lo, hi = bounds
-    m = float(np.clip(start, lo, hi))
-    raw = m
-    for it in range(1, max_iter + 1):
+
+    def closed_form(m: float) -> float | None:
+        """``sum v b IV / sum v b^2`` with b at z(m); None when the denominator vanishes."""
         b = skew_ratio(mi.z1 / m, anchors_z, ratios)
         b *= mi.rv
         vb = mi.vega_coin * b
         den = float(np.dot(vb, b))
-        if not den > 0:
+        return float(np.dot(vb, mi.iv)) / den if den > 0 else None
+
+    # Fixed-point iteration with Steffensen (Aitken delta-squared) steps: two plain
+    # steps, then the extrapolated point. The plain iteration contracts by ~10x per
+    # step (10 steps to 1e-10); accelerated, ~5 evaluations reach the same point.
+    m = float(np.clip(start, lo, hi))
+    raw = m
+    history: list[float] = []
+    it = 0
+    while it < max_iter:
+        it += 1
+        r = closed_form(m)
+        if r is None:
             return MultiplierFit(multiplier=None, unclipped=None, at_bound=False, iterations=it)
-        raw = float(np.dot(vb, mi.iv)) / den
+        raw = r
         m_new = float(np.clip(raw, lo, hi))
         if abs(m_new - m) <= tol * max(1.0, m):
             m = m_new
             break
+        history.append(m)
         m = m_new
+        if len(history) == 2:  # m0, m1 = history, m2 = m: extrapolate when it stays inside the bounds
+            m0, m1 = history
+            denom = m - 2.0 * m1 + m0
+            if denom != 0.0:
+                acc = m0 - (m1 - m0) ** 2 / denom
+                if lo < acc < hi and abs(acc - m) < abs(m1 - m0):
+                    m = acc
+            history.clear()
     at_bound = raw <= lo * (1 + 1e-9) or raw >= hi * (1 - 1e-9)
     return MultiplierFit(multiplier=m, unclipped=raw, at_bound=at_bound, iterations=it)

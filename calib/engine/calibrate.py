@@ -101,14 +101,14 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
     m_tested = config.tested_multiplier
 
     g_idx = np.flatnonzero(_in_global(q, config))
-    g = _take(q, g_idx)
-    g_in = model_inputs(g)
+    g_in = model_inputs(q, g_idx)
+    g_snap = q.snapshot_us.take(g_idx)
     fit = fit_multiplier(g_in, anchors_z=anchors, ratios=current, bounds=bounds, start=m_tested)
     fit_current_skew = fit
     ratios = current
     skew: SkewFit | None = None
     if config.fit_skew and fit.multiplier is not None:
-        fit, skew = _joint_fit(g, g_in, fit, anchors, current, bounds)
+        fit, skew = _joint_fit(g_in, g_snap, fit, anchors, current, bounds)
         ratios = np.asarray(skew.recommended, dtype=np.float64)
     t_fit = time.perf_counter()
     m_rec = fit.multiplier
@@ -126,7 +126,7 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
     both = _parallel_map(band_fit, config.bands, parallel=len(q) >= PARALLEL_MIN_QUOTES)
     band_fits = [b[0] for b in both]
     band_fits_cs = tuple(b[1] for b in both)
-    rv_now, atm_iv = _rv_and_atm(g, m_rec or m_tested)
+    rv_now, atm_iv = _rv_and_atm(g_in, g_snap, m_rec or m_tested)
     surface = None
     if config.emit_recommended_vol_surface and m_rec is not None and rv_now is not None:
         band_mult = {b.name: f.multiplier for b, f in zip(config.bands, band_fits, strict=True)}
@@ -323,7 +323,7 @@ def _profile_objective(g: ModelInputs, iv_over_rv: FloatArray, anchors: np.ndarr
     return float(np.dot(g.vega_coin, resid * resid)), ratios
 
 
-def _joint_fit(g: QuoteArrays, g_in: ModelInputs, fit: MultiplierFit, anchors: np.ndarray, current: np.ndarray,
+def _joint_fit(g_in: ModelInputs, g_snap: np.ndarray, fit: MultiplierFit, anchors: np.ndarray, current: np.ndarray,
                bounds: tuple[float, float]) -> tuple[MultiplierFit, SkewFit]:
     """Multiplier and skew that fit together: minimize the profile J(m) over m.
 
@@ -352,7 +352,7 @@ def _joint_fit(g: QuoteArrays, g_in: ModelInputs, fit: MultiplierFit, anchors: n
         m_star = m_cs
     at_bound = m_star <= lo * (1 + 1e-6) or m_star >= hi * (1 - 1e-6)
     joint = MultiplierFit(multiplier=m_star, unclipped=m_star, at_bound=at_bound or fit.at_bound, iterations=0)
-    return joint, fit_skew(g, m_star, anchors_z=anchors, current=current, inputs=g_in)
+    return joint, fit_skew(g_in, m_star, anchors_z=anchors, current=current, snapshot_us=g_snap)
 
 
 def minimize_bounded(func: Callable[[float], float], lo: float, hi: float, *, xatol: float = 1e-5,
@@ -442,13 +442,13 @@ def _stride_mask(n: int, k: int) -> np.ndarray:
     return keep
 
 
-def _rv_and_atm(g: QuoteArrays, m: float) -> tuple[float | None, float | None]:
+def _rv_and_atm(g: ModelInputs, snapshot_us: np.ndarray, m: float) -> tuple[float | None, float | None]:
     """RV_7d at the newest snapshot and the vega-weighted market IV near the money there."""
     if len(g) == 0:
         return None, None
-    newest = g.snapshot_us == g.snapshot_us.max()
+    newest = snapshot_us == snapshot_us.max()
     rv_now = float(np.median(g.rv[newest])) * 100
-    k = np.abs(g.log_moneyness[newest]) / (g.rv[newest] * m * np.sqrt(g.t_years[newest]))
+    k = np.abs(g.z1[newest]) / m  # |ln K/F| / (RV m sqrt T)
     near = k <= 0.25
     if not near.any():
         near = k <= np.min(k) * 1.5 + 1e-12

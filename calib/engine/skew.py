@@ -58,8 +58,8 @@ def nearest_anchor_counts(left: np.ndarray, frac: FloatArray, size: int) -> np.n
 
 
 def fit_skew(
-    q: QuoteArrays, multiplier: float, *, anchors_z: FloatArray, current: FloatArray, smile_bin: float = 0.25,
-    inputs: ModelInputs | None = None,
+    q: QuoteArrays | ModelInputs, multiplier: float, *, anchors_z: FloatArray, current: FloatArray,
+    snapshot_us: np.ndarray | None = None, smile_bin: float = 0.25,
 ) -> SkewFit:
     """Weighted least squares of the piecewise-linear ratio curve on observed IV / (RV m).
 
@@ -69,8 +69,8 @@ def fit_skew(
     is linear in its anchor values (hat basis), so the fit is a small
     ``A x A`` normal-equation solve built from weighted sums; the ATM anchor
     is held at 1.0 (the multiplier carries the level). Weights are vegas.
-    Anchors with (almost) no weight keep their current ratio. `inputs`, when
-    given, are `model_inputs(q)` already computed by the caller.
+    Anchors with (almost) no weight keep their current ratio. With
+    `ModelInputs`, `snapshot_us` gives the quotes' snapshots (for the smile).
     """
     a = anchors_z.size
     atm = int(np.flatnonzero(anchors_z == 0.0)[0])
@@ -78,7 +78,10 @@ def fit_skew(
         return SkewFit(anchors=tuple(anchors_z.tolist()), current=tuple(current.tolist()),
                        recommended=tuple(current.tolist()), n_per_anchor=(0,) * a, misfit=None,
                        max_abs_diff=None, largest_diff_anchor=None, smile=_empty_smile())
-    mi = as_model_inputs(q) if inputs is None else inputs
+    mi = as_model_inputs(q)
+    snaps = q.snapshot_us if isinstance(q, QuoteArrays) else snapshot_us
+    if snaps is None:
+        raise ValueError("fit_skew: ModelInputs need `snapshot_us`")
     z = mi.z1 / multiplier
     ratio = mi.iv / (mi.rv * multiplier)
     rec, _support, counts, free = solve_skew_ratios(z, ratio, mi.vega_coin, anchors_z, current)
@@ -92,7 +95,7 @@ def fit_skew(
         misfit = float(np.sqrt(np.mean(diff[has_data] ** 2)))
         k = int(np.flatnonzero(has_data)[np.argmax(d)])
         max_abs, largest = float(d.max()), float(anchors_z[k])
-    smile = _smile(z, q, multiplier, anchors_z, current, rec, smile_bin)
+    smile = _smile(z, mi, snaps, multiplier, anchors_z, current, rec, smile_bin)
     return SkewFit(anchors=tuple(anchors_z.tolist()), current=tuple(current.tolist()),
                    recommended=tuple(float(x) for x in rec), n_per_anchor=tuple(int(c) for c in counts),
                    misfit=misfit, max_abs_diff=max_abs, largest_diff_anchor=largest, smile=smile)
@@ -154,10 +157,10 @@ def _empty_smile() -> dict[str, list[Any]]:
     return {"z": [], "n": [], "market_iv_pct": [], "model_iv_pct": [], "recommended_iv_pct": []}
 
 
-def _smile(z: FloatArray, q: QuoteArrays, m: float, anchors: FloatArray, current: FloatArray,
-           rec: FloatArray, width: float) -> dict[str, list[Any]]:
+def _smile(z: FloatArray, q: ModelInputs, snapshot_us: np.ndarray, m: float, anchors: FloatArray,
+           current: FloatArray, rec: FloatArray, width: float) -> dict[str, list[Any]]:
     """Market vs model IV by z bin, for the newest snapshot (all snapshots if it is thin)."""
-    newest = q.snapshot_us == q.snapshot_us.max()
+    newest = snapshot_us == snapshot_us.max()
     sel = newest if newest.sum() >= 20 else np.ones_like(newest)
     zs, iv, rv = z[sel], q.iv[sel], q.rv[sel]
     lo, hi = anchors[0] - width, anchors[-1] + width

@@ -663,12 +663,15 @@ def process_quote_frame(
         snap_all = frame["snapshot_us"].to_numpy()
         if snap_all.size:
             tally.snapshots_us.append(np.unique(snap_all[np.r_[True, snap_all[1:] != snap_all[:-1]]]))
-    usable = frame.filter(pl.col("reason_code") == USABLE).select("snapshot_us", *keep)
+    # The usable rows straight from the frame's buffers (zero-copy views where polars allows) into
+    # numpy arrays: no filtered polars frame in between, so one copy of the rows instead of two.
+    usable = frame["reason_code"].to_numpy() == USABLE
+    cols = {c: frame[c].to_numpy()[usable] for c in (*keep, "snapshot_us")}
     del frame
     timings["data_quality"] = timings.get("data_quality", 0.0) + time.perf_counter() - t
 
     t = time.perf_counter()
-    snap = usable["snapshot_us"].to_numpy()
+    snap = cols["snapshot_us"]
     idx, rv = lookup.find(snap)
     with np.errstate(invalid="ignore"):
         has_rv = rv > 0
@@ -677,8 +680,6 @@ def process_quote_frame(
         tally.excluded["no_rv"] = n_no_rv
     tally.span_days = lookup.span_days
     tally.span_counts = np.bincount(idx[has_rv], minlength=lookup.ts_us.size)
-    cols = {c: usable[c].to_numpy() for c in (*keep, "snapshot_us")}
-    del usable
     if n_no_rv:
         cols = {c: a[has_rv] for c, a in cols.items()}
         rv = rv[has_rv]

@@ -4,7 +4,8 @@ For each size (a lookback window of 5-minute BTC snapshots, ~800 live
 instruments, made by the demo generator and cached under `data/bench/`), a
 fresh worker process runs the `calib auto-calibrate --json` command in
 process (same code, same allocator settings, recording into a temporary
-DuckDB file) and reports the stage timings the result carries, the store
+history file created beforehand, as every run after a trader's first finds
+it) and reports the stage timings the result carries, the store
 time and its own peak RSS (`wait4` of that process only, so peaks never mix).
 Then `calib auto-calibrate` runs once more as a plain subprocess, timed end to
 end including interpreter start and imports.
@@ -257,10 +258,20 @@ def worker(data_dir: Path, window_days: float, db: Path) -> dict[str, Any]:
     }
 
 
+def _create_history(db: Path) -> None:
+    """An empty, migrated history file: runs record into an existing file, as every run after a trader's first."""
+    from calib.store.connection import connect
+
+    with connect(db, read_only=False):
+        pass
+
+
 def bench_size(size: str | float, data_dir: Path, *, cli: bool = True) -> BenchRow:
     """Run one size in a fresh worker process (and, with `cli`, once more as a plain CLI subprocess)."""
     window_days = parse_size(size)
     with tempfile.TemporaryDirectory(prefix="calib-bench-") as tmp:
+        for name in ("w.duckdb", "c.duckdb"):
+            _create_history(Path(tmp) / name)
         spec = json.dumps({"data_dir": str(data_dir), "window_days": window_days, "db": str(Path(tmp) / "w.duckdb")})
         code, out, err, _, rss = _run_measured([sys.executable, "-m", "calib.bench", "--worker", spec])
         if code != 0:

@@ -582,14 +582,27 @@ def iter_prepared(
     timings: dict[str, float] | None = None,
     count: bool = True,
 ) -> Iterator[tuple[QuoteTally, QuoteArrays]]:
-    """`prepare_quotes` over `chunks`, reading chunk i+1 while chunk i is processed.
+    """`prepare_quotes` over `chunks`, reading chunk i+1 while chunk i is processed (see `iter_frames`)."""
+    timings = timings if timings is not None else {}
+    for frame, rv in iter_frames(chunks, lookup, config, has_mark_iv=has_mark_iv, timings=timings):
+        yield process_quote_frame(frame, rv, config, has_mark_iv=has_mark_iv, timings=timings, count=count)
+
+
+def iter_frames(
+    chunks: Iterable[pl.LazyFrame],
+    lookup: Callable[[], RvLookup] | RvLookup,
+    config: CalibrationConfig,
+    *,
+    has_mark_iv: bool,
+    timings: dict[str, float],
+) -> Iterator[tuple[pl.DataFrame, RvLookup]]:
+    """Collected `quote_frame`s of `chunks` with the RV lookup, reading chunk i+1 while chunk i is used.
 
     Polars reads on its own threads, numpy works on this one, so the two
     overlap. `lookup` may be a callable, called once after the first read
     has started (so the index read overlaps it too). `timings["collect"]`
     counts only the time spent waiting for a read.
     """
-    timings = timings if timings is not None else {}
     it = iter(chunks)
     plan = [quote_frame(c, config, has_mark_iv=has_mark_iv) for c in itertools.islice(it, 1)]
     if not plan:
@@ -603,7 +616,7 @@ def iter_prepared(
             timings["collect"] = timings.get("collect", 0.0) + time.perf_counter() - t
             nxt = next(it, None)
             pending = None if nxt is None else pool.submit(quote_frame(nxt, config, has_mark_iv=has_mark_iv).collect)
-            yield process_quote_frame(frame, rv, config, has_mark_iv=has_mark_iv, timings=timings, count=count)
+            yield frame, rv
             del frame
 
 
@@ -618,7 +631,7 @@ def quote_frame(quotes: pl.LazyFrame, config: CalibrationConfig, *, has_mark_iv:
                                 dte_max_read=dte_max_read, min_tick_coin=config.min_tick_coin, th=config.quality,
                                 codes=_REASON_CODES, usable=USABLE)
     return (
-        quotes.with_columns(t_years.alias("t_years"), is_call.alias("is_call"))
+        quotes.with_columns(t_years.alias("t_years"), is_call.fill_null(False).alias("is_call"))
         .with_columns((pl.col("t_years") * DAYS_PER_YEAR).alias("dte_days"), intrinsic.alias("intrinsic_coin"))
         .select(pl.col("snapshot_ts").dt.epoch("us").alias("snapshot_us"), code,
                 *_engine_columns(has_mark_iv), *([] if has_mark_iv else [pl.col("mark_iv")]))
@@ -638,18 +651,22 @@ def process_quote_frame(
     has_mark_iv: bool,
     timings: dict[str, float] | None = None,
     count: bool = True,
+    out: dict[str, np.ndarray] | None = None,
+    offset: int = 0,
 ) -> tuple[QuoteTally, QuoteArrays]:
     """Counts, unit medians and snapshots of a collected `quote_frame`; the usable rows as arrays.
 
     With `count=False` (a second pass over data already counted) the tally
-    holds only the row count and the per-row exclusions found here.
+    holds only the row count and the per-row exclusions found here. With
+    `out` (arrays per `QuoteArrays` field, room for `frame.height` rows from
+    `offset`), the usable rows are written there and the result views them:
+    a window's rows land in their final place with one copy.
     """
     timings = timings if timings is not None else {}
     t = time.perf_counter()
-    keep = _engine_columns(has_mark_iv)
     tally = QuoteTally(rows=frame.height)
+    codes = frame["reason_code"].to_numpy()
     if count:
-        codes = frame["reason_code"].to_numpy()
         counts = np.bincount(codes, minlength=USABLE + 1)
         tally.excluded = {ROW_REASONS[i]: int(n) for i, n in enumerate(counts[:len(ROW_REASONS)]) if n}
         for name, target in (("mark_price", tally.mark_medians), ("mark_iv", tally.iv_medians)):
@@ -663,46 +680,70 @@ def process_quote_frame(
         snap_all = frame["snapshot_us"].to_numpy()
         if snap_all.size:
             tally.snapshots_us.append(np.unique(snap_all[np.r_[True, snap_all[1:] != snap_all[:-1]]]))
-    # The usable rows straight from the frame's buffers (zero-copy views where polars allows) into
-    # numpy arrays: no filtered polars frame in between, so one copy of the rows instead of two.
-    usable = frame["reason_code"].to_numpy() == USABLE
-    cols = {c: frame[c].to_numpy()[usable] for c in (*keep, "snapshot_us")}
+    # The usable rows go from the frame's buffers (zero-copy views where polars allows) straight into
+    # numpy arrays (or `out`): no filtered polars frame in between.
+    usable = codes == USABLE
+    m = int(np.count_nonzero(usable))
+    if out is None:
+        out = {f: np.empty(m, dtype=_DTYPES[f]) for f in _FIELDS}
+        offset = 0
+    dst = {f: out[f][offset:offset + m] for f in _FIELDS}
+    rows = np.flatnonzero(usable)
+    # mode="clip" writes into `out` directly (the default mode buffers a copy of `out`); the rows are in range.
+    for name, col in _FRAME_COLUMNS.items():
+        np.take(frame[col].to_numpy(), rows, out=dst[name], mode="clip")
+    if has_mark_iv:
+        np.take(frame["mark_iv"].to_numpy(), rows, out=dst["iv"], mode="clip")
+        dst["iv"] /= 100.0
     del frame
     timings["data_quality"] = timings.get("data_quality", 0.0) + time.perf_counter() - t
 
     t = time.perf_counter()
-    snap = cols["snapshot_us"]
-    idx, rv = lookup.find(snap)
+    idx, rv = lookup.find(dst["snapshot_us"])
     with np.errstate(invalid="ignore"):
         has_rv = rv > 0
-    n_no_rv = int(snap.size - np.count_nonzero(has_rv))
-    if n_no_rv:
-        tally.excluded["no_rv"] = n_no_rv
+    n_no_rv = int(m - np.count_nonzero(has_rv))
     tally.span_days = lookup.span_days
     tally.span_counts = np.bincount(idx[has_rv], minlength=lookup.ts_us.size)
-    if n_no_rv:
-        cols = {c: a[has_rv] for c, a in cols.items()}
+    if n_no_rv:  # rare: keep the rows with an RV, in place
+        tally.excluded["no_rv"] = n_no_rv
+        kept = m - n_no_rv
+        for name in _FIELDS:
+            dst[name][:kept] = dst[name][has_rv]
+            dst[name] = dst[name][:kept]
         rv = rv[has_rv]
+        m = kept
+    dst["rv"][:] = rv
     timings["rv"] = timings.get("rv", 0.0) + time.perf_counter() - t
 
     t = time.perf_counter()
-    f, k, t_y, c, mark = (cols[x] for x in ("underlying_price", "strike", "t_years", "is_call", "mark_price"))
-    if has_mark_iv:
-        iv = cols["mark_iv"] / 100.0
-    else:
-        iv = _blocked(lambda s: implied_vol(mark[s], f[s], k[s], t_y[s], c[s])[0], mark.size)
+    fwd, strike, t_y, call, mark = (dst[x] for x in ("forward_usd", "strike_usd", "t_years", "is_call", "mark_coin"))
+    iv = dst["iv"]
+    if not has_mark_iv:
+        _blocked(lambda s: implied_vol(mark[s], fwd[s], strike[s], t_y[s], call[s])[0], m, out=iv)
         tally.inverted = int(np.isfinite(iv).sum())
     ok = np.isfinite(iv) & (iv > 0)
     n_fail = int(ok.size - np.count_nonzero(ok))
     if n_fail:
         tally.excluded["iv_inversion_failed"] = n_fail
-    vega = _blocked(lambda s: black76_vega_coin(f[s], k[s], t_y[s], np.where(ok[s], iv[s], 0.0)), mark.size)
-    arrays = QuoteArrays(forward_usd=f, strike_usd=k, t_years=t_y, is_call=c, mark_coin=mark, iv=iv, rv=rv,
-                         vega_coin=vega, dte_days=cols["dte_days"], snapshot_us=cols["snapshot_us"])
+    _blocked(lambda s: black76_vega_coin(fwd[s], strike[s], t_y[s], np.where(ok[s], iv[s], 0.0)), m,
+             out=dst["vega_coin"])
+    arrays = QuoteArrays(**dst)
     if n_fail:
-        arrays = arrays.subset(ok)
+        arrays = _compact_in_place(arrays, ok)
     timings["pricing"] = timings.get("pricing", 0.0) + time.perf_counter() - t
     return tally, arrays
+
+
+def _compact_in_place(q: QuoteArrays, keep: np.ndarray) -> QuoteArrays:
+    """The rows of `q` where `keep`, moved to the front of the same arrays."""
+    k = int(np.count_nonzero(keep))
+    out = {}
+    for f in _FIELDS:
+        a = getattr(q, f)
+        a[:k] = a[keep]
+        out[f] = a[:k]
+    return QuoteArrays(**out)
 
 
 def prepare_window(
@@ -716,39 +757,44 @@ def prepare_window(
 ) -> tuple[QuoteTally, QuoteArrays]:
     """`prepare_quotes` chunk by chunk (e.g. one partition each) into one set of arrays.
 
-    Polars memory stays at one chunk; the usable rows go into arrays allocated
-    once for `capacity` rows (an upper bound, e.g. the footers' row count;
-    pages never written are never touched).
+    Polars memory stays at one chunk; the usable rows are written straight into
+    arrays allocated once for `capacity` rows (an upper bound, e.g. from the
+    files' sizes; pages never written are never touched, so a generous bound
+    costs address space, not memory).
     """
+    timings = timings if timings is not None else {}
     tally = QuoteTally()
-    buf: dict[str, np.ndarray] | None = None
+    buf: dict[str, np.ndarray] = {f: np.empty(max(capacity, 0), dtype=_DTYPES[f]) for f in _FIELDS}
     n = 0
-    for part, arrays in iter_prepared(chunks, lookup, config, has_mark_iv=has_mark_iv, timings=timings):
-        tally.merge(part)
-        m = len(arrays)
-        if buf is None:
-            buf = {f: np.empty(max(capacity, m), dtype=getattr(arrays, f).dtype) for f in _FIELDS}
-        elif n + m > buf["mark_coin"].size:  # capacity was too small: grow geometrically
-            size = max(2 * buf["mark_coin"].size, n + m)
+    for frame, rv in iter_frames(chunks, lookup, config, has_mark_iv=has_mark_iv, timings=timings):
+        if n + frame.height > buf["mark_coin"].size:  # capacity was too small: grow geometrically
+            size = max(2 * buf["mark_coin"].size, n + frame.height)
             grown = {f: np.empty(size, dtype=a.dtype) for f, a in buf.items()}
             for f, a in buf.items():
                 grown[f][:n] = a[:n]
             buf = grown
-        for f in _FIELDS:
-            buf[f][n:n + m] = getattr(arrays, f)
-        n += m
-    if buf is None:
-        return tally, QuoteArrays(*(np.empty(0, dtype=bool if f == "is_call" else np.int64 if f == "snapshot_us"
-                                             else np.float64) for f in _FIELDS))
+        part, arrays = process_quote_frame(frame, rv, config, has_mark_iv=has_mark_iv, timings=timings, out=buf,
+                                           offset=n)
+        del frame
+        tally.merge(part)
+        n += len(arrays)
     return tally, QuoteArrays(*(buf[f][:n] for f in _FIELDS))
 
 
 _FIELDS: tuple[str, ...] = tuple(QuoteArrays.__dataclass_fields__)
+_DTYPES: dict[str, type] = {f: bool if f == "is_call" else np.int64 if f == "snapshot_us" else np.float64
+                            for f in _FIELDS}
+# QuoteArrays fields copied from `quote_frame` columns as they are (iv, rv and vega are computed).
+_FRAME_COLUMNS: dict[str, str] = {
+    "forward_usd": "underlying_price", "strike_usd": "strike", "t_years": "t_years", "is_call": "is_call",
+    "mark_coin": "mark_price", "dte_days": "dte_days", "snapshot_us": "snapshot_us",
+}
 
 
-def _blocked(kernel: Callable[[slice], FloatArray], n: int, block: int = KERNEL_BLOCK) -> FloatArray:
-    """`kernel` over slices of `block` elements into one float64 array of length n."""
-    out = np.empty(n)
+def _blocked(kernel: Callable[[slice], FloatArray], n: int, block: int = KERNEL_BLOCK, *,
+             out: FloatArray | None = None) -> FloatArray:
+    """`kernel` over slices of `block` elements into one float64 array of length n (`out` if given)."""
+    out = np.empty(n) if out is None else out
     for i in range(0, n, block):
         s = slice(i, min(i + block, n))
         out[s] = kernel(s)

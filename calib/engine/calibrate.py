@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -100,39 +101,48 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
     bounds = config.multiplier_bounds
     m_tested = config.tested_multiplier
 
-    g_idx = np.flatnonzero(_in_global(q, config))
-    g_in = model_inputs(q, g_idx)
-    g_snap = q.snapshot_us.take(g_idx)
-    fit = fit_multiplier(g_in, anchors_z=anchors, ratios=current, bounds=bounds, start=m_tested)
-    fit_current_skew = fit
-    ratios = current
-    skew: SkewFit | None = None
-    if config.fit_skew and fit.multiplier is not None:
-        fit, skew = _joint_fit(g_in, g_snap, fit, anchors, current, bounds)
-        ratios = np.asarray(skew.recommended, dtype=np.float64)
-    t_fit = time.perf_counter()
-    m_rec = fit.multiplier
-
-    def band_fit(band: Band) -> tuple[MultiplierFit, MultiplierFit]:
+    def band_inputs(band: Band) -> ModelInputs:
         idx = np.flatnonzero((q.dte_days >= band.dte_min) & (q.dte_days < band.dte_max))
         if idx.size > JOINT_FIT_SAMPLE:  # same deterministic sampling as the joint fit
             idx = idx[_stride_mask(idx.size, JOINT_FIT_SAMPLE)]
-        bq = model_inputs(q, idx)
-        rec = fit_multiplier(bq, anchors_z=anchors, ratios=ratios, bounds=bounds, start=m_rec or m_tested)
-        if ratios is current:
-            return rec, rec
-        return rec, fit_multiplier(bq, anchors_z=anchors, ratios=current, bounds=bounds, start=m_tested)
+        return model_inputs(q, idx)
 
-    both = _parallel_map(band_fit, config.bands, parallel=len(q) >= PARALLEL_MIN_QUOTES)
-    band_fits = [b[0] for b in both]
-    band_fits_cs = tuple(b[1] for b in both)
+    def bands_current_skew() -> tuple[list[ModelInputs], list[MultiplierFit]]:
+        inputs = [band_inputs(b) for b in config.bands]
+        return inputs, [fit_multiplier(bi, anchors_z=anchors, ratios=current, bounds=bounds, start=m_tested)
+                        for bi in inputs]
+
+    # The band fits with the current skew do not depend on the joint fit: on a second
+    # thread they run while it does (numpy releases the GIL in its kernels).
+    parallel = len(q) >= PARALLEL_MIN_QUOTES and ENGINE_THREADS >= 2
+    with ThreadPoolExecutor(max_workers=1) if parallel else contextlib.nullcontext() as pool:
+        pending = pool.submit(bands_current_skew) if pool is not None else None
+        g_idx = np.flatnonzero(_in_global(q, config))
+        g_in = model_inputs(q, g_idx)
+        g_snap = q.snapshot_us.take(g_idx)
+        fit = fit_multiplier(g_in, anchors_z=anchors, ratios=current, bounds=bounds, start=m_tested)
+        fit_current_skew = fit
+        ratios = current
+        skew: SkewFit | None = None
+        if config.fit_skew and fit.multiplier is not None:
+            fit, skew = _joint_fit(g_in, g_snap, fit, anchors, current, bounds)
+            ratios = np.asarray(skew.recommended, dtype=np.float64)
+        t_fit = time.perf_counter()
+        b_inputs, band_fits_cs = pending.result() if pending is not None else bands_current_skew()
+    m_rec = fit.multiplier
+    if ratios is current:
+        band_fits = list(band_fits_cs)
+    else:
+        band_fits = _parallel_map(
+            lambda bi: fit_multiplier(bi, anchors_z=anchors, ratios=ratios, bounds=bounds, start=m_rec or m_tested),
+            b_inputs, parallel=parallel)
     rv_now, atm_iv = _rv_and_atm(g_in, g_snap, m_rec or m_tested)
     surface = None
     if config.emit_recommended_vol_surface and m_rec is not None and rv_now is not None:
         band_mult = {b.name: f.multiplier for b, f in zip(config.bands, band_fits, strict=True)}
         surface = recommended_surface(rv_now / 100, m_rec, band_mult, config, anchors, ratios)
     return EngineFit(fit=fit, skew=skew, ratios=ratios, band_fits=tuple(band_fits), rv_7d_pct=rv_now,
-                     fit_current_skew=fit_current_skew, band_fits_current_skew=band_fits_cs,
+                     fit_current_skew=fit_current_skew, band_fits_current_skew=tuple(band_fits_cs),
                      atm_iv_pct=atm_iv, recommended_surface=surface,
                      timings_s={"fit_and_skew": t_fit - t0, "band_fit": time.perf_counter() - t_fit})
 

@@ -63,7 +63,6 @@ from calib.engine.guardrails import assess_calibration_realism
 from calib.engine.metrics import EMPTY
 from calib.engine.model import QuoteArrays
 from calib.engine.result import CalibrationResult, GlobalMetrics, OptionTypeMetrics
-from calib.numerics.black76 import black76_vega_coin
 from calib.numerics.implied_vol import implied_vol
 from calib.numerics.realized_vol import trailing_realized_vol
 
@@ -76,7 +75,7 @@ ROW_REASONS: tuple[str, ...] = tuple(dict.fromkeys((*INVALID_REASONS, *FILTER_RE
 USABLE = 255
 _REASON_CODES = {r: i for i, r in enumerate(ROW_REASONS)}
 UNIT_CHECK_SAMPLE = 16_384  # values per chunk behind the unit check's medians
-KERNEL_BLOCK = 1 << 17  # quotes per vega / IV kernel call: small temporaries, no fresh-memory faults
+KERNEL_BLOCK = 1 << 17  # quotes per IV kernel call: small temporaries, no fresh-memory faults
 
 
 def new_run_id(underlying: str, now: datetime) -> str:
@@ -559,12 +558,12 @@ def prepare_quotes(
     has_mark_iv: bool,
     timings: dict[str, float] | None = None,
 ) -> tuple[QuoteTally, QuoteArrays]:
-    """One exclusion reason per row (counted), then the usable rows as arrays with RV, IV and vega.
+    """One exclusion reason per row (counted), then the usable rows as arrays with RV and IV.
 
     `quotes` has the normalized quote columns (reader contract). One collect
     reads only the columns the engine needs (projection and time predicates
     reach the Parquet scan); the rest is numpy on the usable rows, with the
-    vega and IV kernels run in blocks so memory stays flat.
+    IV kernel (when `mark_iv` is absent) run in blocks so memory stays flat.
     """
     timings = timings if timings is not None else {}
     t = time.perf_counter()
@@ -639,8 +638,7 @@ def quote_frame(quotes: pl.LazyFrame, config: CalibrationConfig, *, has_mark_iv:
 
 
 def _engine_columns(has_mark_iv: bool) -> list[str]:
-    return ["underlying_price", "strike", "t_years", "is_call", "mark_price", "dte_days",
-            *(["mark_iv"] if has_mark_iv else [])]
+    return ["underlying_price", "strike", "t_years", "is_call", "mark_price", *(["mark_iv"] if has_mark_iv else [])]
 
 
 def process_quote_frame(
@@ -726,8 +724,6 @@ def process_quote_frame(
     n_fail = int(ok.size - np.count_nonzero(ok))
     if n_fail:
         tally.excluded["iv_inversion_failed"] = n_fail
-    _blocked(lambda s: black76_vega_coin(fwd[s], strike[s], t_y[s], np.where(ok[s], iv[s], 0.0)), m,
-             out=dst["vega_coin"])
     arrays = QuoteArrays(**dst)
     if n_fail:
         arrays = _compact_in_place(arrays, ok)
@@ -784,10 +780,10 @@ def prepare_window(
 _FIELDS: tuple[str, ...] = tuple(QuoteArrays.__dataclass_fields__)
 _DTYPES: dict[str, type] = {f: bool if f == "is_call" else np.int64 if f == "snapshot_us" else np.float64
                             for f in _FIELDS}
-# QuoteArrays fields copied from `quote_frame` columns as they are (iv, rv and vega are computed).
+# QuoteArrays fields copied from `quote_frame` columns as they are (iv and rv are computed).
 _FRAME_COLUMNS: dict[str, str] = {
     "forward_usd": "underlying_price", "strike_usd": "strike", "t_years": "t_years", "is_call": "is_call",
-    "mark_coin": "mark_price", "dte_days": "dte_days", "snapshot_us": "snapshot_us",
+    "mark_coin": "mark_price", "snapshot_us": "snapshot_us",
 }
 
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from calib._typing import FloatArray
-from calib.config import Band, CalibrationConfig
+from calib.config import DAYS_PER_YEAR, CalibrationConfig
 from calib.engine.fit import MultiplierFit, fit_multiplier
 from calib.engine.metrics import EMPTY, MetricSums, quote_errors
 from calib.engine.model import ModelInputs, QuoteArrays, model_inputs, skew_ratio
@@ -101,14 +101,18 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
     bounds = config.multiplier_bounds
     m_tested = config.tested_multiplier
 
-    def band_inputs(band: Band) -> ModelInputs:
-        idx = np.flatnonzero((q.dte_days >= band.dte_min) & (q.dte_days < band.dte_max))
+    # Membership of every quote, computed block by block (no full-length DTE temporary).
+    *band_masks, g_mask = _dte_masks(q, [(b.dte_min, b.dte_max, False) for b in config.bands]
+                                     + [(config.min_dte, config.max_dte, True)])
+
+    def band_inputs(mask: np.ndarray) -> ModelInputs:
+        idx = np.flatnonzero(mask)
         if idx.size > JOINT_FIT_SAMPLE:  # same deterministic sampling as the joint fit
             idx = idx[_stride_mask(idx.size, JOINT_FIT_SAMPLE)]
         return model_inputs(q, idx)
 
     def bands_current_skew() -> tuple[list[ModelInputs], list[MultiplierFit]]:
-        inputs = [band_inputs(b) for b in config.bands]
+        inputs = [band_inputs(m) for m in band_masks]
         return inputs, [fit_multiplier(bi, anchors_z=anchors, ratios=current, bounds=bounds, start=m_tested)
                         for bi in inputs]
 
@@ -117,7 +121,7 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
     parallel = len(q) >= PARALLEL_MIN_QUOTES and ENGINE_THREADS >= 2
     with ThreadPoolExecutor(max_workers=1) if parallel else contextlib.nullcontext() as pool:
         pending = pool.submit(bands_current_skew) if pool is not None else None
-        g_idx = np.flatnonzero(_in_global(q, config))
+        g_idx = np.flatnonzero(g_mask)
         g_in = model_inputs(q, g_idx)
         g_snap = q.snapshot_us.take(g_idx)
         fit = fit_multiplier(g_in, anchors_z=anchors, ratios=current, bounds=bounds, start=m_tested)
@@ -224,7 +228,8 @@ def _score_part(q: QuoteArrays, fit: EngineFit, config: CalibrationConfig, *, bl
     for i in range(0, len(q), block):
         qb = _slice(q, i, i + block)
         mb = model_inputs(qb)
-        in_b = [(qb.dte_days >= b.dte_min) & (qb.dte_days < b.dte_max) for b in bands]
+        dte = qb.dte_days
+        in_b = [(dte >= b.dte_min) & (dte < b.dte_max) for b in bands]
         err_tested = quote_errors(mb, m_tested, anchors, current)
         out.tested.add(err_tested, mb.vega_coin, [g_mask[i:i + block]])
         out.band_tested.add(err_tested, mb.vega_coin, in_b)
@@ -298,6 +303,17 @@ def assemble_engine(fit: EngineFit, scores: EngineScores, config: CalibrationCon
         recommended_surface=fit.recommended_surface, n_samples=int(scores.tested.n[0]),
         n_snapshots=scores.n_snapshots(), timings_s=timings_s,
     )
+
+
+def _dte_masks(q: QuoteArrays, ranges: Sequence[tuple[float, float, bool]],
+               block: int = SCORE_BLOCK) -> list[np.ndarray]:
+    """One mask per `(lo, hi, hi_inclusive)` DTE range over all quotes, block by block."""
+    masks = [np.empty(len(q), dtype=bool) for _ in ranges]
+    for i in range(0, len(q), block):
+        dte = q.t_years[i:i + block] * DAYS_PER_YEAR  # = QuoteArrays.dte_days, bit for bit
+        for mask, (lo, hi, closed) in zip(masks, ranges, strict=True):
+            np.logical_and(dte >= lo, (dte <= hi) if closed else (dte < hi), out=mask[i:i + block])
+    return masks
 
 
 def _in_global(q: QuoteArrays, config: CalibrationConfig) -> np.ndarray:

@@ -7,8 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from calib._typing import BoolArray, FloatArray
-from calib.numerics.black76 import black76_price_coin
+from calib.config import DAYS_PER_YEAR
+from calib.numerics.black76 import black76_price_coin, black76_vega_coin
 from calib.numerics.normal import norm_cdf
+
+_INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,13 +25,23 @@ class QuoteArrays:
     mark_coin: FloatArray
     iv: FloatArray  # market implied vol, fraction
     rv: FloatArray  # trailing RV_7d at the quote's snapshot, fraction
-    vega_coin: FloatArray  # Black-76 vega at the market IV, coin per 1.00 vol
-    dte_days: FloatArray
     snapshot_us: np.ndarray  # int64 epoch microseconds
 
+    # Derived on demand rather than stored: a 14-day window holds ~2.4 M quotes, and every
+    # stored float64 column is ~19 MB of fresh memory to fault in on each run.
     @property
     def log_moneyness(self) -> FloatArray:
         return np.log(self.strike_usd / self.forward_usd)
+
+    @property
+    def dte_days(self) -> FloatArray:
+        """Days to expiry (the scan's own `t_years x 365`, so band edges fall exactly where they did)."""
+        return self.t_years * DAYS_PER_YEAR
+
+    @property
+    def vega_coin(self) -> FloatArray:
+        """Black-76 vega at the market IV, coin per 1.00 vol."""
+        return black76_vega_coin(self.forward_usd, self.strike_usd, self.t_years, self.iv)
 
     def subset(self, mask: BoolArray) -> QuoteArrays:
         return QuoteArrays(*(getattr(self, f)[mask] for f in self.__dataclass_fields__))
@@ -109,13 +122,23 @@ def model_inputs(q: QuoteArrays, idx: np.ndarray | None = None) -> ModelInputs:
     def col(a: np.ndarray) -> np.ndarray:
         return a if idx is None else a.take(idx)
 
-    f, k, rv = col(q.forward_usd), col(q.strike_usd), col(q.rv)
+    f, k, rv, iv = col(q.forward_usd), col(q.strike_usd), col(q.rv), col(q.iv)
     k_rel = k / f
     x = np.log(k_rel)
-    s = np.sqrt(col(q.t_years))
+    sqrt_t = np.sqrt(col(q.t_years))
+    # Black-76 vega at the market IV: phi(d1) sqrt(T), d1 = -x / v + v / 2 with v = IV sqrt(T) > 0.
+    v = iv * sqrt_t
+    d1 = -x / v
+    d1 += 0.5 * v
+    d1 *= d1
+    d1 *= -0.5
+    vega = np.exp(d1)
+    vega *= sqrt_t
+    vega *= _INV_SQRT_2PI
+    s = sqrt_t
     s *= rv
     return ModelInputs(x=x, k_rel=k_rel, omega=np.where(col(q.is_call), 1.0, -1.0), s=s, z1=x / s, rv=rv,
-                       iv=col(q.iv), mark_coin=col(q.mark_coin), vega_coin=col(q.vega_coin))
+                       iv=iv, mark_coin=col(q.mark_coin), vega_coin=vega)
 
 
 def as_model_inputs(q: QuoteArrays | ModelInputs) -> ModelInputs:

@@ -595,28 +595,34 @@ def iter_frames(
     has_mark_iv: bool,
     timings: dict[str, float],
 ) -> Iterator[tuple[pl.DataFrame, RvLookup]]:
-    """Collected `quote_frame`s of `chunks` with the RV lookup, reading chunk i+1 while chunk i is used.
+    """Collected `quote_frame`s of `chunks` with the RV lookup, reading the next chunks while one is used.
 
-    Polars reads on its own threads, numpy works on this one, so the two
-    overlap. `lookup` may be a callable, called once after the first read
+    Chunks are read `READ_BATCH` at a time (one `collect_all`). Polars reads on
+    its own threads, numpy works on this one, so the two overlap. `lookup` may be a callable, called once after the first read
     has started (so the index read overlaps it too). `timings["collect"]`
     counts only the time spent waiting for a read.
     """
     it = iter(chunks)
-    plan = [quote_frame(c, config, has_mark_iv=has_mark_iv) for c in itertools.islice(it, 1)]
-    if not plan:
-        return
+
+    def read_batch() -> Future[list[pl.DataFrame]] | None:
+        plans = [quote_frame(c, config, has_mark_iv=has_mark_iv) for c in itertools.islice(it, READ_BATCH)]
+        return pool.submit(pl.collect_all, plans) if plans else None
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="calib-read") as pool:
-        pending: Future[pl.DataFrame] | None = pool.submit(plan[0].collect)
+        pending = read_batch()
+        if pending is None:
+            return
         rv = lookup() if callable(lookup) else lookup
         while pending is not None:
             t = time.perf_counter()
-            frame = pending.result()
+            frames = pending.result()
             timings["collect"] = timings.get("collect", 0.0) + time.perf_counter() - t
-            nxt = next(it, None)
-            pending = None if nxt is None else pool.submit(quote_frame(nxt, config, has_mark_iv=has_mark_iv).collect)
-            yield frame, rv
-            del frame
+            pending = read_batch()
+            while frames:
+                yield frames.pop(0), rv
+
+
+READ_BATCH = 2  # chunks per polars collect: a pair keeps both cores busier than one (~10% less wall at 14 days)
 
 
 def quote_frame(quotes: pl.LazyFrame, config: CalibrationConfig, *, has_mark_iv: bool) -> pl.LazyFrame:

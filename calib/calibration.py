@@ -603,9 +603,11 @@ def iter_frames(
     counts only the time spent waiting for a read.
     """
     it = iter(chunks)
+    exprs = quote_exprs(config, has_mark_iv=has_mark_iv)
 
     def read_batch() -> Future[list[pl.DataFrame]] | None:
-        plans = [quote_frame(c, config, has_mark_iv=has_mark_iv) for c in itertools.islice(it, READ_BATCH)]
+        plans = [quote_frame(c, config, has_mark_iv=has_mark_iv, exprs=exprs)
+                 for c in itertools.islice(it, READ_BATCH)]
         return pool.submit(pl.collect_all, plans) if plans else None
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="calib-read") as pool:
@@ -625,8 +627,25 @@ def iter_frames(
 READ_BATCH = 2  # chunks per polars collect: a pair keeps both cores busier than one (~10% less wall at 14 days)
 
 
-def quote_frame(quotes: pl.LazyFrame, config: CalibrationConfig, *, has_mark_iv: bool) -> pl.LazyFrame:
-    """The narrow frame `process_quote_frame` needs: reason code per row and the engine's columns."""
+def quote_frame(quotes: pl.LazyFrame, config: CalibrationConfig, *, has_mark_iv: bool,
+                exprs: QuoteExprs | None = None) -> pl.LazyFrame:
+    """The narrow frame `process_quote_frame` needs: reason code per row and the engine's columns.
+
+    `exprs` (from `quote_exprs`) saves rebuilding the same expressions for every chunk.
+    """
+    e = exprs if exprs is not None else quote_exprs(config, has_mark_iv=has_mark_iv)
+    return quotes.with_columns(*e.first).with_columns(*e.second).select(*e.out)
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteExprs:
+    first: tuple[pl.Expr, ...]
+    second: tuple[pl.Expr, ...]
+    out: tuple[pl.Expr | str, ...]
+
+
+def quote_exprs(config: CalibrationConfig, *, has_mark_iv: bool) -> QuoteExprs:
+    """The expressions of `quote_frame` (building them costs ~3 ms: once per window, not per chunk)."""
     dte_max_read = max([config.max_dte, *(b.dte_max for b in config.bands)])
     t_years = (pl.col("expiry_ts") - pl.col("snapshot_ts")).dt.total_microseconds() / _US_PER_YEAR
     k_rel = pl.col("strike") / pl.col("underlying_price")
@@ -635,11 +654,11 @@ def quote_frame(quotes: pl.LazyFrame, config: CalibrationConfig, *, has_mark_iv:
     code = row_reason_code_expr(has_mark_iv=has_mark_iv, option_types=tuple(config.option_types),
                                 dte_max_read=dte_max_read, min_tick_coin=config.min_tick_coin, th=config.quality,
                                 codes=_REASON_CODES, usable=USABLE)
-    return (
-        quotes.with_columns(t_years.alias("t_years"), is_call.fill_null(False).alias("is_call"))
-        .with_columns((pl.col("t_years") * DAYS_PER_YEAR).alias("dte_days"), intrinsic.alias("intrinsic_coin"))
-        .select(pl.col("snapshot_ts").dt.epoch("us").alias("snapshot_us"), code,
-                *_engine_columns(has_mark_iv), *([] if has_mark_iv else [pl.col("mark_iv")]))
+    return QuoteExprs(
+        first=(t_years.alias("t_years"), is_call.fill_null(False).alias("is_call")),
+        second=((pl.col("t_years") * DAYS_PER_YEAR).alias("dte_days"), intrinsic.alias("intrinsic_coin")),
+        out=(pl.col("snapshot_ts").dt.epoch("us").alias("snapshot_us"), code,
+             *_engine_columns(has_mark_iv), *([] if has_mark_iv else [pl.col("mark_iv")])),
     )
 
 

@@ -11,6 +11,8 @@ index series of the window plus its RV warm-up.
 
 from __future__ import annotations
 
+import functools
+
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -277,8 +279,7 @@ def scan_quotes(
     callers try without it first). `instrument_name` itself is returned only
     with `with_names`.
     """
-    lo = pl.lit(hf.window_start).cast(TS_TYPE)
-    hi = pl.lit(hf.window_end).cast(TS_TYPE)
+    lo, hi = _ts_bounds(hf.window_start, hf.window_end)
     columns = QUOTE_COLUMNS if with_names else tuple(c for c in QUOTE_COLUMNS if c != "instrument_name")
     frames = []
     for schema, paths in _by_schema(hf.quote_files() if files is None else files):
@@ -289,6 +290,12 @@ def scan_quotes(
             lf = _fill_from_name(lf)
         frames.append(lf.select(columns))
     return pl.concat(frames, how="vertical") if frames else _empty(columns)
+
+
+@functools.lru_cache(maxsize=16)
+def _ts_bounds(start: datetime, end: datetime) -> tuple[pl.Expr, pl.Expr]:
+    """Window bounds as timestamp literals (~0.5 ms each to build; a window scans many chunks)."""
+    return pl.lit(start).cast(TS_TYPE), pl.lit(end).cast(TS_TYPE)
 
 
 def partition_groups(files: Sequence[HarvestFile]) -> list[list[HarvestFile]]:

@@ -434,33 +434,27 @@ def _index_rows(hf: HarvestFiles, files: Sequence[HarvestFile]) -> pl.LazyFrame:
 def _index_spot_frame(hf: HarvestFiles, files: Sequence[HarvestFile]) -> pl.DataFrame:
     """Median positive `index_price` per snapshot (null where the snapshot has none).
 
-    Harvests store a snapshot's rows together, and the index is the same on
-    every row of a snapshot, so the common case is a run-length pass over two
-    columns: a run whose smallest and largest price agree has that price as
-    its median. Runs that disagree, and unordered data, take the group-by.
+    Harvests store a snapshot's rows together with one index on every row, so
+    the common case needs the first row of each run of equal `snapshot_ts`
+    only. The scan checks that in the same pass (no row of a run differs from
+    the one before it, no snapshot in two runs) and returns one row per
+    snapshot, never materializing the ~800 rows of each. Data that fails the
+    check (index varying inside a snapshot, unsorted files) takes the exact
+    per-snapshot median with a group-by.
     """
-    rows = collect_checked(hf, [_index_rows(hf, files)])[0]
-    ts = rows["snapshot_ts"].dt.epoch("us").to_numpy()
-    if ts.size == 0 or rows["snapshot_ts"].null_count() or (np.diff(ts) < 0).any():
-        return _index_groupby(rows)
-    px = rows["index_price"].to_numpy()  # nulls become NaN
-    with np.errstate(invalid="ignore"):
-        px = np.where(px > 0, px, np.nan)
-    starts = np.flatnonzero(np.r_[True, ts[1:] != ts[:-1]])
-    lo, hi = np.fmin.reduceat(px, starts), np.fmax.reduceat(px, starts)
-    spot = pl.DataFrame({"snapshot_ts": rows["snapshot_ts"].gather(starts), "index_spot": lo}).with_columns(
-        pl.col("index_spot").fill_nan(None))
-    uneven = np.flatnonzero(lo != hi)  # NaN != NaN is False: snapshots without any index stay null
-    if uneven.size:
-        exact = _index_groupby(rows.filter(pl.col("snapshot_ts").is_in(spot["snapshot_ts"].gather(uneven).implode())))
-        spot = spot.join(exact, on="snapshot_ts", how="left", suffix="_exact").select(
-            "snapshot_ts", pl.coalesce("index_spot_exact", "index_spot").alias("index_spot"))
-    return spot
-
-
-def _index_groupby(rows: pl.DataFrame) -> pl.DataFrame:
-    return rows.group_by("snapshot_ts").agg(
-        pl.col("index_price").filter(pl.col("index_price") > 0).median().alias("index_spot"))
+    price = pl.col("index_price")
+    ts = pl.col("snapshot_ts")
+    rows = _index_rows(hf, files).with_columns(
+        pl.when((price > 0) & price.is_not_nan()).then(price).alias("spot"),
+        ts.ne_missing(ts.shift(1)).alias("new_run"))
+    first = rows.filter(pl.col("new_run")).select("snapshot_ts", pl.col("spot").alias("index_spot"))
+    uneven = rows.select((~pl.col("new_run") & pl.col("spot").ne_missing(pl.col("spot").shift(1))).any())
+    spot, check = collect_checked(hf, [first, uneven])
+    if not check.item() and not spot["snapshot_ts"].is_duplicated().any():
+        return spot
+    exact = _index_rows(hf, files).group_by("snapshot_ts").agg(
+        price.filter((price > 0) & price.is_not_nan()).median().alias("index_spot"))
+    return collect_checked(hf, [exact])[0].sort("snapshot_ts")
 
 
 def _index_finish(hf: HarvestFiles, files: Sequence[HarvestFile], index: pl.DataFrame) -> pl.DataFrame:

@@ -137,3 +137,28 @@ def test_max_snapshots_keeps_the_newest(exact_harvest: Path) -> None:
     assert r.n_snapshots == 5
     assert r.data_quality.coverage_pct == pytest.approx(100.0)
     assert r.global_metrics.recommended_iv_multiplier == pytest.approx(1.2, abs=1e-6)
+
+
+@pytest.mark.parametrize("m", [0.4, 0.9, 1.0, 1.37, 2.5])
+def test_sorted_prefix_profile_matches_the_direct_solve(m: float) -> None:
+    """The joint fit's O(anchors) profile equals the bincount solve and a direct J, quote by quote."""
+    from calib.engine.calibrate import _Profile
+    from calib.engine.model import ModelInputs, skew_ratio
+    from calib.engine.skew import solve_skew_ratios
+
+    rng = np.random.default_rng(11)
+    anchors = np.array([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0])
+    current = np.array([1.3, 1.1, 1.03, 1.0, 1.01, 1.06, 1.2])
+    n = 5000
+    z1 = np.concatenate([rng.normal(0.0, 1.6, n - 14), anchors * m, anchors * m * 3])  # on and beyond anchors
+    rv = rng.uniform(0.3, 0.9, z1.size)
+    iv = rv * 1.15 * np.interp(z1 / 1.15, anchors, current) * rng.lognormal(0.0, 0.05, z1.size)
+    w = rng.uniform(0.0, 1.0, z1.size)
+    ones = np.ones(z1.size)
+    g = ModelInputs(x=z1, k_rel=ones, omega=ones, s=ones, z1=z1, rv=rv, iv=iv, mark_coin=ones, vega_coin=w)
+    j, ratios = _Profile(g, anchors, current)(m)
+    z = z1 / m
+    want, *_ = solve_skew_ratios(z, iv / (rv * m), w, anchors, current)
+    resid = rv * m * skew_ratio(z, anchors, want) - iv
+    np.testing.assert_allclose(ratios, want, rtol=1e-10, atol=1e-12)
+    assert j == pytest.approx(float(np.dot(w, resid * resid)), rel=1e-10)

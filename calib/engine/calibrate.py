@@ -25,9 +25,8 @@ from calib.engine.skew import (
     SkewFit,
     _hat_weights,
     fit_skew,
-    hat_curve,
     nearest_anchor_counts,
-    solve_skew_ratios,
+    solve_from_sums,
 )
 from calib.errors import ConvergenceWarning
 
@@ -337,16 +336,69 @@ def _slice(q: QuoteArrays, start: int, stop: int) -> QuoteArrays:
     return QuoteArrays(*(getattr(q, f)[start:stop] for f in q.__dataclass_fields__))
 
 
-def _profile_objective(g: ModelInputs, iv_over_rv: FloatArray, anchors: np.ndarray, current: np.ndarray,
-                       m: float) -> tuple[float, np.ndarray]:
-    """J(m) = min over skew of sum v (RV m skew(z(m)) - IV)^2, and that skew."""
-    hat = _hat_weights(g.z1 / m, anchors)
-    ratios, *_ = solve_skew_ratios(np.empty(0), iv_over_rv / m, g.vega_coin, anchors, current, hat=hat,
-                                   with_counts=False)
-    resid = hat_curve(hat, ratios)
-    resid *= g.rv * m
-    resid -= g.iv
-    return float(np.dot(g.vega_coin, resid * resid)), ratios
+class _Profile:
+    """J(m) = min over skew of sum v (RV m skew(z(m)) - IV)^2 on the fit sample, and that skew.
+
+    The sample is sorted once by z at m = 1 (``z1``): ``z = z1 / m`` keeps that
+    order for every m, so the quotes between two anchors are one contiguous
+    range found by a binary search, and the skew's normal equations come from
+    prefix sums of ``v z1^k`` and ``v (IV/RV) z1^k`` in O(anchors) per m
+    (within a segment the hat weight is linear in z1). J itself is summed
+    quote by quote, so its value is exact (no cancellation between sums).
+    """
+
+    def __init__(self, g: ModelInputs, anchors: np.ndarray, current: np.ndarray) -> None:
+        order = np.argsort(g.z1, kind="stable")
+        self.z1 = g.z1.take(order)
+        self.w, self.rv, self.iv = g.vega_coin.take(order), g.rv.take(order), g.iv.take(order)
+        ivr = self.iv / self.rv
+        wz = self.w * self.z1
+        zero = np.zeros(1)
+        self.s = [np.concatenate((zero, np.cumsum(v))) for v in (self.w, wz, wz * self.z1)]
+        self.t = [np.concatenate((zero, np.cumsum(v))) for v in (self.w * ivr, wz * ivr)]
+        self.anchors, self.current = anchors, current
+
+    def __call__(self, m: float) -> tuple[float, np.ndarray]:
+        a = self.anchors
+        na = a.size
+        pos = np.searchsorted(self.z1, a * m, side="left")  # quotes with z >= a_i start at pos[i]
+        cuts = np.concatenate(([0], pos, [self.z1.size]))
+        s0, s1, s2 = (np.diff(c[cuts]) for c in self.s)  # per range: below a_0, [a_i, a_i+1), above a_last
+        t0, t1 = (np.diff(c[cuts]) for c in self.t)
+        h = np.diff(a)
+        alpha, beta = 1.0 / (h * m), -a[:-1] / h  # hat weight f = alpha z1 + beta inside [a_l, a_l+1)
+        inner = slice(1, na)
+        sf = alpha * s1[inner] + beta * s0[inner]
+        sff = alpha * alpha * s2[inner] + 2.0 * alpha * beta * s1[inner] + beta * beta * s0[inner]
+        tf = (alpha * t1[inner] + beta * t0[inner]) / m
+        diag = np.zeros(na)
+        rhs = np.zeros(na)
+        support = np.zeros(na)
+        diag[:-1] += s0[inner] - 2.0 * sf + sff
+        diag[1:] += sff
+        rhs[:-1] += t0[inner] / m - tf
+        rhs[1:] += tf
+        support[:-1] += s0[inner] - sf
+        support[1:] += sf
+        # Clipped outside the outer anchors: all weight on the nearest one.
+        diag[0] += s0[0]
+        rhs[0] += t0[0] / m
+        support[0] += s0[0]
+        diag[-1] += s0[-1]
+        rhs[-1] += t0[-1] / m
+        support[-1] += s0[-1]
+        ratios, _ = solve_from_sums(diag, sf - sff, rhs, support, a, self.current)
+        # J quote by quote: the curve is linear in z1 within each range.
+        slope = np.diff(ratios) / (h * m)
+        c_in = ratios[:-1] - slope * a[:-1] * m
+        coef_c = np.concatenate(([ratios[0]], c_in, [ratios[-1]]))
+        coef_d = np.concatenate(([0.0], slope, [0.0]))
+        counts = np.diff(cuts)
+        curve = np.repeat(coef_c, counts)
+        curve += np.repeat(coef_d, counts) * self.z1
+        curve *= self.rv * m
+        curve -= self.iv
+        return float(np.dot(self.w, curve * curve)), ratios
 
 
 def _joint_fit(g_in: ModelInputs, g_snap: np.ndarray, fit: MultiplierFit, anchors: np.ndarray, current: np.ndarray,
@@ -369,11 +421,10 @@ def _joint_fit(g_in: ModelInputs, g_snap: np.ndarray, fit: MultiplierFit, anchor
     m_cs = float(fit.multiplier)  # type: ignore[arg-type]
     sample = g_in if len(g_in) <= JOINT_FIT_SAMPLE else g_in.take(
         np.flatnonzero(_stride_mask(len(g_in), JOINT_FIT_SAMPLE)))
-    iv_over_rv = sample.iv / sample.rv
     a, b = max(lo, m_cs / 2), min(hi, m_cs * 2)
     if b - a > 1e-9:
-        m_star = minimize_bounded(lambda m: _profile_objective(sample, iv_over_rv, anchors, current, m)[0], a, b,
-                                  xatol=1e-10)
+        profile = _Profile(sample, anchors, current)
+        m_star = minimize_bounded(lambda m: profile(m)[0], a, b, xatol=1e-10)
     else:
         m_star = m_cs
     at_bound = m_star <= lo * (1 + 1e-6) or m_star >= hi * (1 - 1e-6)

@@ -114,7 +114,6 @@ def solve_skew_ratios(
     shifted by one. `hat` passes `_hat_weights(z, anchors_z)` already computed.
     """
     a = anchors_z.size
-    atm = int(np.flatnonzero(anchors_z == 0.0)[0])
     left, frac = _hat_weights(z, anchors_z) if hat is None else hat
     wr = w * frac
     wl = w - wr
@@ -128,10 +127,24 @@ def solve_skew_ratios(
     wl_frac = wl * frac
     diag = by_left(wl - wl_frac) + by_right(wr * frac)
     off = by_left(wl_frac)[: a - 1]
-    gram = np.diag(diag) + np.diag(off, 1) + np.diag(off, -1)
     rhs = by_left(wl * ratio) + by_right(wr * ratio)
     support = by_left(wl) + by_right(wr)
     counts = nearest_anchor_counts(left, frac, a) if with_counts else None
+    rec, free = solve_from_sums(diag, off, rhs, support, anchors_z, current)
+    return rec, support.astype(np.float64), counts, free
+
+
+def solve_from_sums(diag: FloatArray, off: FloatArray, rhs: FloatArray, support: FloatArray,
+                    anchors_z: FloatArray, current: FloatArray) -> tuple[FloatArray, np.ndarray]:
+    """The constrained normal-equation solve of `solve_skew_ratios`, from its weighted sums.
+
+    `diag`, `off` (tridiagonal Gram matrix), `rhs` and `support` (weight per
+    anchor) are sums over quotes of the hat-basis products; they add up over
+    any split of the quotes.
+    """
+    a = anchors_z.size
+    atm = int(np.flatnonzero(anchors_z == 0.0)[0])
+    gram = np.diag(diag) + np.diag(off, 1) + np.diag(off, -1)
     free = (support > MIN_ANCHOR_WEIGHT_SHARE * support.sum()) & (np.arange(a) != atm)
     fixed_vals = current.astype(np.float64).copy()
     fixed_vals[atm] = 1.0
@@ -143,7 +156,7 @@ def solve_skew_ratios(
             rec[free] = np.linalg.solve(g_ff + 1e-12 * np.eye(int(free.sum())), b_f)
         except np.linalg.LinAlgError:
             rec[free] = np.linalg.lstsq(g_ff, b_f, rcond=None)[0]
-    return np.clip(rec, 0.2, 5.0), support.astype(np.float64), counts, free
+    return np.clip(rec, 0.2, 5.0), free
 
 
 def hat_curve(hat: tuple[np.ndarray, FloatArray], ratios: FloatArray) -> FloatArray:

@@ -65,6 +65,7 @@ from calib.engine.model import QuoteArrays
 from calib.engine.result import CalibrationResult, GlobalMetrics, OptionTypeMetrics
 from calib.numerics.implied_vol import implied_vol
 from calib.numerics.realized_vol import trailing_realized_vol
+from calib.numerics.stats import median
 
 Progress = Callable[[str], None]
 _US_PER_YEAR = DAYS_PER_YEAR * 86400e6
@@ -699,7 +700,7 @@ def process_quote_frame(
                 n_pos = int(np.count_nonzero(values > 0))
                 sample = sample[sample > 0]
             if n_pos and sample.size:
-                target.append((float(np.median(sample)), n_pos))
+                target.append((median(sample), n_pos))
         snap_all = frame["snapshot_us"].to_numpy()
         if snap_all.size:
             tally.snapshots_us.append(np.unique(snap_all[np.r_[True, snap_all[1:] != snap_all[:-1]]]))

@@ -29,6 +29,7 @@ from calib.engine.skew import (
     solve_from_sums,
 )
 from calib.errors import ConvergenceWarning
+from calib.numerics.stats import median
 
 JOINT_FIT_SAMPLE = 100_000
 _A = TypeVar("_A")
@@ -524,7 +525,7 @@ def _rv_and_atm(g: ModelInputs, snapshot_us: np.ndarray, m: float) -> tuple[floa
     if len(g) == 0:
         return None, None
     newest = snapshot_us == snapshot_us.max()
-    rv_now = float(np.median(g.rv[newest])) * 100
+    rv_now = median(g.rv[newest]) * 100
     k = np.abs(g.z1[newest]) / m  # |ln K/F| / (RV m sqrt T)
     near = k <= 0.25
     if not near.any():

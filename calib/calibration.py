@@ -65,7 +65,7 @@ from calib.engine.model import QuoteArrays
 from calib.engine.result import CalibrationResult, GlobalMetrics, OptionTypeMetrics
 from calib.numerics.implied_vol import implied_vol
 from calib.numerics.realized_vol import trailing_realized_vol
-from calib.numerics.stats import median
+from calib.numerics.stats import distinct, median
 
 Progress = Callable[[str], None]
 _US_PER_YEAR = DAYS_PER_YEAR * 86400e6
@@ -510,8 +510,9 @@ class QuoteTally:
                 self.span_counts += other.span_counts
 
     def snapshot_series(self) -> pl.Series:
-        us = np.unique(np.concatenate(self.snapshots_us)) if self.snapshots_us else np.empty(0, np.int64)
-        return pl.Series("snapshot_ts", us, dtype=pl.Int64).cast(TS_TYPE)
+        us = distinct(np.concatenate(self.snapshots_us)) if self.snapshots_us else np.empty(0, np.int64)
+        # From a list, not the array: polars' numpy path imports numpy.ma (~10 ms) for a few thousand values.
+        return pl.Series("snapshot_ts", us.tolist(), dtype=pl.Int64).cast(TS_TYPE)
 
     def newest_snapshot(self) -> datetime | None:
         s = self.snapshot_series()
@@ -703,7 +704,7 @@ def process_quote_frame(
                 target.append((median(sample), n_pos))
         snap_all = frame["snapshot_us"].to_numpy()
         if snap_all.size:
-            tally.snapshots_us.append(np.unique(snap_all[np.r_[True, snap_all[1:] != snap_all[:-1]]]))
+            tally.snapshots_us.append(distinct(snap_all))
     # The usable rows go from the frame's buffers (zero-copy views where polars allows) straight into
     # numpy arrays (or `out`): no filtered polars frame in between.
     usable = codes == USABLE

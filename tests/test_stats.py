@@ -21,3 +21,11 @@ def test_nan_and_empty() -> None:
     assert math.isnan(median(np.array([1.0, np.nan, 3.0])))
     with pytest.raises(ValueError, match="empty"):
         median(np.array([]))
+
+
+@given(st.lists(st.integers(min_value=-5, max_value=5), max_size=50))
+def test_distinct_equals_numpy_unique(xs: list[int]) -> None:
+    from calib.numerics.stats import distinct
+
+    a = np.array(xs, dtype=np.int64)
+    np.testing.assert_array_equal(distinct(a), np.unique(a))

@@ -29,7 +29,7 @@ from calib.engine.skew import (
     solve_from_sums,
 )
 from calib.errors import ConvergenceWarning
-from calib.numerics.stats import median
+from calib.numerics.stats import distinct, median
 
 JOINT_FIT_SAMPLE = 100_000
 _A = TypeVar("_A")
@@ -178,7 +178,7 @@ class EngineScores:
         self.snapshots_us.extend(other.snapshots_us)
 
     def n_snapshots(self) -> int:
-        return int(np.unique(np.concatenate(self.snapshots_us)).size) if self.snapshots_us else 0
+        return int(distinct(np.concatenate(self.snapshots_us)).size) if self.snapshots_us else 0
 
 
 SCORE_BLOCK = 1 << 17  # quotes per block: temporaries stay in cache and memory stays flat
@@ -250,7 +250,7 @@ def _score_part(q: QuoteArrays, fit: EngineFit, config: CalibrationConfig, *, bl
         gi = np.flatnonzero(g_mask[i:i + block])
         if gi.size == 0:
             continue
-        out.snapshots_us.append(_distinct(qb.snapshot_us.take(gi)))
+        out.snapshots_us.append(distinct(qb.snapshot_us.take(gi)))
         if m_rec is None:
             continue
         gm = mb.take(gi)
@@ -262,13 +262,6 @@ def _score_part(q: QuoteArrays, fit: EngineFit, config: CalibrationConfig, *, bl
             left, frac = _hat_weights(gm.z1 / m_rec, anchors)
             out.anchor_counts += nearest_anchor_counts(left, frac, anchors.size)
     return out
-
-
-def _distinct(us: np.ndarray) -> np.ndarray:
-    """Distinct values of `us`; quotes come grouped by snapshot, so dedupe runs first (cheap) and sort the rest."""
-    if us.size == 0:
-        return us
-    return np.unique(us[np.r_[True, us[1:] != us[:-1]]])
 
 
 def assemble_engine(fit: EngineFit, scores: EngineScores, config: CalibrationConfig, *,

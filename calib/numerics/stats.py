@@ -23,3 +23,16 @@ def median(values: FloatArray) -> float:
         return float(np.partition(a, k)[k])
     part = np.partition(a, (k - 1, k))
     return float(part[k - 1] + part[k]) / 2.0
+
+
+def distinct(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (= `np.unique(values)`, which in numpy 2.x also pays the `numpy.ma` import).
+
+    Runs of equal values are dropped before sorting, so data that comes grouped
+    (rows by snapshot) sorts only one value per run.
+    """
+    a = np.asarray(values).ravel()
+    if a.size == 0:
+        return a.copy()
+    a = np.sort(a[np.r_[True, a[1:] != a[:-1]]])
+    return a[np.r_[True, a[1:] != a[:-1]]]

@@ -18,7 +18,7 @@ import numpy as np
 from calib._typing import FloatArray
 from calib.config import DAYS_PER_YEAR, CalibrationConfig
 from calib.engine.fit import MultiplierFit, fit_multiplier
-from calib.engine.metrics import EMPTY, MetricSums, quote_errors
+from calib.engine.metrics import EMPTY, MetricSums, add_to_groups, quote_errors
 from calib.engine.model import ModelInputs, QuoteArrays, model_inputs, skew_ratio
 from calib.engine.result import BandMetrics, GlobalMetrics, OptionTypeMetrics
 from calib.engine.skew import (
@@ -231,8 +231,7 @@ def _score_part(q: QuoteArrays, fit: EngineFit, config: CalibrationConfig, *, bl
         dte = qb.dte_days
         in_b = [(dte >= b.dte_min) & (dte < b.dte_max) for b in bands]
         err_tested = quote_errors(mb, m_tested, anchors, current)
-        out.tested.add(err_tested, mb.vega_coin, [g_mask[i:i + block]])
-        out.band_tested.add(err_tested, mb.vega_coin, in_b)
+        add_to_groups(err_tested, mb.vega_coin, [(out.tested, [g_mask[i:i + block]]), (out.band_tested, in_b)])
         if disjoint:  # one pricing pass: each quote at its own band's multiplier
             m_quote = np.full(len(qb), m_tested)
             for mask, m in zip(in_b, band_m, strict=True):

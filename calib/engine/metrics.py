@@ -94,45 +94,8 @@ class MetricSums:
         return cls(np.zeros(groups, dtype=np.int64), *(np.zeros(groups) for _ in range(5)))
 
     def add(self, errors: QuoteErrors, vega: FloatArray, masks: Sequence[np.ndarray | None] = (None,)) -> None:
-        """Add quotes to the groups: `masks[i]` selects group i's quotes (None = all of them).
-
-        Masked sums are dot products with the 0/1 mask (no copies). A non-finite
-        error (never for quotes that passed the exclusions) would leak into
-        every group through ``0 x NaN``, so then the masks select by copying.
-        """
-        e, ev, w = errors.err_pct, errors.err_vol_points, vega
-        abs_e = np.abs(e)
-        w_abs_e = w * abs_e
-        abs_ev = np.abs(ev)
-        if not (np.isfinite(w_abs_e).all() and np.isfinite(abs_ev).all()):
-            for i, mask in enumerate(masks):
-                sel = slice(None) if mask is None else mask
-                self.n[i] += int(np.count_nonzero(mask)) if mask is not None else e.size
-                self.abs_err[i] += abs_e[sel].sum()
-                self.w_abs_err[i] += w_abs_e[sel].sum()
-                self.w[i] += w[sel].sum()
-                self.err[i] += e[sel].sum()
-                self.abs_vol[i] += abs_ev[sel].sum()
-            return
-        for i, mask in enumerate(masks):
-            if mask is None:
-                self.n[i] += e.size
-                self.abs_err[i] += abs_e.sum()
-                self.w_abs_err[i] += w_abs_e.sum()
-                self.w[i] += w.sum()
-                self.err[i] += e.sum()
-                self.abs_vol[i] += abs_ev.sum()
-                continue
-            count = int(np.count_nonzero(mask))
-            if not count:
-                continue
-            m = mask.astype(np.float64)
-            self.n[i] += count
-            self.abs_err[i] += np.dot(m, abs_e)
-            self.w_abs_err[i] += np.dot(m, w_abs_e)
-            self.w[i] += np.dot(m, w)
-            self.err[i] += np.dot(m, e)
-            self.abs_vol[i] += np.dot(m, abs_ev)
+        """Add quotes to the groups: `masks[i]` selects group i's quotes (None = all of them)."""
+        add_to_groups(errors, vega, [(self, masks)])
 
     def merge(self, other: MetricSums) -> None:
         for name in self.__slots__:  # type: ignore[attr-defined]
@@ -150,3 +113,47 @@ class MetricSums:
             vega_weighted_mae_pct=float(self.w_abs_err[i]) / w if w > 0 else None,
             bias_pct=float(self.err[i]) / n,
         )
+
+
+def add_to_groups(errors: QuoteErrors, vega: FloatArray,
+                  targets: Sequence[tuple[MetricSums, Sequence[np.ndarray | None]]]) -> None:
+    """Add one set of quote errors to several `MetricSums` (their groups chosen by masks; None = all quotes).
+
+    The absolute errors are computed once for every target. Masked sums are dot
+    products with the 0/1 mask (no copies). A non-finite error (never for
+    quotes that passed the exclusions) would leak into every group through
+    ``0 x NaN``, so then the masks select by copying; the check is two sums
+    (non-negative terms: finite sums mean finite terms).
+    """
+    e, ev, w = errors.err_pct, errors.err_vol_points, vega
+    abs_e = np.abs(e)
+    w_abs_e = w * abs_e
+    abs_ev = np.abs(ev)
+    finite = bool(np.isfinite(w_abs_e.sum() + abs_ev.sum() + w.sum()))
+    for sums, masks in targets:
+        for i, mask in enumerate(masks):
+            if mask is None:
+                sums.n[i] += e.size
+                sums.abs_err[i] += abs_e.sum()
+                sums.w_abs_err[i] += w_abs_e.sum()
+                sums.w[i] += w.sum()
+                sums.err[i] += e.sum()
+                sums.abs_vol[i] += abs_ev.sum()
+                continue
+            count = int(np.count_nonzero(mask))
+            if not count:
+                continue
+            sums.n[i] += count
+            if not finite:
+                sums.abs_err[i] += abs_e[mask].sum()
+                sums.w_abs_err[i] += w_abs_e[mask].sum()
+                sums.w[i] += w[mask].sum()
+                sums.err[i] += e[mask].sum()
+                sums.abs_vol[i] += abs_ev[mask].sum()
+                continue
+            m = mask.astype(np.float64)
+            sums.abs_err[i] += np.dot(m, abs_e)
+            sums.w_abs_err[i] += np.dot(m, w_abs_e)
+            sums.w[i] += np.dot(m, w)
+            sums.err[i] += np.dot(m, e)
+            sums.abs_vol[i] += np.dot(m, abs_ev)

@@ -99,6 +99,13 @@ def current_version(con: duckdb.DuckDBPyConnection) -> int:
 
 def migrate(con: duckdb.DuckDBPyConnection, *, upto: int | None = None) -> list[int]:
     """Apply pending migrations (each in its own transaction); returns the versions applied."""
+    target = SCHEMA_VERSION if upto is None else upto
+    try:  # the common case, a file already at the target version: one cheap query, no DDL
+        row = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        if row and row[0] is not None and int(row[0]) >= target:
+            return []
+    except duckdb.CatalogException:  # no schema_migrations table yet
+        pass
     con.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations "
         "(version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"

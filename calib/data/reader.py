@@ -387,10 +387,10 @@ def without_corrupt_files(hf: HarvestFiles) -> HarvestFiles | None:
     return replace(hf, files=tuple(good), skipped=(*hf.skipped, *bad))
 
 
-def collect_checked(hf: HarvestFiles, frames: list[pl.LazyFrame]) -> list[pl.DataFrame]:
-    """`pl.collect_all` under `reading(hf)`."""
+def collect_checked(hf: HarvestFiles, frames: list[pl.LazyFrame], *, streaming: bool = False) -> list[pl.DataFrame]:
+    """`pl.collect_all` under `reading(hf)` (polars' streaming engine when `streaming`)."""
     with reading(hf):
-        return pl.collect_all(frames)
+        return pl.collect_all(frames, engine="streaming") if streaming else pl.collect_all(frames)
 
 
 def read_index_series(hf: HarvestFiles, files: Sequence[HarvestFile] | None = None) -> pl.DataFrame:
@@ -444,14 +444,18 @@ def _index_spot_frame(hf: HarvestFiles, files: Sequence[HarvestFile]) -> pl.Data
     """
     price = pl.col("index_price")
     ts = pl.col("snapshot_ts")
-    rows = _index_rows(hf, files).with_columns(
-        pl.when((price > 0) & price.is_not_nan()).then(price).alias("spot"),
-        ts.ne_missing(ts.shift(1)).alias("new_run"))
-    first = rows.filter(pl.col("new_run")).select("snapshot_ts", pl.col("spot").alias("index_spot"))
-    uneven = rows.select((~pl.col("new_run") & pl.col("spot").ne_missing(pl.col("spot").shift(1))).any())
-    spot, check = collect_checked(hf, [first, uneven])
-    if not check.item() and not spot["snapshot_ts"].is_duplicated().any():
-        return spot
+    spot = pl.col("spot")
+    # One pass, one small output: each run's first row, plus any row that differs from the row
+    # before it inside a run (none in a well-formed harvest). Two queries over a shared subplan
+    # would make polars cache all rows (~100 MB at 21 days).
+    marked = collect_checked(hf, [
+        _index_rows(hf, files)
+        .with_columns(pl.when((price > 0) & price.is_not_nan()).then(price).alias("spot"),
+                      ts.ne_missing(ts.shift(1)).alias("new_run"))
+        .filter(pl.col("new_run") | spot.ne_missing(spot.shift(1)))
+        .select("snapshot_ts", spot.alias("index_spot"), "new_run")], streaming=True)[0]
+    if bool(marked["new_run"].all()) and not marked["snapshot_ts"].is_duplicated().any():
+        return marked.drop("new_run")
     exact = _index_rows(hf, files).group_by("snapshot_ts").agg(
         price.filter((price > 0) & price.is_not_nan()).median().alias("index_spot"))
     return collect_checked(hf, [exact])[0].sort("snapshot_ts")

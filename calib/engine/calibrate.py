@@ -19,7 +19,13 @@ from calib._typing import FloatArray
 from calib.config import DAYS_PER_YEAR, CalibrationConfig
 from calib.engine.fit import MultiplierFit, fit_multiplier
 from calib.engine.metrics import EMPTY, MetricSums, add_to_groups, quote_errors
-from calib.engine.model import ModelInputs, QuoteArrays, model_inputs, skew_ratio
+from calib.engine.model import (
+    FitInputs,
+    QuoteArrays,
+    fit_inputs,
+    model_inputs,
+    skew_ratio,
+)
 from calib.engine.result import BandMetrics, GlobalMetrics, OptionTypeMetrics
 from calib.engine.skew import (
     SkewFit,
@@ -105,13 +111,13 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
     *band_masks, g_mask = _dte_masks(q, [(b.dte_min, b.dte_max, False) for b in config.bands]
                                      + [(config.min_dte, config.max_dte, True)])
 
-    def band_inputs(mask: np.ndarray) -> ModelInputs:
+    def band_inputs(mask: np.ndarray) -> FitInputs:
         idx = np.flatnonzero(mask)
         if idx.size > JOINT_FIT_SAMPLE:  # same deterministic sampling as the joint fit
             idx = idx[_stride_mask(idx.size, JOINT_FIT_SAMPLE)]
-        return model_inputs(q, idx)
+        return fit_inputs(q, idx)
 
-    def bands_current_skew() -> tuple[list[ModelInputs], list[MultiplierFit]]:
+    def bands_current_skew() -> tuple[list[FitInputs], list[MultiplierFit]]:
         inputs = [band_inputs(m) for m in band_masks]
         return inputs, [fit_multiplier(bi, anchors_z=anchors, ratios=current, bounds=bounds, start=m_tested)
                         for bi in inputs]
@@ -122,7 +128,7 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
     with ThreadPoolExecutor(max_workers=1) if parallel else contextlib.nullcontext() as pool:
         pending = pool.submit(bands_current_skew) if pool is not None else None
         g_idx = np.flatnonzero(g_mask)
-        g_in = model_inputs(q, g_idx)
+        g_in = fit_inputs(q, g_idx)
         g_snap = q.snapshot_us.take(g_idx)
         fit = fit_multiplier(g_in, anchors_z=anchors, ratios=current, bounds=bounds, start=m_tested)
         fit_current_skew = fit
@@ -340,7 +346,7 @@ class _Profile:
     quote by quote, so its value is exact (no cancellation between sums).
     """
 
-    def __init__(self, g: ModelInputs, anchors: np.ndarray, current: np.ndarray) -> None:
+    def __init__(self, g: FitInputs, anchors: np.ndarray, current: np.ndarray) -> None:
         order = np.argsort(g.z1, kind="stable")
         self.z1 = g.z1.take(order)
         self.w, self.rv, self.iv = g.vega_coin.take(order), g.rv.take(order), g.iv.take(order)
@@ -394,7 +400,7 @@ class _Profile:
         return float(np.dot(self.w, curve * curve)), ratios
 
 
-def _joint_fit(g_in: ModelInputs, g_snap: np.ndarray, fit: MultiplierFit, anchors: np.ndarray, current: np.ndarray,
+def _joint_fit(g_in: FitInputs, g_snap: np.ndarray, fit: MultiplierFit, anchors: np.ndarray, current: np.ndarray,
                bounds: tuple[float, float]) -> tuple[MultiplierFit, SkewFit]:
     """Multiplier and skew that fit together: minimize the profile J(m) over m.
 
@@ -512,7 +518,7 @@ def _stride_mask(n: int, k: int) -> np.ndarray:
     return keep
 
 
-def _rv_and_atm(g: ModelInputs, snapshot_us: np.ndarray, m: float) -> tuple[float | None, float | None]:
+def _rv_and_atm(g: FitInputs, snapshot_us: np.ndarray, m: float) -> tuple[float | None, float | None]:
     """RV_7d at the newest snapshot and the vega-weighted market IV near the money there."""
     if len(g) == 0:
         return None, None

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from calib._typing import FloatArray
-from calib.engine.model import ModelInputs, QuoteArrays, as_model_inputs, skew_ratio
+from calib.engine.model import FitInputs, ModelInputs, QuoteArrays, as_fit_inputs, skew_ratio
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -19,7 +19,7 @@ class MultiplierFit:
 
 
 def fit_multiplier(
-    q: QuoteArrays | ModelInputs,
+    q: QuoteArrays | ModelInputs | FitInputs,
     *,
     anchors_z: FloatArray,
     ratios: FloatArray,
@@ -43,7 +43,7 @@ def fit_multiplier(
     """
     if len(q) == 0:
         return MultiplierFit(multiplier=None, unclipped=None, at_bound=False, iterations=0)
-    mi = as_model_inputs(q)
+    mi = as_fit_inputs(q)
     lo, hi = bounds
 
     def closed_form(m: float) -> float | None:

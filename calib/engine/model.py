@@ -125,11 +125,50 @@ def model_inputs(q: QuoteArrays, idx: np.ndarray | None = None) -> ModelInputs:
     def col(a: np.ndarray) -> np.ndarray:
         return a if idx is None else a.take(idx)
 
-    f, k, rv, iv = col(q.forward_usd), col(q.strike_usd), col(q.rv), col(q.iv)
-    k_rel = k / f
+    k_rel = col(q.strike_usd) / col(q.forward_usd)
     x = np.log(k_rel)
+    rv, iv = col(q.rv), col(q.iv)
     sqrt_t = np.sqrt(col(q.t_years))
-    # Black-76 vega at the market IV: phi(d1) sqrt(T), d1 = -x / v + v / 2 with v = IV sqrt(T) > 0.
+    vega = _vega(x, iv, sqrt_t)
+    s = sqrt_t
+    s *= rv
+    return ModelInputs(x=x, k_rel=k_rel, omega=np.where(col(q.is_call), 1.0, -1.0), s=s, z1=x / s, rv=rv,
+                       iv=iv, mark_coin=col(q.mark_coin), vega_coin=vega)
+
+
+@dataclass(frozen=True, slots=True)
+class FitInputs:
+    """The part of `ModelInputs` the fits read (no pricing): less fresh memory for fit samples."""
+
+    z1: FloatArray
+    rv: FloatArray
+    iv: FloatArray
+    vega_coin: FloatArray
+
+    def take(self, idx: np.ndarray) -> FitInputs:
+        return FitInputs(*(getattr(self, f).take(idx) for f in self.__dataclass_fields__))
+
+    def __len__(self) -> int:
+        return int(self.z1.size)
+
+
+def fit_inputs(q: QuoteArrays, idx: np.ndarray | None = None) -> FitInputs:
+    """`FitInputs` of the quotes of `q` (those at `idx` when given), the same values as `model_inputs`."""
+    def col(a: np.ndarray) -> np.ndarray:
+        return a if idx is None else a.take(idx)
+
+    x = col(q.strike_usd) / col(q.forward_usd)
+    np.log(x, out=x)
+    rv, iv = col(q.rv), col(q.iv)
+    sqrt_t = np.sqrt(col(q.t_years))
+    vega = _vega(x, iv, sqrt_t)
+    sqrt_t *= rv
+    x /= sqrt_t
+    return FitInputs(z1=x, rv=rv, iv=iv, vega_coin=vega)
+
+
+def _vega(x: FloatArray, iv: FloatArray, sqrt_t: FloatArray) -> FloatArray:
+    """Black-76 vega at the market IV: phi(d1) sqrt(T), d1 = -x / v + v / 2 with v = IV sqrt(T) > 0."""
     v = iv * sqrt_t
     d1 = -x / v
     d1 += 0.5 * v
@@ -138,14 +177,16 @@ def model_inputs(q: QuoteArrays, idx: np.ndarray | None = None) -> ModelInputs:
     vega = np.exp(d1)
     vega *= sqrt_t
     vega *= _INV_SQRT_2PI
-    s = sqrt_t
-    s *= rv
-    return ModelInputs(x=x, k_rel=k_rel, omega=np.where(col(q.is_call), 1.0, -1.0), s=s, z1=x / s, rv=rv,
-                       iv=iv, mark_coin=col(q.mark_coin), vega_coin=vega)
+    return vega
 
 
 def as_model_inputs(q: QuoteArrays | ModelInputs) -> ModelInputs:
     return q if isinstance(q, ModelInputs) else model_inputs(q)
+
+
+def as_fit_inputs(q: QuoteArrays | ModelInputs | FitInputs) -> ModelInputs | FitInputs:
+    """What a fit needs from `q`: itself when it already carries z1, RV, IV and vega."""
+    return fit_inputs(q) if isinstance(q, QuoteArrays) else q
 
 
 def model_sigma_price(mi: ModelInputs, multiplier: float | FloatArray, anchors_z: FloatArray,

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from calib._typing import FloatArray
-from calib.engine.model import ModelInputs, QuoteArrays, as_model_inputs, skew_ratio
+from calib.engine.model import FitInputs, ModelInputs, QuoteArrays, as_fit_inputs, skew_ratio
 
 MIN_ANCHOR_WEIGHT_SHARE = 1e-4  # below this share of total weight an anchor keeps its current ratio
 
@@ -58,7 +58,7 @@ def nearest_anchor_counts(left: np.ndarray, frac: FloatArray, size: int) -> np.n
 
 
 def fit_skew(
-    q: QuoteArrays | ModelInputs, multiplier: float, *, anchors_z: FloatArray, current: FloatArray,
+    q: QuoteArrays | ModelInputs | FitInputs, multiplier: float, *, anchors_z: FloatArray, current: FloatArray,
     snapshot_us: np.ndarray | None = None, smile_bin: float = 0.25,
 ) -> SkewFit:
     """Weighted least squares of the piecewise-linear ratio curve on observed IV / (RV m).
@@ -70,7 +70,7 @@ def fit_skew(
     ``A x A`` normal-equation solve built from weighted sums; the ATM anchor
     is held at 1.0 (the multiplier carries the level). Weights are vegas.
     Anchors with (almost) no weight keep their current ratio. With
-    `ModelInputs`, `snapshot_us` gives the quotes' snapshots (for the smile).
+    `ModelInputs` or `FitInputs`, `snapshot_us` gives the quotes' snapshots (for the smile).
     """
     a = anchors_z.size
     atm = int(np.flatnonzero(anchors_z == 0.0)[0])
@@ -78,7 +78,7 @@ def fit_skew(
         return SkewFit(anchors=tuple(anchors_z.tolist()), current=tuple(current.tolist()),
                        recommended=tuple(current.tolist()), n_per_anchor=(0,) * a, misfit=None,
                        max_abs_diff=None, largest_diff_anchor=None, smile=_empty_smile())
-    mi = as_model_inputs(q)
+    mi = as_fit_inputs(q)
     snaps = q.snapshot_us if isinstance(q, QuoteArrays) else snapshot_us
     if snaps is None:
         raise ValueError("fit_skew: ModelInputs need `snapshot_us`")
@@ -170,7 +170,7 @@ def _empty_smile() -> dict[str, list[Any]]:
     return {"z": [], "n": [], "market_iv_pct": [], "model_iv_pct": [], "recommended_iv_pct": []}
 
 
-def _smile(z: FloatArray, q: ModelInputs, snapshot_us: np.ndarray, m: float, anchors: FloatArray,
+def _smile(z: FloatArray, q: ModelInputs | FitInputs, snapshot_us: np.ndarray, m: float, anchors: FloatArray,
            current: FloatArray, rec: FloatArray, width: float) -> dict[str, list[Any]]:
     """Market vs model IV by z bin, for the newest snapshot (all snapshots if it is thin)."""
     newest = snapshot_us == snapshot_us.max()

@@ -162,3 +162,13 @@ def test_sorted_prefix_profile_matches_the_direct_solve(m: float) -> None:
     resid = rv * m * skew_ratio(z, anchors, want) - iv
     np.testing.assert_allclose(ratios, want, rtol=1e-10, atol=1e-12)
     assert j == pytest.approx(float(np.dot(w, resid * resid)), rel=1e-10)
+
+
+@pytest.mark.parametrize(("n", "k", "p"), [(1000, 100, 0.3), (50, 100, 0.5), (300_000, 1000, 0.7), (10, 3, 0.0)])
+def test_stride_positions_match_the_full_position_list(n: int, k: int, p: float) -> None:
+    from calib.engine.calibrate import _stride_mask, _stride_positions
+
+    mask = np.random.default_rng(5).random(n) < p
+    idx = np.flatnonzero(mask)
+    want = idx[_stride_mask(idx.size, k)] if idx.size > k else idx
+    np.testing.assert_array_equal(_stride_positions(mask, k, block=97), want)

@@ -112,10 +112,7 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
                                      + [(config.min_dte, config.max_dte, True)])
 
     def band_inputs(mask: np.ndarray) -> FitInputs:
-        idx = np.flatnonzero(mask)
-        if idx.size > JOINT_FIT_SAMPLE:  # same deterministic sampling as the joint fit
-            idx = idx[_stride_mask(idx.size, JOINT_FIT_SAMPLE)]
-        return fit_inputs(q, idx)
+        return fit_inputs(q, _stride_positions(mask, JOINT_FIT_SAMPLE))  # same sampling as the joint fit
 
     def bands_current_skew() -> tuple[list[FitInputs], list[MultiplierFit]]:
         inputs = [band_inputs(m) for m in band_masks]
@@ -510,6 +507,26 @@ def minimize_bounded(func: Callable[[float], float], lo: float, hi: float, *, xa
 
 def _sign(x: float) -> float:
     return 1.0 if x > 0 else (-1.0 if x < 0 else 0.0)
+
+
+def _stride_positions(mask: np.ndarray, k: int, block: int = SCORE_BLOCK) -> np.ndarray:
+    """Positions of the selected quotes of `mask`, thinned to an evenly spaced `k` when there are more.
+
+    The same positions as ``flatnonzero(mask)[_stride_mask(n, k)]``, found block by
+    block so the full list of positions (~8 bytes per selected quote) is never built.
+    """
+    n = int(np.count_nonzero(mask))
+    if n <= k:
+        return np.flatnonzero(mask)
+    ranks = np.linspace(0, n - 1, k).round().astype(np.int64)
+    out = np.empty(k, dtype=np.int64)
+    done = seen = 0
+    for i in range(0, mask.size, block):
+        pos = np.flatnonzero(mask[i:i + block])
+        upto = int(np.searchsorted(ranks, seen + pos.size, side="left"))
+        out[done:upto] = pos[ranks[done:upto] - seen] + i
+        done, seen = upto, seen + pos.size
+    return out
 
 
 def _stride_mask(n: int, k: int) -> np.ndarray:

@@ -10,6 +10,7 @@ import numpy as np
 from calib._typing import FloatArray
 from calib.engine.model import FitInputs, ModelInputs, QuoteArrays, as_fit_inputs, skew_ratio
 
+SKEW_BLOCK = 1 << 16  # quotes per block of the full skew fit's sums
 MIN_ANCHOR_WEIGHT_SHARE = 1e-4  # below this share of total weight an anchor keeps its current ratio
 
 
@@ -82,9 +83,15 @@ def fit_skew(
     snaps = q.snapshot_us if isinstance(q, QuoteArrays) else snapshot_us
     if snaps is None:
         raise ValueError("fit_skew: ModelInputs need `snapshot_us`")
-    z = mi.z1 / multiplier
-    ratio = mi.iv / (mi.rv * multiplier)
-    rec, _support, counts, free = solve_skew_ratios(z, ratio, mi.vega_coin, anchors_z, current)
+    # The normal-equation sums block by block: temporaries stay small on ~400 k quotes.
+    totals: list[Any] = [np.zeros(a), np.zeros(a - 1), np.zeros(a), np.zeros(a), np.zeros(a, np.int64)]
+    for i in range(0, len(mi), SKEW_BLOCK):
+        b = slice(i, i + SKEW_BLOCK)
+        parts = skew_sums(mi.z1[b] / multiplier, mi.iv[b] / (mi.rv[b] * multiplier), mi.vega_coin[b], anchors_z)
+        for total, part in zip(totals, parts, strict=True):
+            total += part
+    diag, off, rhs, support, counts = totals
+    rec, free = solve_from_sums(diag, off, rhs, support, anchors_z, current)
     has_data = free | (np.arange(a) == atm)
     diff = rec - current
     misfit: float | None = None
@@ -95,7 +102,7 @@ def fit_skew(
         misfit = float(np.sqrt(np.mean(diff[has_data] ** 2)))
         k = int(np.flatnonzero(has_data)[np.argmax(d)])
         max_abs, largest = float(d.max()), float(anchors_z[k])
-    smile = _smile(z, mi, snaps, multiplier, anchors_z, current, rec, smile_bin)
+    smile = _smile(mi, snaps, multiplier, anchors_z, current, rec, smile_bin)
     return SkewFit(anchors=tuple(anchors_z.tolist()), current=tuple(current.tolist()),
                    recommended=tuple(float(x) for x in rec), n_per_anchor=tuple(int(c) for c in counts),
                    misfit=misfit, max_abs_diff=max_abs, largest_diff_anchor=largest, smile=smile)
@@ -113,6 +120,16 @@ def solve_skew_ratios(
     `np.add.at`); sums over a quote's right anchor are its left anchor's sums
     shifted by one. `hat` passes `_hat_weights(z, anchors_z)` already computed.
     """
+    diag, off, rhs, support, counts = skew_sums(z, ratio, w, anchors_z, hat=hat, with_counts=with_counts)
+    rec, free = solve_from_sums(diag, off, rhs, support, anchors_z, current)
+    return rec, support, counts, free
+
+
+def skew_sums(
+    z: FloatArray, ratio: FloatArray, w: FloatArray, anchors_z: FloatArray,
+    *, hat: tuple[np.ndarray, FloatArray] | None = None, with_counts: bool = True,
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, np.ndarray | None]:
+    """The hat-basis sums of the skew fit (Gram diagonal and off-diagonal, rhs, support, counts); additive over quotes."""
     a = anchors_z.size
     left, frac = _hat_weights(z, anchors_z) if hat is None else hat
     wr = w * frac
@@ -130,8 +147,7 @@ def solve_skew_ratios(
     rhs = by_left(wl * ratio) + by_right(wr * ratio)
     support = by_left(wl) + by_right(wr)
     counts = nearest_anchor_counts(left, frac, a) if with_counts else None
-    rec, free = solve_from_sums(diag, off, rhs, support, anchors_z, current)
-    return rec, support.astype(np.float64), counts, free
+    return diag, off, rhs, support, counts
 
 
 def solve_from_sums(diag: FloatArray, off: FloatArray, rhs: FloatArray, support: FloatArray,
@@ -170,12 +186,12 @@ def _empty_smile() -> dict[str, list[Any]]:
     return {"z": [], "n": [], "market_iv_pct": [], "model_iv_pct": [], "recommended_iv_pct": []}
 
 
-def _smile(z: FloatArray, q: ModelInputs | FitInputs, snapshot_us: np.ndarray, m: float, anchors: FloatArray,
+def _smile(q: ModelInputs | FitInputs, snapshot_us: np.ndarray, m: float, anchors: FloatArray,
            current: FloatArray, rec: FloatArray, width: float) -> dict[str, list[Any]]:
     """Market vs model IV by z bin, for the newest snapshot (all snapshots if it is thin)."""
     newest = snapshot_us == snapshot_us.max()
     sel = newest if newest.sum() >= 20 else np.ones_like(newest)
-    zs, iv, rv = z[sel], q.iv[sel], q.rv[sel]
+    zs, iv, rv = q.z1[sel] / m, q.iv[sel], q.rv[sel]
     lo, hi = anchors[0] - width, anchors[-1] + width
     keep = (zs >= lo) & (zs <= hi)
     zs, iv, rv = zs[keep], iv[keep], rv[keep]

@@ -650,14 +650,15 @@ def quote_exprs(config: CalibrationConfig, *, has_mark_iv: bool) -> QuoteExprs:
     """The expressions of `quote_frame` (building them costs ~3 ms: once per window, not per chunk)."""
     dte_max_read = max([config.max_dte, *(b.dte_max for b in config.bands)])
     t_years = (pl.col("expiry_ts") - pl.col("snapshot_ts")).dt.total_microseconds() / _US_PER_YEAR
-    k_rel = pl.col("strike") / pl.col("underlying_price")
+    k_rel = pl.col("k_rel")
     is_call = pl.col("option_type") == "C"
     intrinsic = pl.when(is_call).then((1 - k_rel).clip(lower_bound=0)).otherwise((k_rel - 1).clip(lower_bound=0))
     code = row_reason_code_expr(has_mark_iv=has_mark_iv, option_types=tuple(config.option_types),
                                 dte_max_read=dte_max_read, min_tick_coin=config.min_tick_coin, th=config.quality,
                                 codes=_REASON_CODES, usable=USABLE)
     return QuoteExprs(
-        first=(t_years.alias("t_years"), is_call.fill_null(False).alias("is_call")),
+        first=(t_years.alias("t_years"), is_call.fill_null(False).alias("is_call"),
+               (pl.col("strike") / pl.col("underlying_price")).alias("k_rel")),
         second=((pl.col("t_years") * DAYS_PER_YEAR).alias("dte_days"), intrinsic.alias("intrinsic_coin")),
         out=(pl.col("snapshot_ts").dt.epoch("us").alias("snapshot_us"), code,
              *_engine_columns(has_mark_iv), *([] if has_mark_iv else [pl.col("mark_iv")])),
@@ -665,7 +666,7 @@ def quote_exprs(config: CalibrationConfig, *, has_mark_iv: bool) -> QuoteExprs:
 
 
 def _engine_columns(has_mark_iv: bool) -> list[str]:
-    return ["underlying_price", "strike", "t_years", "is_call", "mark_price", *(["mark_iv"] if has_mark_iv else [])]
+    return ["k_rel", "t_years", "is_call", "mark_price", *(["mark_iv"] if has_mark_iv else [])]
 
 
 def process_quote_frame(
@@ -742,10 +743,11 @@ def process_quote_frame(
     timings["rv"] = timings.get("rv", 0.0) + time.perf_counter() - t
 
     t = time.perf_counter()
-    fwd, strike, t_y, call, mark = (dst[x] for x in ("forward_usd", "strike_usd", "t_years", "is_call", "mark_coin"))
+    k_rel, t_y, call, mark = (dst[x] for x in ("k_rel", "t_years", "is_call", "mark_coin"))
     iv = dst["iv"]
     if not has_mark_iv:
-        _blocked(lambda s: implied_vol(mark[s], fwd[s], strike[s], t_y[s], call[s])[0], m, out=iv)
+        # Coin prices depend on K and F only through K/F: invert on a unit forward.
+        _blocked(lambda s: implied_vol(mark[s], 1.0, k_rel[s], t_y[s], call[s])[0], m, out=iv)
         tally.inverted = int(np.isfinite(iv).sum())
     ok = np.isfinite(iv) & (iv > 0)
     n_fail = int(ok.size - np.count_nonzero(ok))
@@ -809,7 +811,7 @@ _DTYPES: dict[str, type] = {f: bool if f == "is_call" else np.int64 if f == "sna
                             for f in _FIELDS}
 # QuoteArrays fields copied from `quote_frame` columns as they are (iv and rv are computed).
 _FRAME_COLUMNS: dict[str, str] = {
-    "forward_usd": "underlying_price", "strike_usd": "strike", "t_years": "t_years", "is_call": "is_call",
+    "k_rel": "k_rel", "t_years": "t_years", "is_call": "is_call",
     "mark_coin": "mark_price", "snapshot_us": "snapshot_us",
 }
 

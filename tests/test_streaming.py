@@ -120,7 +120,7 @@ def _close_metrics(a: Any, b: Any) -> bool:
 
 def _quotes(n: int) -> QuoteArrays:
     x = np.arange(n, dtype=np.float64)
-    return QuoteArrays(forward_usd=x, strike_usd=x, t_years=x, is_call=np.zeros(n, bool), mark_coin=x, iv=x,
+    return QuoteArrays(k_rel=x, t_years=x, is_call=np.zeros(n, bool), mark_coin=x, iv=x,
                        rv=x, snapshot_us=np.arange(n, dtype=np.int64))
 
 

@@ -18,8 +18,7 @@ _INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
 class QuoteArrays:
     """Usable quotes as aligned float64 arrays (one element per quote)."""
 
-    forward_usd: FloatArray
-    strike_usd: FloatArray
+    k_rel: FloatArray  # strike / forward (K/F): all a coin price or vega depends on besides T and sigma
     t_years: FloatArray
     is_call: BoolArray
     mark_coin: FloatArray
@@ -31,7 +30,7 @@ class QuoteArrays:
     # stored float64 column is ~19 MB of fresh memory to fault in on each run.
     @property
     def log_moneyness(self) -> FloatArray:
-        return np.log(self.strike_usd / self.forward_usd)
+        return np.log(self.k_rel)
 
     @property
     def dte_days(self) -> FloatArray:
@@ -41,7 +40,7 @@ class QuoteArrays:
     @property
     def vega_coin(self) -> FloatArray:
         """Black-76 vega at the market IV, coin per 1.00 vol."""
-        return black76_vega_coin(self.forward_usd, self.strike_usd, self.t_years, self.iv)
+        return black76_vega_coin(1.0, self.k_rel, self.t_years, self.iv)
 
     def subset(self, mask: BoolArray) -> QuoteArrays:
         return QuoteArrays(*(getattr(self, f)[mask] for f in self.__dataclass_fields__))
@@ -91,7 +90,7 @@ def model_sigma(q: QuoteArrays, multiplier: float | FloatArray, anchors_z: Float
 
 
 def model_price_coin(q: QuoteArrays, sigma: FloatArray) -> FloatArray:
-    return black76_price_coin(q.forward_usd, q.strike_usd, q.t_years, sigma, q.is_call)
+    return black76_price_coin(1.0, q.k_rel, q.t_years, sigma, q.is_call)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +124,7 @@ def model_inputs(q: QuoteArrays, idx: np.ndarray | None = None) -> ModelInputs:
     def col(a: np.ndarray) -> np.ndarray:
         return a if idx is None else a.take(idx)
 
-    k_rel = col(q.strike_usd) / col(q.forward_usd)
+    k_rel = col(q.k_rel)
     x = np.log(k_rel)
     rv, iv = col(q.rv), col(q.iv)
     sqrt_t = np.sqrt(col(q.t_years))
@@ -157,8 +156,7 @@ def fit_inputs(q: QuoteArrays, idx: np.ndarray | None = None) -> FitInputs:
     def col(a: np.ndarray) -> np.ndarray:
         return a if idx is None else a.take(idx)
 
-    x = col(q.strike_usd) / col(q.forward_usd)
-    np.log(x, out=x)
+    x = np.log(col(q.k_rel))
     rv, iv = col(q.rv), col(q.iv)
     sqrt_t = np.sqrt(col(q.t_years))
     vega = _vega(x, iv, sqrt_t)

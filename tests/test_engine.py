@@ -172,3 +172,32 @@ def test_stride_positions_match_the_full_position_list(n: int, k: int, p: float)
     idx = np.flatnonzero(mask)
     want = idx[_stride_mask(idx.size, k)] if idx.size > k else idx
     np.testing.assert_array_equal(_stride_positions(mask, k, block=97), want)
+
+
+def test_model_pricing_from_precomputed_inputs_equals_black76_on_the_raw_quotes() -> None:
+    """`quote_errors` (precomputed z1, RV sqrt T, hinge skew, two CDFs) against the model written out plainly."""
+    from calib.engine.metrics import quote_errors
+    from calib.engine.model import QuoteArrays, model_inputs
+    from calib.numerics.black76 import black76_price_coin, black76_vega_coin
+
+    rng = np.random.default_rng(21)
+    n = 20_000
+    k_rel = np.exp(rng.normal(0.0, 0.4, n))
+    t = rng.uniform(2 / 8760, 0.5, n)
+    call = rng.random(n) < 0.5
+    rv = rng.uniform(0.2, 1.2, n)
+    iv = rv * rng.uniform(0.7, 1.6, n)
+    mark = black76_price_coin(1.0, k_rel, t, iv, call) + 1e-4
+    q = QuoteArrays(k_rel=k_rel, t_years=t, is_call=call, mark_coin=mark, iv=iv, rv=rv,
+                    snapshot_us=np.zeros(n, np.int64))
+    anchors = np.array([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0])
+    ratios = np.array([1.4, 1.15, 1.05, 1.0, 0.98, 1.02, 1.1])
+    m = 1.13
+    z = np.log(k_rel) / (rv * m * np.sqrt(t))
+    sigma = rv * m * np.interp(z, anchors, ratios)
+    price = black76_price_coin(1.0, k_rel, t, sigma, call)
+    err = quote_errors(q, m, anchors, ratios)
+    np.testing.assert_allclose(err.sigma, sigma, rtol=1e-13)
+    np.testing.assert_allclose(err.err_pct, (price - mark) / mark * 100.0, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(err.err_vol_points, (sigma - iv) * 100.0, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(model_inputs(q).vega_coin, black76_vega_coin(1.0, k_rel, t, iv), rtol=1e-12)

@@ -323,10 +323,6 @@ def _parallel_map(fn: Callable[[_A], _R], items: Sequence[_A], *, parallel: bool
         return list(pool.map(fn, items))
 
 
-def _take(q: QuoteArrays, idx: np.ndarray) -> QuoteArrays:
-    return QuoteArrays(*(getattr(q, f).take(idx) for f in q.__dataclass_fields__))
-
-
 def _slice(q: QuoteArrays, start: int, stop: int) -> QuoteArrays:
     """Views (no copy) of quotes `start:stop`."""
     return QuoteArrays(*(getattr(q, f)[start:stop] for f in q.__dataclass_fields__))

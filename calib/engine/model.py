@@ -8,7 +8,7 @@ import numpy as np
 
 from calib._typing import BoolArray, FloatArray
 from calib.config import DAYS_PER_YEAR
-from calib.numerics.black76 import black76_price_coin, black76_vega_coin
+from calib.numerics.black76 import black76_vega_coin
 from calib.numerics.normal import norm_cdf
 
 _INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
@@ -76,21 +76,6 @@ def skew_ratio(z: FloatArray, anchors_z: FloatArray, ratios: FloatArray) -> Floa
         hinge *= kink
         out += hinge
     return out
-
-
-def standardized_moneyness(q: QuoteArrays, multiplier: float | FloatArray) -> FloatArray:
-    """z = ln(K/F) / (RV_7d x m x sqrt(T))."""
-    return q.log_moneyness / (q.rv * multiplier * np.sqrt(q.t_years))
-
-
-def model_sigma(q: QuoteArrays, multiplier: float | FloatArray, anchors_z: FloatArray, ratios: FloatArray) -> FloatArray:
-    """sigma_model = RV_7d x m x skew(z(m)) as a fraction."""
-    z = standardized_moneyness(q, multiplier)
-    return q.rv * multiplier * skew_ratio(z, anchors_z, ratios)
-
-
-def model_price_coin(q: QuoteArrays, sigma: FloatArray) -> FloatArray:
-    return black76_price_coin(1.0, q.k_rel, q.t_years, sigma, q.is_call)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +176,9 @@ def model_sigma_price(mi: ModelInputs, multiplier: float | FloatArray, anchors_z
                       ratios: FloatArray) -> tuple[FloatArray, FloatArray]:
     """sigma_model (fraction) and its Black-76 coin price, from precomputed inputs.
 
-    Same values as `model_sigma` and `model_price_coin` (up to rounding):
-    ``w (N(w d1) - k N(w d2))`` with ``d1 = -ln k / v + v / 2``, ``v = sigma sqrt(T)``.
+    ``sigma = RV m skew(z1 / m)``, priced as ``w (N(w d1) - k N(w d2))`` with
+    ``d1 = -ln k / v + v / 2``, ``v = sigma sqrt(T)``: `black76_price_coin`'s
+    values up to rounding (tests/test_engine.py checks it).
     """
     sk = skew_ratio(mi.z1 / multiplier, anchors_z, ratios)
     sk *= multiplier

@@ -175,13 +175,6 @@ def solve_from_sums(diag: FloatArray, off: FloatArray, rhs: FloatArray, support:
     return np.clip(rec, 0.2, 5.0), free
 
 
-def hat_curve(hat: tuple[np.ndarray, FloatArray], ratios: FloatArray) -> FloatArray:
-    """The piecewise-linear curve through `ratios` at the points of `hat` (= `skew_ratio` there)."""
-    left, frac = hat
-    lo = ratios.take(left)
-    return lo + (ratios.take(left + 1) - lo) * frac
-
-
 def _empty_smile() -> dict[str, list[Any]]:
     return {"z": [], "n": [], "market_iv_pct": [], "model_iv_pct": [], "recommended_iv_pct": []}
 

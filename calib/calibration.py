@@ -183,10 +183,7 @@ def _calibrate_in_memory(hf: HarvestFiles, config: CalibrationConfig, *, extra_i
         timings[k] = timings.get(k, 0.0) + v
     rv.lookup()  # read even when no quote file was in the window
     return calibrate_tally(
-        tally, arrays, rv.index, config, columns_present=hf.columns_present,
-        columns_missing_somewhere=hf.columns_missing_somewhere, skipped=hf.skipped, files_total=hf.files_total,
-        window_start=hf.window_start, window_end=hf.window_end, coverage_applies=True,
-        extra_issues=extra_issues, rv_issues=rv.issues, timings=timings, progress=progress,
+        tally, arrays, rv.index, config, facts=WindowFacts.of(hf), extra_issues=extra_issues, rv_issues=rv.issues, timings=timings, progress=progress,
         extra_dq={"engine_path": "in_memory"},
     )
 
@@ -254,12 +251,29 @@ def calibrate_harvest_read(
                                    capacity=read.quotes.height, timings=timings)
     timings["scan"] += timings.pop("collect", 0.0)
     return calibrate_tally(
-        tally, arrays, read.index, config, columns_present=read.columns_present,
-        columns_missing_somewhere=read.columns_missing_somewhere, skipped=read.skipped,
-        files_total=read.files_total, window_start=read.window_start, window_end=read.window_end,
-        coverage_applies=coverage_applies, extra_issues=list(extra_issues or []), rv_issues=rv_issues,
+        tally, arrays, read.index, config, facts=WindowFacts.of(read, coverage_applies=coverage_applies),
+        extra_issues=list(extra_issues or []), rv_issues=rv_issues,
         timings=timings, progress=progress, extra_dq={"engine_path": "in_memory"},
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WindowFacts:
+    """What a window's files say, whatever the engine path: columns, unreadable files, the window itself."""
+
+    columns_present: frozenset[str]
+    columns_missing_somewhere: frozenset[str]
+    skipped: tuple[SkippedFile, ...]
+    files_total: int
+    window_start: datetime
+    window_end: datetime
+    coverage_applies: bool
+
+    @classmethod
+    def of(cls, src: HarvestFiles | HarvestRead, *, coverage_applies: bool = True) -> WindowFacts:
+        return cls(columns_present=src.columns_present, columns_missing_somewhere=src.columns_missing_somewhere,
+                   skipped=src.skipped, files_total=src.files_total, window_start=src.window_start,
+                   window_end=src.window_end, coverage_applies=coverage_applies)
 
 
 def calibrate_tally(
@@ -268,13 +282,7 @@ def calibrate_tally(
     index: pl.DataFrame,
     config: CalibrationConfig,
     *,
-    columns_present: frozenset[str],
-    columns_missing_somewhere: frozenset[str],
-    skipped: tuple[SkippedFile, ...],
-    files_total: int,
-    window_start: datetime,
-    window_end: datetime,
-    coverage_applies: bool,
+    facts: WindowFacts,
     extra_issues: list[DataQualityIssue],
     rv_issues: list[DataQualityIssue],
     timings: dict[str, float],
@@ -283,7 +291,7 @@ def calibrate_tally(
 ) -> CalibrationResult:
     """Sample (`max_samples`), run the engine on the usable quotes and build the result."""
     required_ok = not any(i.code == "missing_required_column"
-                          for i in check_schema(columns_present, columns_missing_somewhere))
+                          for i in check_schema(facts.columns_present, facts.columns_missing_somewhere))
     engine: EngineOutput | None = None
     if required_ok and tally.rows:
         if config.max_samples is not None and len(arrays) > config.max_samples:
@@ -295,12 +303,8 @@ def calibrate_tally(
                 progress(f"calibrating {len(arrays):,} quotes")
             engine = calibrate_quotes(arrays, config)
             timings.update(engine.timings_s)
-    return build_result(
-        tally, engine, index, config, columns_present=columns_present,
-        columns_missing_somewhere=columns_missing_somewhere, skipped=skipped, files_total=files_total,
-        window_start=window_start, window_end=window_end, coverage_applies=coverage_applies,
-        extra_issues=extra_issues, rv_issues=rv_issues, timings=timings, extra_dq=extra_dq,
-    )
+    return build_result(tally, engine, index, config, facts=facts, extra_issues=extra_issues, rv_issues=rv_issues,
+                        timings=timings, extra_dq=extra_dq)
 
 
 def build_result(
@@ -309,19 +313,16 @@ def build_result(
     index: pl.DataFrame,
     config: CalibrationConfig,
     *,
-    columns_present: frozenset[str],
-    columns_missing_somewhere: frozenset[str],
-    skipped: tuple[SkippedFile, ...],
-    files_total: int,
-    window_start: datetime,
-    window_end: datetime,
-    coverage_applies: bool,
+    facts: WindowFacts,
     extra_issues: list[DataQualityIssue],
     rv_issues: list[DataQualityIssue],
     timings: dict[str, float],
     extra_dq: dict[str, Any],
 ) -> CalibrationResult:
     """Data-quality issues and grade, guardrails, CalibrationResult (both engine paths end here)."""
+    columns_present, columns_missing_somewhere = facts.columns_present, facts.columns_missing_somewhere
+    skipped, files_total, coverage_applies = facts.skipped, facts.files_total, facts.coverage_applies
+    window_start, window_end = facts.window_start, facts.window_end
     t = time.perf_counter()
     if tally.rows == 0:
         # Nothing in the window: say that, not "columns missing" about files that were never there.

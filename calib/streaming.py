@@ -42,6 +42,7 @@ from calib.calibration import (
     Progress,
     QuoteTally,
     RvState,
+    WindowFacts,
     build_result,
     iter_prepared,
 )
@@ -251,9 +252,7 @@ def calibrate_chunked(
     timings["scan"] += timings.pop("collect", 0.0)
     rv.lookup()  # read even when no quote file was in the window
     return build_result(
-        tally, engine, rv.index, config, columns_present=hf.columns_present,
-        columns_missing_somewhere=hf.columns_missing_somewhere, skipped=hf.skipped, files_total=hf.files_total,
-        window_start=hf.window_start, window_end=hf.window_end, coverage_applies=True,
+        tally, engine, rv.index, config, facts=WindowFacts.of(hf),
         extra_issues=list(extra_issues or []), rv_issues=rv.issues, timings=timings,
         extra_dq={"engine_path": "chunked", "fit_sample_size": fit_size, "fit_sample_stride": stride,
                   "chunks": len(groups), "passes": passes, "estimated_rows": est_rows},

@@ -141,10 +141,10 @@ def test_max_snapshots_keeps_the_newest(exact_harvest: Path) -> None:
 
 @pytest.mark.parametrize("m", [0.4, 0.9, 1.0, 1.37, 2.5])
 def test_sorted_prefix_profile_matches_the_direct_solve(m: float) -> None:
-    """The joint fit's O(anchors) profile equals the bincount solve and a direct J, quote by quote."""
+    """The joint fit's O(anchors) profile equals the bincount sums' solve and a direct J, quote by quote."""
     from calib.engine.calibrate import _Profile
     from calib.engine.model import ModelInputs, skew_ratio
-    from calib.engine.skew import solve_skew_ratios
+    from calib.engine.skew import skew_sums, solve_from_sums
 
     rng = np.random.default_rng(11)
     anchors = np.array([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0])
@@ -158,7 +158,8 @@ def test_sorted_prefix_profile_matches_the_direct_solve(m: float) -> None:
     g = ModelInputs(x=z1, k_rel=ones, omega=ones, s=ones, z1=z1, rv=rv, iv=iv, mark_coin=ones, vega_coin=w)
     j, ratios = _Profile(g, anchors, current)(m)
     z = z1 / m
-    want, *_ = solve_skew_ratios(z, iv / (rv * m), w, anchors, current)
+    diag, off, rhs, support, _ = skew_sums(z, iv / (rv * m), w, anchors)
+    want, _ = solve_from_sums(diag, off, rhs, support, anchors, current)
     resid = rv * m * skew_ratio(z, anchors, want) - iv
     np.testing.assert_allclose(ratios, want, rtol=1e-10, atol=1e-12)
     assert j == pytest.approx(float(np.dot(w, resid * resid)), rel=1e-10)

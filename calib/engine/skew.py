@@ -108,28 +108,17 @@ def fit_skew(
                    misfit=misfit, max_abs_diff=max_abs, largest_diff_anchor=largest, smile=smile)
 
 
-def solve_skew_ratios(
-    z: FloatArray, ratio: FloatArray, w: FloatArray, anchors_z: FloatArray, current: FloatArray,
-    *, hat: tuple[np.ndarray, FloatArray] | None = None, with_counts: bool = True,
-) -> tuple[FloatArray, FloatArray, Any, Any]:
-    """Anchor ratios minimizing sum w (curve(z) - ratio)^2 with the ATM anchor at 1.0.
-
-    Returns (ratios, weight support per anchor, quote count per nearest anchor
-    (None unless `with_counts`), mask of anchors that were fitted). The Gram
-    matrix is tridiagonal and built with `bincount` (no Python loop, no
-    `np.add.at`); sums over a quote's right anchor are its left anchor's sums
-    shifted by one. `hat` passes `_hat_weights(z, anchors_z)` already computed.
-    """
-    diag, off, rhs, support, counts = skew_sums(z, ratio, w, anchors_z, hat=hat, with_counts=with_counts)
-    rec, free = solve_from_sums(diag, off, rhs, support, anchors_z, current)
-    return rec, support, counts, free
-
-
 def skew_sums(
     z: FloatArray, ratio: FloatArray, w: FloatArray, anchors_z: FloatArray,
     *, hat: tuple[np.ndarray, FloatArray] | None = None, with_counts: bool = True,
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, np.ndarray | None]:
-    """The hat-basis sums of the skew fit (Gram diagonal and off-diagonal, rhs, support, counts); additive over quotes."""
+    """The hat-basis sums of the skew fit (Gram diagonal and off-diagonal, rhs, support, counts); additive over quotes.
+
+    The fit minimizes ``sum w (curve(z) - ratio)^2``. The Gram matrix is
+    tridiagonal and built with `bincount` (no Python loop, no `np.add.at`);
+    sums over a quote's right anchor are its left anchor's sums shifted by one.
+    `hat` passes `_hat_weights(z, anchors_z)` already computed.
+    """
     a = anchors_z.size
     left, frac = _hat_weights(z, anchors_z) if hat is None else hat
     wr = w * frac
@@ -152,7 +141,7 @@ def skew_sums(
 
 def solve_from_sums(diag: FloatArray, off: FloatArray, rhs: FloatArray, support: FloatArray,
                     anchors_z: FloatArray, current: FloatArray) -> tuple[FloatArray, np.ndarray]:
-    """The constrained normal-equation solve of `solve_skew_ratios`, from its weighted sums.
+    """Anchor ratios with the ATM anchor at 1.0 from the `skew_sums` (returns ratios, fitted-anchor mask).
 
     `diag`, `off` (tridiagonal Gram matrix), `rhs` and `support` (weight per
     anchor) are sums over quotes of the hat-basis products; they add up over

@@ -320,3 +320,17 @@ def test_reader_sees_each_row_exactly_once_while_a_day_is_recompacted(tmp_path: 
     assert last is not None and last.name == "compact_2025-03-14_v12.parquet"
     assert list_parquet_files(tmp_path, "BTC") == [last]
     assert pl.read_parquet(last).height == 120
+
+
+def test_listing_skips_partitions_outside_the_days_asked_for(tmp_path: Path) -> None:
+    base = tmp_path / "BTC"
+    for name in ("date=2025-06-01", "date=2025-06-02", "date=2025-06-03", "date=2025-06-04", "misc", ".tmp"):
+        (base / name).mkdir(parents=True)
+        (base / name / "a.parquet").write_bytes(b"x")
+    (base / "loose.parquet").write_bytes(b"x")
+    (base / "date=2025-06-02" / ".a.parquet.123.tmp").write_bytes(b"x")
+    got = list_parquet_files(tmp_path, "BTC", days=(date(2025, 6, 2), date(2025, 6, 3)))
+    assert [p.relative_to(base).as_posix() for p in got] == [
+        "date=2025-06-02/a.parquet", "date=2025-06-03/a.parquet", "loose.parquet", "misc/a.parquet"]
+    everything = list_parquet_files(tmp_path, "BTC")
+    assert len(everything) == 6 and everything == sorted(everything)

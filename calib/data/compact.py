@@ -201,7 +201,7 @@ def _merged_keys(compact_files: Iterable[Path]) -> set[_SigKey]:
     return merged
 
 
-def effective_parquet_files(data_root: Path, underlying: str) -> list[Path]:
+def effective_parquet_files(data_root: Path, underlying: str, *, days: tuple[date, date] | None = None) -> list[Path]:
     """`calib.data.layout.list_parquet_files` minus files a compact file already absorbed.
 
     The reader-side rule that keeps `compact_day`'s publish-first window from
@@ -214,7 +214,7 @@ def effective_parquet_files(data_root: Path, underlying: str) -> list[Path]:
     A listed file can vanish before it is read (the compactor unlinked it): on
     `FileNotFoundError`, list again.
     """
-    files = list_parquet_files(data_root, underlying)
+    files = list_parquet_files(data_root, underlying, days=days)
     compacts_by_dir: dict[Path, list[Path]] = {}
     for path in files:
         if _is_compact(path):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -44,11 +45,32 @@ def atomic_write_parquet(
     return path
 
 
-def list_parquet_files(data_root: Path, underlying: str) -> list[Path]:
-    """All visible Parquet files below `<data_root>/<UNDERLYING>/`, sorted (temp files excluded)."""
+def list_parquet_files(data_root: Path, underlying: str, *, days: tuple[date, date] | None = None) -> list[Path]:
+    """All visible Parquet files below `<data_root>/<UNDERLYING>/`, sorted (temp files excluded).
+
+    With `days` (first, last), `date=YYYY-MM-DD` directories outside that range
+    are not descended into: a 14-day window over a year of partitions lists 20
+    directories, not 370. Files outside `date=` directories are always listed.
+    """
     base = Path(data_root) / underlying
     if not base.is_dir():
         return []
-    return sorted(
-        p for p in base.rglob("*.parquet") if not any(part.startswith(".") for part in p.relative_to(base).parts)
-    )
+    lo, hi = (f"date={days[0]:%Y-%m-%d}", f"date={days[1]:%Y-%m-%d}") if days else ("", "")
+    out: list[Path] = []
+    stack = [str(base)]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for e in entries:
+                if e.name.startswith("."):
+                    continue
+                if e.is_dir():
+                    # ISO dates compare as strings; a name that only looks like a partition is kept.
+                    if days and _DATE_DIR.fullmatch(e.name) and not lo <= e.name <= hi:
+                        continue
+                    stack.append(e.path)
+                elif e.name.endswith(".parquet"):
+                    out.append(Path(e.path))
+    return sorted(out)
+
+
+_DATE_DIR = re.compile(r"date=\d{4}-\d{2}-\d{2}")

@@ -217,7 +217,7 @@ def find_harvest_files(
     warm_start = window_start - warmup
     listed = [
         (p, d)
-        for p in effective_parquet_files(Path(data_root), underlying)
+        for p in effective_parquet_files(Path(data_root), underlying, days=(warm_start.date(), window_end.date()))
         if (d := _partition_date(p)) is None or warm_start.date() <= d <= window_end.date()
     ]
     skipped: list[SkippedFile] = []

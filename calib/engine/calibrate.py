@@ -96,10 +96,11 @@ class EngineFit:
 def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
     """Global joint multiplier+skew fit on the run's DTE range, then one multiplier per band.
 
-    Like the joint fit, each band's multiplier is fitted on a deterministic,
-    evenly spaced sample of at most `JOINT_FIT_SAMPLE` of its quotes (a
-    one-parameter least-squares fit moves by ~1e-5 relative between 300k
-    quotes and all of them); every quote is scored afterwards.
+    Like the joint fit, the global multiplier with the current skew and each
+    band's multiplier are fitted on a deterministic, evenly spaced sample of at
+    most `JOINT_FIT_SAMPLE` of their quotes (a one-parameter least-squares fit
+    moves by ~1e-5 relative between 300k quotes and all of them); every quote
+    is scored afterwards.
     """
     t0 = time.perf_counter()
     anchors = np.asarray(config.skew.anchors_z, dtype=np.float64)
@@ -127,12 +128,14 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
         g_idx = np.flatnonzero(g_mask)
         g_in = fit_inputs(q, g_idx)
         g_snap = q.snapshot_us.take(g_idx)
-        fit = fit_multiplier(g_in, anchors_z=anchors, ratios=current, bounds=bounds, start=m_tested)
+        sample = g_in if len(g_in) <= JOINT_FIT_SAMPLE else g_in.take(
+            np.flatnonzero(_stride_mask(len(g_in), JOINT_FIT_SAMPLE)))
+        fit = fit_multiplier(sample, anchors_z=anchors, ratios=current, bounds=bounds, start=m_tested)
         fit_current_skew = fit
         ratios = current
         skew: SkewFit | None = None
         if config.fit_skew and fit.multiplier is not None:
-            fit, skew = _joint_fit(g_in, g_snap, fit, anchors, current, bounds)
+            fit, skew = _joint_fit(g_in, sample, g_snap, fit, anchors, current, bounds)
             ratios = np.asarray(skew.recommended, dtype=np.float64)
         t_fit = time.perf_counter()
         b_inputs, band_fits_cs = pending.result() if pending is not None else bands_current_skew()
@@ -393,8 +396,8 @@ class _Profile:
         return float(np.dot(self.w, curve * curve)), ratios
 
 
-def _joint_fit(g_in: FitInputs, g_snap: np.ndarray, fit: MultiplierFit, anchors: np.ndarray, current: np.ndarray,
-               bounds: tuple[float, float]) -> tuple[MultiplierFit, SkewFit]:
+def _joint_fit(g_in: FitInputs, sample: FitInputs, g_snap: np.ndarray, fit: MultiplierFit, anchors: np.ndarray,
+               current: np.ndarray, bounds: tuple[float, float]) -> tuple[MultiplierFit, SkewFit]:
     """Multiplier and skew that fit together: minimize the profile J(m) over m.
 
     Notes
@@ -411,8 +414,6 @@ def _joint_fit(g_in: FitInputs, g_snap: np.ndarray, fit: MultiplierFit, anchors:
     """
     lo, hi = bounds
     m_cs = float(fit.multiplier)  # type: ignore[arg-type]
-    sample = g_in if len(g_in) <= JOINT_FIT_SAMPLE else g_in.take(
-        np.flatnonzero(_stride_mask(len(g_in), JOINT_FIT_SAMPLE)))
     a, b = max(lo, m_cs / 2), min(hi, m_cs * 2)
     if b - a > 1e-9:
         profile = _Profile(sample, anchors, current)

@@ -140,9 +140,11 @@ def ensure_harvest(
     A marker file is written last, so an interrupted generation is redone.
     """
     from calib.data.demo import DemoSpec, generate_demo_harvest
+    from calib.data.layout import PARQUET_COMPRESSION
 
     cache_dir = Path(cache_dir)
-    stem = f"BTC_step{step_minutes:g}m_n{max_instruments or 'all'}_seed{seed}_{files_per}_end{end:%Y%m%d}"
+    stem = (f"BTC_step{step_minutes:g}m_n{max_instruments or 'all'}_seed{seed}_{files_per}_{PARQUET_COMPRESSION}"
+            f"_end{end:%Y%m%d}")
     best: tuple[float, Path] | None = None
     if cache_dir.is_dir():
         for marker in cache_dir.glob(f"{stem}_*d/.complete.json"):

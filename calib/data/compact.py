@@ -57,7 +57,7 @@ from typing import Any
 import polars as pl
 
 from calib._typing import UNDERLYINGS
-from calib.data.layout import list_parquet_files, partition_dir
+from calib.data.layout import PARQUET_COMPRESSION, list_parquet_files, partition_dir
 from calib.data.schema import HARVEST_SCHEMA
 from calib.errors import InvalidInputError, NoDataError
 
@@ -290,7 +290,7 @@ def _publish(frame: pl.DataFrame, target: Path, sources: list[dict[str, Any]]) -
         with os.fdopen(fd, "wb") as fh:
             frame.write_parquet(
                 fh,
-                compression="zstd",
+                compression=PARQUET_COMPRESSION,
                 statistics=True,
                 metadata={SOURCES_METADATA_KEY: json.dumps(sources)},
             )
@@ -334,7 +334,7 @@ def compact_day(data_root: Path, underlying: str, date: date | str) -> CompactRe
     -----
     Merged rows are sorted by ``(snapshot_ts, instrument_name)``; contract columns
     are cast to `calib.data.schema.HARVEST_SCHEMA` (timestamps ms UTC), extra
-    columns kept; zstd, row-group statistics on. Only the partition directory's
+    columns kept; LZ4 (`PARQUET_COMPRESSION`), row-group statistics on. Only the partition directory's
     own files are merged (not subdirectories). Ordering, crash safety and the
     reader rule are described in the module docstring.
     """

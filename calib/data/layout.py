@@ -22,8 +22,15 @@ def snapshot_path(data_root: Path, underlying: str, ts_utc: datetime, stem: str 
     return partition_dir(data_root, underlying, ts_utc) / f"{stem}_{ts_utc:%Y%m%dT%H%M%SZ}.parquet"
 
 
+# LZ4 rather than zstd for every harvest file calib writes: the 14-day scan (9 columns, 3.2 M rows)
+# decodes ~25% faster (~100 ms vs ~130 ms on 2 cores) for ~1.6x the bytes (6.5 -> 10 MB a day of
+# 800 instruments at 5 minutes). Readers take any codec, so older zstd files stay readable.
+PARQUET_COMPRESSION: Literal["lz4"] = "lz4"
+
+
 def atomic_write_parquet(
-    df: pl.DataFrame, path: Path, *, compression: Literal["zstd", "lz4", "snappy", "uncompressed"] = "zstd"
+    df: pl.DataFrame, path: Path, *,
+    compression: Literal["zstd", "lz4", "snappy", "uncompressed"] = PARQUET_COMPRESSION,
 ) -> Path:
     """Write `df` to `path` so readers see either no file or the whole file.
 

@@ -175,6 +175,17 @@ def test_stride_positions_match_the_full_position_list(n: int, k: int, p: float)
     np.testing.assert_array_equal(_stride_positions(mask, k, block=97), want)
 
 
+@pytest.mark.parametrize("p", [0.0, 0.2, 1.0])
+def test_newest_positions_are_the_masked_quotes_of_the_newest_masked_snapshot(p: float) -> None:
+    from calib.engine.calibrate import _newest_positions
+
+    rng = np.random.default_rng(8)
+    snaps = rng.integers(0, 50, 5000) * 300_000_000
+    mask = rng.random(5000) < p
+    want = np.flatnonzero(mask & (snaps == snaps[mask].max())) if mask.any() else np.zeros(0, np.int64)
+    np.testing.assert_array_equal(_newest_positions(snaps, mask), want)
+
+
 def test_model_pricing_from_precomputed_inputs_equals_black76_on_the_raw_quotes() -> None:
     """`quote_errors` (precomputed z1, RV sqrt T, hinge skew, two CDFs) against the model written out plainly."""
     from calib.engine.metrics import quote_errors

@@ -125,17 +125,19 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
     parallel = len(q) >= PARALLEL_MIN_QUOTES and ENGINE_THREADS >= 2
     with ThreadPoolExecutor(max_workers=1) if parallel else contextlib.nullcontext() as pool:
         pending = pool.submit(bands_current_skew) if pool is not None else None
-        g_idx = np.flatnonzero(g_mask)
-        g_in = fit_inputs(q, g_idx)
-        g_snap = q.snapshot_us.take(g_idx)
-        sample = g_in if len(g_in) <= JOINT_FIT_SAMPLE else g_in.take(
-            np.flatnonzero(_stride_mask(len(g_in), JOINT_FIT_SAMPLE)))
+        # The fits read the global range's sample and its newest snapshot only: inputs for
+        # all of its quotes (~440 k at 14 days) would cost fresh memory and time for nothing.
+        s_pos = _stride_positions(g_mask, JOINT_FIT_SAMPLE)
+        sample, s_snap = fit_inputs(q, s_pos), q.snapshot_us.take(s_pos)
+        n_pos = _newest_positions(q.snapshot_us, g_mask)
+        newest, n_snap = fit_inputs(q, n_pos), q.snapshot_us.take(n_pos)
         fit = fit_multiplier(sample, anchors_z=anchors, ratios=current, bounds=bounds, start=m_tested)
         fit_current_skew = fit
         ratios = current
         skew: SkewFit | None = None
         if config.fit_skew and fit.multiplier is not None:
-            fit, skew = _joint_fit(g_in, sample, g_snap, fit, anchors, current, bounds)
+            smile = (newest, n_snap) if len(newest) >= SMILE_MIN_QUOTES else None
+            fit, skew = _joint_fit(sample, s_snap, fit, anchors, current, bounds, smile_from=smile)
             ratios = np.asarray(skew.recommended, dtype=np.float64)
         t_fit = time.perf_counter()
         b_inputs, band_fits_cs = pending.result() if pending is not None else bands_current_skew()
@@ -146,7 +148,7 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
         band_fits = _parallel_map(
             lambda bi: fit_multiplier(bi, anchors_z=anchors, ratios=ratios, bounds=bounds, start=m_rec or m_tested),
             b_inputs, parallel=parallel)
-    rv_now, atm_iv = _rv_and_atm(g_in, g_snap, m_rec or m_tested)
+    rv_now, atm_iv = _rv_and_atm(newest, n_snap, m_rec or m_tested)
     surface = None
     if config.emit_recommended_vol_surface and m_rec is not None and rv_now is not None:
         band_mult = {b.name: f.multiplier for b, f in zip(config.bands, band_fits, strict=True)}
@@ -396,8 +398,9 @@ class _Profile:
         return float(np.dot(self.w, curve * curve)), ratios
 
 
-def _joint_fit(g_in: FitInputs, sample: FitInputs, g_snap: np.ndarray, fit: MultiplierFit, anchors: np.ndarray,
-               current: np.ndarray, bounds: tuple[float, float]) -> tuple[MultiplierFit, SkewFit]:
+def _joint_fit(sample: FitInputs, s_snap: np.ndarray, fit: MultiplierFit, anchors: np.ndarray,
+               current: np.ndarray, bounds: tuple[float, float], *,
+               smile_from: tuple[FitInputs, np.ndarray] | None = None) -> tuple[MultiplierFit, SkewFit]:
     """Multiplier and skew that fit together: minimize the profile J(m) over m.
 
     Notes
@@ -410,7 +413,10 @@ def _joint_fit(g_in: FitInputs, sample: FitInputs, g_snap: np.ndarray, fit: Mult
     thin ATM data lets a tiny m with inflated ratios satisfy both equations).
     The search stays within a factor 2 of the multiplier fitted with the
     current skew, and runs on a deterministic sample of at most
-    `JOINT_FIT_SAMPLE` quotes (metrics afterwards use every quote).
+    `JOINT_FIT_SAMPLE` quotes (metrics afterwards use every quote); the
+    recommended skew is the one solved on that sample at the chosen m, so the
+    pair is the sample's joint optimum. `smile_from` (quotes, snapshots) is
+    what the smile diagnostic shows (default: the sample).
     """
     lo, hi = bounds
     m_cs = float(fit.multiplier)  # type: ignore[arg-type]
@@ -422,7 +428,8 @@ def _joint_fit(g_in: FitInputs, sample: FitInputs, g_snap: np.ndarray, fit: Mult
         m_star = m_cs
     at_bound = m_star <= lo * (1 + 1e-6) or m_star >= hi * (1 - 1e-6)
     joint = MultiplierFit(multiplier=m_star, unclipped=m_star, at_bound=at_bound or fit.at_bound, iterations=0)
-    return joint, fit_skew(g_in, m_star, anchors_z=anchors, current=current, snapshot_us=g_snap)
+    return joint, fit_skew(sample, m_star, anchors_z=anchors, current=current, snapshot_us=s_snap,
+                           smile_from=smile_from)
 
 
 def minimize_bounded(func: Callable[[float], float], lo: float, hi: float, *, xatol: float = 1e-5,
@@ -524,6 +531,17 @@ def _stride_positions(mask: np.ndarray, k: int, block: int = SCORE_BLOCK) -> np.
         out[done:upto] = pos[ranks[done:upto] - seen] + i
         done, seen = upto, seen + pos.size
     return out
+
+
+def _newest_positions(snapshot_us: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Positions of the quotes of `mask` at its newest snapshot (no masked copy of the snapshots)."""
+    if not mask.any():
+        return np.zeros(0, np.int64)
+    newest = snapshot_us.max(where=mask, initial=np.iinfo(np.int64).min)
+    return np.flatnonzero((snapshot_us == newest) & mask)
+
+
+SMILE_MIN_QUOTES = 20  # a newest snapshot thinner than this: the smile is drawn from the whole sample
 
 
 def _stride_mask(n: int, k: int) -> np.ndarray:

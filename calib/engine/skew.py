@@ -61,6 +61,7 @@ def nearest_anchor_counts(left: np.ndarray, frac: FloatArray, size: int) -> np.n
 def fit_skew(
     q: QuoteArrays | ModelInputs | FitInputs, multiplier: float, *, anchors_z: FloatArray, current: FloatArray,
     snapshot_us: np.ndarray | None = None, smile_bin: float = 0.25,
+    smile_from: tuple[ModelInputs | FitInputs, np.ndarray] | None = None,
 ) -> SkewFit:
     """Weighted least squares of the piecewise-linear ratio curve on observed IV / (RV m).
 
@@ -72,6 +73,8 @@ def fit_skew(
     is held at 1.0 (the multiplier carries the level). Weights are vegas.
     Anchors with (almost) no weight keep their current ratio. With
     `ModelInputs` or `FitInputs`, `snapshot_us` gives the quotes' snapshots (for the smile).
+    `smile_from` (quotes, snapshots) draws the smile from other quotes, e.g. all of
+    the newest snapshot when `q` is a sample.
     """
     a = anchors_z.size
     atm = int(np.flatnonzero(anchors_z == 0.0)[0])
@@ -102,7 +105,8 @@ def fit_skew(
         misfit = float(np.sqrt(np.mean(diff[has_data] ** 2)))
         k = int(np.flatnonzero(has_data)[np.argmax(d)])
         max_abs, largest = float(d.max()), float(anchors_z[k])
-    smile = _smile(mi, snaps, multiplier, anchors_z, current, rec, smile_bin)
+    smile_q, smile_snaps = smile_from if smile_from is not None else (mi, snaps)
+    smile = _smile(smile_q, smile_snaps, multiplier, anchors_z, current, rec, smile_bin)
     return SkewFit(anchors=tuple(anchors_z.tolist()), current=tuple(current.tolist()),
                    recommended=tuple(float(x) for x in rec), n_per_anchor=tuple(int(c) for c in counts),
                    misfit=misfit, max_abs_diff=max_abs, largest_diff_anchor=largest, smile=smile)

@@ -61,7 +61,7 @@ from calib.data.reader import (
 from calib.engine.calibrate import EngineOutput, calibrate_quotes
 from calib.engine.guardrails import assess_calibration_realism
 from calib.engine.metrics import EMPTY
-from calib.engine.model import QuoteArrays
+from calib.engine.model import ROW_FIELDS, SNAP_DTYPE, QuoteArrays, SnapshotTable
 from calib.engine.result import CalibrationResult, GlobalMetrics, OptionTypeMetrics
 from calib.numerics.implied_vol import implied_vol
 from calib.numerics.realized_vol import trailing_realized_vol
@@ -445,20 +445,22 @@ class RvLookup:
     ts_us: np.ndarray  # int64 epoch microseconds, increasing
     rv: FloatArray  # annualized fraction, NaN where undefined
     span_days: FloatArray  # history the estimate used
+    table: SnapshotTable = field(init=False)  # what the window's QuoteArrays index (one object per window)
 
-    def find(self, snapshot_us: np.ndarray) -> tuple[np.ndarray, FloatArray]:
-        """Index into this lookup (-1 = snapshot unknown) and the RV of each snapshot (NaN = none)."""
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "table", SnapshotTable(ts_us=self.ts_us, rv=self.rv))
+
+    def find(self, snapshot_us: np.ndarray) -> np.ndarray:
+        """Each row's index into the table, -1 where the snapshot is unknown or has no RV (int32)."""
         if self.ts_us.size == 0 or snapshot_us.size == 0:
-            return np.full(snapshot_us.size, -1, np.int64), np.full(snapshot_us.size, np.nan)
-        # Rows come grouped by snapshot: look up each run once, then repeat.
+            return np.full(snapshot_us.size, -1, SNAP_DTYPE)
+        # Rows come grouped by snapshot: look up and check each run once, then repeat.
         starts = np.flatnonzero(np.r_[True, snapshot_us[1:] != snapshot_us[:-1]])
         keys = snapshot_us[starts]
         pos = np.minimum(np.searchsorted(self.ts_us, keys), self.ts_us.size - 1)
-        pos = np.where(self.ts_us[pos] == keys, pos, -1)
-        lengths = np.diff(np.r_[starts, snapshot_us.size])
-        idx = np.repeat(pos, lengths)
-        rv = np.repeat(np.where(pos >= 0, self.rv[pos], np.nan), lengths)
-        return idx, rv
+        with np.errstate(invalid="ignore"):
+            ok = (self.ts_us[pos] == keys) & (self.rv[pos] > 0)
+        return np.repeat(np.where(ok, pos, -1).astype(SNAP_DTYPE), np.diff(np.r_[starts, snapshot_us.size]))
 
 
 def rv_lookup(index: pl.DataFrame) -> tuple[RvLookup, list[DataQualityIssue]]:
@@ -704,9 +706,9 @@ def process_quote_frame(
                 sample = sample[sample > 0]
             if n_pos and sample.size:
                 target.append((median(sample), n_pos))
-        snap_all = frame["snapshot_us"].to_numpy()
-        if snap_all.size:
-            tally.snapshots_us.append(distinct(snap_all))
+    snap_all = frame["snapshot_us"].to_numpy()
+    if count and snap_all.size:
+        tally.snapshots_us.append(distinct(snap_all))
     # The usable rows go from the frame's buffers (zero-copy views where polars allows) straight into
     # numpy arrays (or `out`): no filtered polars frame in between.
     usable = codes == USABLE
@@ -725,22 +727,20 @@ def process_quote_frame(
     del frame
     timings["data_quality"] = timings.get("data_quality", 0.0) + time.perf_counter() - t
 
+    # Each quote keeps an index into the window's snapshot table, not its own RV and time.
     t = time.perf_counter()
-    idx, rv = lookup.find(dst["snapshot_us"])
-    with np.errstate(invalid="ignore"):
-        has_rv = rv > 0
-    n_no_rv = int(m - np.count_nonzero(has_rv))
-    tally.span_days = lookup.span_days
-    tally.span_counts = np.bincount(idx[has_rv], minlength=lookup.ts_us.size)
+    np.take(lookup.find(snap_all), rows, out=dst["snap"], mode="clip")
+    n_no_rv = int(np.count_nonzero(dst["snap"] < 0))
     if n_no_rv:  # rare: keep the rows with an RV, in place
+        has_rv = dst["snap"] >= 0
         tally.excluded["no_rv"] = n_no_rv
         kept = m - n_no_rv
         for name in _FIELDS:
             dst[name][:kept] = dst[name][has_rv]
             dst[name] = dst[name][:kept]
-        rv = rv[has_rv]
         m = kept
-    dst["rv"][:] = rv
+    tally.span_days = lookup.span_days
+    tally.span_counts = np.bincount(dst["snap"], minlength=lookup.ts_us.size)
     timings["rv"] = timings.get("rv", 0.0) + time.perf_counter() - t
 
     t = time.perf_counter()
@@ -754,7 +754,7 @@ def process_quote_frame(
     n_fail = int(ok.size - np.count_nonzero(ok))
     if n_fail:
         tally.excluded["iv_inversion_failed"] = n_fail
-    arrays = QuoteArrays(**dst)
+    arrays = QuoteArrays(**dst, table=lookup.table)
     if n_fail:
         arrays = _compact_in_place(arrays, ok)
     timings["pricing"] = timings.get("pricing", 0.0) + time.perf_counter() - t
@@ -769,7 +769,7 @@ def _compact_in_place(q: QuoteArrays, keep: np.ndarray) -> QuoteArrays:
         a = getattr(q, f)
         a[:k] = a[keep]
         out[f] = a[:k]
-    return QuoteArrays(**out)
+    return q.with_rows(out)
 
 
 def prepare_window(
@@ -792,7 +792,9 @@ def prepare_window(
     tally = QuoteTally()
     buf: dict[str, np.ndarray] = {f: np.empty(max(capacity, 0), dtype=_DTYPES[f]) for f in _FIELDS}
     n = 0
+    table = EMPTY_TABLE
     for frame, rv in iter_frames(chunks, lookup, config, has_mark_iv=has_mark_iv, timings=timings):
+        table = rv.table
         if n + frame.height > buf["mark_coin"].size:  # capacity was too small: grow geometrically
             size = max(2 * buf["mark_coin"].size, n + frame.height)
             grown = {f: np.empty(size, dtype=a.dtype) for f, a in buf.items()}
@@ -804,16 +806,16 @@ def prepare_window(
         del frame
         tally.merge(part)
         n += len(arrays)
-    return tally, QuoteArrays(*(buf[f][:n] for f in _FIELDS))
+    return tally, QuoteArrays(**{f: buf[f][:n] for f in _FIELDS}, table=table)
 
 
-_FIELDS: tuple[str, ...] = tuple(QuoteArrays.__dataclass_fields__)
-_DTYPES: dict[str, type] = {f: bool if f == "is_call" else np.int64 if f == "snapshot_us" else np.float64
+_FIELDS: tuple[str, ...] = ROW_FIELDS
+_DTYPES: dict[str, type] = {f: bool if f == "is_call" else SNAP_DTYPE if f == "snap" else np.float64
                             for f in _FIELDS}
-# QuoteArrays fields copied from `quote_frame` columns as they are (iv and rv are computed).
+EMPTY_TABLE = SnapshotTable(ts_us=np.zeros(0, np.int64), rv=np.zeros(0))
+# QuoteArrays fields copied from `quote_frame` columns as they are (iv and snap are computed).
 _FRAME_COLUMNS: dict[str, str] = {
-    "k_rel": "k_rel", "t_years": "t_years", "is_call": "is_call",
-    "mark_coin": "mark_price", "snapshot_us": "snapshot_us",
+    "k_rel": "k_rel", "t_years": "t_years", "is_call": "is_call", "mark_coin": "mark_price",
 }
 
 

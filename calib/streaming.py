@@ -24,7 +24,7 @@ the order of work changes:
 With `max_samples` set, an extra counting pass first fixes which quotes the
 evenly spaced subsample keeps, so the chunked run selects the same quotes
 the in-memory run would. Memory is one partition plus the fit sample
-(`max_fit_samples` x ~73 bytes); time is linear in rows (two reads).
+(`max_fit_samples` x ~45 bytes); time is linear in rows (two reads).
 When the sample holds every usable quote (small windows), the fit sees the
 same quotes in the same order as in memory and the result matches it up to
 floating-point summation order.
@@ -56,21 +56,13 @@ from calib.engine.calibrate import (
     fit_engine,
     score_engine,
 )
-from calib.engine.model import QuoteArrays
+from calib.engine.model import ROW_FIELDS, QuoteArrays, SnapshotTable
 from calib.engine.result import CalibrationResult
 
-MAX_FIT_SAMPLES = 2_000_000  # usable quotes kept for the fit stage (~150 MB)
+MAX_FIT_SAMPLES = 2_000_000  # usable quotes kept for the fit stage (~90 MB)
 SCORE_BATCH = 1 << 19  # quotes scored together in the second pass (~40 MB, two parallel parts)
 
-_FIELDS: tuple[str, ...] = tuple(QuoteArrays.__dataclass_fields__)
-
-
-def _take(q: QuoteArrays, idx: np.ndarray) -> QuoteArrays:
-    return QuoteArrays(*(getattr(q, f)[idx] for f in _FIELDS))
-
-
-def _concat(parts: list[QuoteArrays]) -> QuoteArrays:
-    return QuoteArrays(*(np.concatenate([getattr(p, f) for p in parts]) for f in _FIELDS))
+_FIELDS: tuple[str, ...] = ROW_FIELDS
 
 
 class StrideSampler:
@@ -89,9 +81,11 @@ class StrideSampler:
         self.stride = 1
         self._pieces: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
         self._size = 0
+        self._table: SnapshotTable | None = None  # the window's (every chunk shares it)
 
     def add(self, q: QuoteArrays, positions: np.ndarray) -> None:
         """Offer quotes `q` whose global stream positions are `positions` (increasing)."""
+        self._table = q.table
         keep = positions % self.stride == 0
         if keep.any():
             idx = None if keep.all() else np.flatnonzero(keep)
@@ -130,14 +124,16 @@ class StrideSampler:
             out[f] = np.concatenate(parts)
             del parts
         self._pieces, self._size = [], 0
-        return positions, QuoteArrays(**out)
+        table = self._table if self._table is not None or extra is None else extra[1].table
+        assert table is not None  # pieces or extra quotes were added above
+        return positions, QuoteArrays(**out, table=table)
 
 
 @dataclass(slots=True)
 class _Newest:
     """Every usable quote of the newest snapshot with a quote in the run's DTE range."""
 
-    ts_us: int = -1
+    snap: int = -1  # index into the window's snapshot table (in time order)
     pos: np.ndarray | None = None
     rows: QuoteArrays | None = None
 
@@ -145,15 +141,15 @@ class _Newest:
         in_g = (q.dte_days >= config.min_dte) & (q.dte_days <= config.max_dte)
         if not in_g.any():
             return
-        newest = int(q.snapshot_us[in_g].max())
-        if newest < self.ts_us:
+        newest = int(q.snap[in_g].max())
+        if newest < self.snap:
             return
-        idx = np.flatnonzero(q.snapshot_us == newest)
-        if newest > self.ts_us or self.rows is None or self.pos is None:
-            self.ts_us, self.pos, self.rows = newest, positions[idx], _take(q, idx)
+        idx = np.flatnonzero(q.snap == newest)
+        if newest > self.snap or self.rows is None or self.pos is None:
+            self.snap, self.pos, self.rows = newest, positions[idx], q.take(idx)
         else:  # the same snapshot in two chunks (files outside partitions)
             self.pos = np.concatenate([self.pos, positions[idx]])
-            self.rows = _concat([self.rows, _take(q, idx)])
+            self.rows = QuoteArrays.concat([self.rows, q.take(idx)])
 
 
 def calibrate_chunked(
@@ -239,7 +235,7 @@ def calibrate_chunked(
                 batch.append(q)
             if batch and (q is None or sum(len(b) for b in batch) >= SCORE_BATCH):
                 t = time.perf_counter()
-                score_engine(_concat(batch) if len(batch) > 1 else batch[0], fit, config, scores=scores)
+                score_engine(QuoteArrays.concat(batch) if len(batch) > 1 else batch[0], fit, config, scores=scores)
                 timings["metrics"] += time.perf_counter() - t
                 batch.clear()
 
@@ -281,7 +277,7 @@ def _stream(chunks: Iterator[tuple[QuoteTally, QuoteArrays]], selection: _Select
         else:
             idx = selection.local(offset, n)
             if idx.size:
-                sink(_take(arrays, idx), idx + offset)
+                sink(arrays.take(idx), idx + offset)
         offset += n
 
 

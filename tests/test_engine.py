@@ -83,6 +83,16 @@ def test_max_samples_is_deterministic(exact_harvest: Path) -> None:
     assert a.global_metrics.to_dict() == b.global_metrics.to_dict()
 
 
+def test_quotes_without_an_rv_are_excluded(tmp_path: Path) -> None:
+    """A window that starts with the harvest: the first 6 h of snapshots have no RV_7d yet (`no_rv`)."""
+    root = tmp_path / "h"
+    exact_market(root, days=3.0)  # hourly snapshots
+    r = run_historical_calibration_from_harvest(_config(root, lookback_days=3.0))
+    assert r.data_quality.excluded["no_rv"] > 0
+    assert r.data_quality.snapshots_present == 73
+    assert 60 <= r.n_snapshots <= 73 - 6  # the first hours price nothing
+
+
 def test_option_type_filter(exact_harvest: Path) -> None:
     r = run_historical_calibration_from_harvest(_config(exact_harvest, option_types=("P",)))
     assert [o.option_type for o in r.option_type_metrics] == ["P"]
@@ -200,8 +210,8 @@ def test_model_pricing_from_precomputed_inputs_equals_black76_on_the_raw_quotes(
     rv = rng.uniform(0.2, 1.2, n)
     iv = rv * rng.uniform(0.7, 1.6, n)
     mark = black76_price_coin(1.0, k_rel, t, iv, call) + 1e-4
-    q = QuoteArrays(k_rel=k_rel, t_years=t, is_call=call, mark_coin=mark, iv=iv, rv=rv,
-                    snapshot_us=np.zeros(n, np.int64))
+    q = QuoteArrays.from_rows(k_rel=k_rel, t_years=t, is_call=call, mark_coin=mark, iv=iv, rv=rv,
+                              snapshot_us=np.arange(n, dtype=np.int64))  # one RV per snapshot
     anchors = np.array([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0])
     ratios = np.array([1.4, 1.15, 1.05, 1.0, 0.98, 1.02, 1.1])
     m = 1.13

@@ -120,8 +120,8 @@ def _close_metrics(a: Any, b: Any) -> bool:
 
 def _quotes(n: int) -> QuoteArrays:
     x = np.arange(n, dtype=np.float64)
-    return QuoteArrays(k_rel=x, t_years=x, is_call=np.zeros(n, bool), mark_coin=x, iv=x,
-                       rv=x, snapshot_us=np.arange(n, dtype=np.int64))
+    return QuoteArrays.from_rows(k_rel=x, t_years=x, is_call=np.zeros(n, bool), mark_coin=x, iv=x,
+                                 rv=x, snapshot_us=np.arange(n, dtype=np.int64))
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 1000, 10_000])
@@ -131,7 +131,7 @@ def test_stride_sampler_is_deterministic_and_bounded(chunk: int) -> None:
     sampler = StrideSampler(cap)
     for i in range(0, n, chunk):
         j = min(i + chunk, n)
-        sampler.add(QuoteArrays(*(getattr(q, f)[i:j] for f in q.__dataclass_fields__)), np.arange(i, j))
+        sampler.add(q.slice(i, j), np.arange(i, j))
     pos, sample = sampler.sample()
     assert sample is not None
     assert sampler.stride == 16

@@ -128,9 +128,9 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
         # The fits read the global range's sample and its newest snapshot only: inputs for
         # all of its quotes (~440 k at 14 days) would cost fresh memory and time for nothing.
         s_pos = _stride_positions(g_mask, JOINT_FIT_SAMPLE)
-        sample, s_snap = fit_inputs(q, s_pos), q.snapshot_us.take(s_pos)
-        n_pos = _newest_positions(q.snapshot_us, g_mask)
-        newest, n_snap = fit_inputs(q, n_pos), q.snapshot_us.take(n_pos)
+        sample, s_snap = fit_inputs(q, s_pos), q.table.ts_us.take(q.snap.take(s_pos))
+        n_pos = _newest_positions(q.snap, g_mask)  # the table is in time order
+        newest, n_snap = fit_inputs(q, n_pos), q.table.ts_us.take(q.snap.take(n_pos))
         fit = fit_multiplier(sample, anchors_z=anchors, ratios=current, bounds=bounds, start=m_tested)
         fit_current_skew = fit
         ratios = current
@@ -206,7 +206,7 @@ def score_engine(q: QuoteArrays, fit: EngineFit, config: CalibrationConfig, *,
     out = scores if scores is not None else EngineScores.zeros(config)
     step = block * SCORE_PART_BLOCKS
     bounds = [(i, min(i + step, len(q))) for i in range(0, len(q), step)]
-    parts = _parallel_map(lambda b: _score_part(_slice(q, *b), fit, config, block=block), bounds,
+    parts = _parallel_map(lambda b: _score_part(q.slice(*b), fit, config, block=block), bounds,
                           parallel=len(q) >= PARALLEL_MIN_QUOTES)
     for part in parts:
         out.merge(part)
@@ -234,7 +234,7 @@ def _score_part(q: QuoteArrays, fit: EngineFit, config: CalibrationConfig, *, bl
     g_mask = _in_global(q, config)
     types = config.option_types
     for i in range(0, len(q), block):
-        qb = _slice(q, i, i + block)
+        qb = q.slice(i, i + block)
         mb = model_inputs(qb)
         dte = qb.dte_days
         in_b = [(dte >= b.dte_min) & (dte < b.dte_max) for b in bands]
@@ -257,7 +257,7 @@ def _score_part(q: QuoteArrays, fit: EngineFit, config: CalibrationConfig, *, bl
         gi = np.flatnonzero(g_mask[i:i + block])
         if gi.size == 0:
             continue
-        out.snapshots_us.append(distinct(qb.snapshot_us.take(gi)))
+        out.snapshots_us.append(qb.table.ts_us.take(distinct(qb.snap.take(gi))))
         if m_rec is None:
             continue
         gm = mb.take(gi)
@@ -326,11 +326,6 @@ def _parallel_map(fn: Callable[[_A], _R], items: Sequence[_A], *, parallel: bool
         return [fn(x) for x in items]
     with ThreadPoolExecutor(max_workers=min(ENGINE_THREADS, len(items))) as pool:
         return list(pool.map(fn, items))
-
-
-def _slice(q: QuoteArrays, start: int, stop: int) -> QuoteArrays:
-    """Views (no copy) of quotes `start:stop`."""
-    return QuoteArrays(*(getattr(q, f)[start:stop] for f in q.__dataclass_fields__))
 
 
 class _Profile:
@@ -533,12 +528,15 @@ def _stride_positions(mask: np.ndarray, k: int, block: int = SCORE_BLOCK) -> np.
     return out
 
 
-def _newest_positions(snapshot_us: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Positions of the quotes of `mask` at its newest snapshot (no masked copy of the snapshots)."""
+def _newest_positions(snapshot: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Positions of the quotes of `mask` at its newest snapshot (no masked copy of the snapshots).
+
+    `snapshot` is any integer key in time order: epoch microseconds or an index into a table.
+    """
     if not mask.any():
         return np.zeros(0, np.int64)
-    newest = snapshot_us.max(where=mask, initial=np.iinfo(np.int64).min)
-    return np.flatnonzero((snapshot_us == newest) & mask)
+    newest = snapshot.max(where=mask, initial=np.iinfo(snapshot.dtype).min)
+    return np.flatnonzero((snapshot == newest) & mask)
 
 
 SMILE_MIN_QUOTES = 20  # a newest snapshot thinner than this: the smile is drawn from the whole sample

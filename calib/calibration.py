@@ -718,11 +718,10 @@ def process_quote_frame(
         offset = 0
     dst = {f: out[f][offset:offset + m] for f in _FIELDS}
     rows = np.flatnonzero(usable)
-    # mode="clip" writes into `out` directly (the default mode buffers a copy of `out`); the rows are in range.
     for name, col in _FRAME_COLUMNS.items():
-        np.take(frame[col].to_numpy(), rows, out=dst[name], mode="clip")
+        _take_rows(frame[col], rows, dst[name])
     if has_mark_iv:
-        np.take(frame["mark_iv"].to_numpy(), rows, out=dst["iv"], mode="clip")
+        _take_rows(frame["mark_iv"], rows, dst["iv"])
         dst["iv"] /= 100.0
     del frame
     timings["data_quality"] = timings.get("data_quality", 0.0) + time.perf_counter() - t
@@ -759,6 +758,26 @@ def process_quote_frame(
         arrays = _compact_in_place(arrays, ok)
     timings["pricing"] = timings.get("pricing", 0.0) + time.perf_counter() - t
     return tally, arrays
+
+
+def _take_rows(column: pl.Series, rows: np.ndarray, out: np.ndarray) -> None:
+    """``out[:] = column[rows]`` (`rows` increasing), chunk by chunk: no copy of a multi-chunk column.
+
+    A collected frame usually holds a few chunks per column; `to_numpy` on the whole
+    column would first copy them into one buffer (~2 MB per column and day here).
+    ``mode="clip"`` writes into `out` directly (the default mode buffers a copy of
+    `out`); the rows are in range.
+    """
+    if column.n_chunks() == 1:
+        np.take(column.to_numpy(), rows, out=out, mode="clip")
+        return
+    start = lo = 0
+    for chunk in column.get_chunks():
+        end = start + chunk.len()
+        hi = int(np.searchsorted(rows, end))
+        if hi > lo:
+            np.take(chunk.to_numpy(), rows[lo:hi] - start, out=out[lo:hi], mode="clip")
+        start, lo = end, hi
 
 
 def _compact_in_place(q: QuoteArrays, keep: np.ndarray) -> QuoteArrays:

@@ -8,8 +8,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from calib.data.index_footer import INDEX_METADATA_KEY, read_index_metadata
 from calib.data.layout import atomic_write_parquet
-from calib.data.reader import find_harvest_files, read_index_series
+from calib.data.reader import (
+    HarvestFiles,
+    _scan_index_series,
+    find_harvest_files,
+    read_index_series,
+)
 from tests.synth import END
 
 
@@ -17,9 +23,23 @@ def _files(root: Path) -> list[Path]:
     return sorted((root / "BTC").rglob("*.parquet"))
 
 
+def _hf(root: Path) -> HarvestFiles:
+    return find_harvest_files(root, "BTC", window_start=END - timedelta(days=3), window_end=END)
+
+
 def _series(root: Path) -> pl.DataFrame:
-    hf = find_harvest_files(root, "BTC", window_start=END - timedelta(days=3), window_end=END)
-    return read_index_series(hf)
+    """The series as runs read it, checked against a full scan of the files (footers ignored)."""
+    hf = _hf(root)
+    got = read_index_series(hf)
+    assert got.equals(_scan_index_series(hf, hf.files))
+    return got
+
+
+def _strip_footer(f: Path) -> None:
+    """Rewrite `f` as another tool would: same rows, no calib metadata."""
+    df = pl.read_parquet(f)
+    f.unlink()
+    df.write_parquet(f)
 
 
 def test_constant_index_per_snapshot_gives_that_index(exact_harvest: Path) -> None:
@@ -69,3 +89,40 @@ def test_snapshot_without_any_index_falls_back_to_the_nearest_forward(exact_harv
     row = got.filter(pl.col("snapshot_ts") == pl.lit(last_ts).dt.cast_time_unit("us"))
     assert row["index_source"].item() == "nearest_forward"
     assert row["index_usd"].item() > 0
+
+
+def test_files_calib_writes_carry_the_series_and_runs_read_it_from_there(exact_harvest: Path) -> None:
+    files = _files(exact_harvest)
+    assert all(read_index_metadata(f) is not None for f in files)
+    hf = _hf(exact_harvest)
+    want = _scan_index_series(hf, hf.files)
+    # Footers only, footers and scans mixed, scans only: the same series.
+    assert read_index_series(hf).equals(want)
+    _strip_footer(files[0])
+    assert read_index_metadata(files[0]) is None
+    assert read_index_series(_hf(exact_harvest)).equals(want)
+    for f in files[1:]:
+        _strip_footer(f)
+    assert read_index_series(_hf(exact_harvest)).equals(want)
+
+
+def test_a_snapshot_in_two_files_takes_the_median_over_both(exact_harvest: Path) -> None:
+    f = _files(exact_harvest)[-1]
+    df = pl.read_parquet(f)
+    last_ts = df["snapshot_ts"].max()
+    # A late file in the same partition repeats the last snapshot with another index.
+    extra = df.filter(pl.col("snapshot_ts") == last_ts).with_columns(pl.col("index_price") * 2)
+    atomic_write_parquet(extra, f.parent / "late.parquet")
+    got = read_index_series(_hf(exact_harvest))
+    both = pl.concat([df.filter(pl.col("snapshot_ts") == last_ts), extra])["index_price"]
+    row = got.filter(pl.col("snapshot_ts") == pl.lit(last_ts).dt.cast_time_unit("us"))
+    assert row["index_usd"].item() == float(np.median(both.to_numpy()))
+
+
+def test_malformed_footer_metadata_is_scanned(exact_harvest: Path) -> None:
+    f = _files(exact_harvest)[-1]
+    df = pl.read_parquet(f)
+    f.unlink()
+    df.write_parquet(f, metadata={INDEX_METADATA_KEY: "{not json"})
+    assert read_index_metadata(f) is None
+    _series(exact_harvest)

@@ -57,6 +57,7 @@ from typing import Any
 import polars as pl
 
 from calib._typing import UNDERLYINGS
+from calib.data.index_footer import index_spot_metadata
 from calib.data.layout import PARQUET_COMPRESSION, list_parquet_files, partition_dir
 from calib.data.schema import HARVEST_SCHEMA
 from calib.errors import InvalidInputError, NoDataError
@@ -292,7 +293,7 @@ def _publish(frame: pl.DataFrame, target: Path, sources: list[dict[str, Any]]) -
                 fh,
                 compression=PARQUET_COMPRESSION,
                 statistics=True,
-                metadata={SOURCES_METADATA_KEY: json.dumps(sources)},
+                metadata={SOURCES_METADATA_KEY: json.dumps(sources), **index_spot_metadata(frame)},
             )
             fh.flush()
             os.fsync(fh.fileno())

@@ -11,6 +11,8 @@ from typing import Literal
 
 import polars as pl
 
+from calib.data.index_footer import index_spot_metadata
+
 
 def partition_dir(data_root: Path, underlying: str, ts_utc: datetime) -> Path:
     """`<data_root>/<UNDERLYING>/date=YYYY-MM-DD` for the UTC date of `ts_utc`."""
@@ -35,14 +37,16 @@ def atomic_write_parquet(
     """Write `df` to `path` so readers see either no file or the whole file.
 
     The data goes to a hidden temp file in the same directory (same filesystem),
-    is fsynced, then renamed over `path`; readers ignore dot-files.
+    is fsynced, then renamed over `path`; readers ignore dot-files. The footer
+    carries the frame's per-snapshot index series (`calib.data.index_footer`),
+    so RV warm-up reads need not scan the file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            df.write_parquet(fh, compression=compression, statistics=True)
+            df.write_parquet(fh, compression=compression, statistics=True, metadata=index_spot_metadata(df) or None)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

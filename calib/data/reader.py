@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from calib.data.compact import effective_parquet_files
+from calib.data.index_footer import read_index_metadata
 from calib.data.layout import list_parquet_files
 from calib.data.schema import HARVEST_SCHEMA, parse_instrument_exprs
 from calib.errors import NoDataError
@@ -398,12 +399,43 @@ def read_index_series(hf: HarvestFiles, files: Sequence[HarvestFile] | None = No
 
     The median positive `index_price` of the snapshot; where a snapshot has
     none, the median forward of its nearest unexpired expiry (a second,
-    filtered read that only runs when needed). Read `INDEX_BATCH` partitions
-    at a time (a snapshot lives in one partition, so the pieces concatenate
-    exactly and memory stays bounded); files outside partitions are read in
-    one pass with everything when they share snapshots with partitioned files.
+    filtered read that only runs when needed). Files written by calib carry
+    their per-snapshot medians in the footer (`calib.data.index_footer`): those
+    are read from there, the others scanned (`_scan_index_series`). A snapshot
+    found in two files (the median must see all its rows) sends everything
+    through the scan.
     """
     files = list(hf.files if files is None else files)
+    from_footer: list[tuple[HarvestFile, pl.DataFrame]] = []
+    rest: list[HarvestFile] = []
+    for f in files:
+        ix = read_index_metadata(f.path) if "snapshot_ts" in f.schema else None
+        if ix is None:
+            rest.append(f)
+        else:
+            from_footer.append((f, ix))
+    if not from_footer:
+        return _scan_index_series(hf, files)
+    wlo, hi = pl.lit(hf.warm_start).cast(TS_TYPE), pl.lit(hf.window_end).cast(TS_TYPE)
+    spot = pl.concat([ix for _, ix in from_footer]).filter(pl.col("snapshot_ts").is_between(wlo, hi))
+    parts = [_index_finish(hf, [f for f, _ in from_footer], spot)]
+    if rest:
+        parts.append(_scan_index_series(hf, rest))
+    index = pl.concat(parts, how="vertical").sort("snapshot_ts") if len(parts) > 1 else parts[0]
+    if index["snapshot_ts"].is_duplicated().any():
+        return _scan_index_series(hf, files)
+    return index
+
+
+def _scan_index_series(hf: HarvestFiles, files: Sequence[HarvestFile]) -> pl.DataFrame:
+    """`read_index_series` by reading the `index_price` column of `files`.
+
+    Reads `INDEX_BATCH` partitions at a time (a snapshot lives in one partition,
+    so the pieces concatenate exactly and memory stays bounded); files outside
+    partitions are read in one pass with everything when they share snapshots
+    with partitioned files.
+    """
+    files = list(files)
     groups = partition_groups(files)
     if len(groups) > 1:
         parts = []

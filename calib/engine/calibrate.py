@@ -190,7 +190,7 @@ class EngineScores:
 
 
 SCORE_BLOCK = 1 << 17  # quotes per block: temporaries stay in cache and memory stays flat
-SCORE_PART_BLOCKS = 2  # blocks per unit of parallel work
+SCORE_PART_BLOCKS = 1  # blocks per unit of parallel work
 PARALLEL_MIN_QUOTES = 1 << 19  # below this, threads cost more than they save
 ENGINE_THREADS = min(4, os.cpu_count() or 1)
 

@@ -9,6 +9,7 @@ codes of SPEC section 7: 0 ok/degraded, 3 failed (recorded), 2 usage error,
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -536,12 +537,39 @@ def bench_cmd(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    Ends with `os._exit` once stdout and stderr are flushed: tearing the
+    interpreter down with numpy, polars and DuckDB loaded took ~0.18 s of every
+    call on the development VM (median 1.29 -> 1.10 s for a 14-day
+    `auto-calibrate`), and nothing is left to clean up by then: files are written
+    atomically and closed, DuckDB connections are closed, worker threads joined.
+    An unexpected exception still propagates (traceback, normal exit).
+    """
     try:
         app()
+        code = 0
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
-        sys.exit(130)
+        code = 130
+    except SystemExit as e:
+        code = _exit_code(e.code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing more can be written
+            pass
+    os._exit(code)
+
+
+def _exit_code(code: object) -> int:
+    """What `sys.exit(code)` would end the process with (a message goes to stderr, status 1)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

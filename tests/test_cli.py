@@ -117,3 +117,30 @@ def test_python_cli_py_works(exact_harvest: Path, db_path: Path) -> None:
                          cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["underlying"] == "BTC"
+
+
+def test_fast_exit_keeps_exit_codes_and_flushes_output(tmp_path: Path, db_path: Path) -> None:
+    """`main` ends with os._exit: every status and every byte of output must survive it."""
+    root = Path(__file__).resolve().parents[1]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "cli.py", *args], capture_output=True, text=True, timeout=120, cwd=root)
+
+    usage = run("auto-calibrate", "--underlying", "BTC", "--data-dir", str(tmp_path / "missing"), "--db", str(db_path))
+    assert usage.returncode == 2 and "does not exist" in usage.stderr
+    assert run("--help").returncode == 0
+    exact_market(tmp_path / "h", m_by_dte=((0, 1000, 5.0),))  # multiplier pinned at a bound: a failed run
+    failed = run("auto-calibrate", "--underlying", "BTC", "--data-dir", str(tmp_path / "h"), "--db", str(db_path),
+                 "--as-of", AS_OF, "--lookback-days", "2", "--json")
+    assert failed.returncode == 3, failed.stderr
+    assert json.loads(failed.stdout)["status"] == "failed"  # the whole document made it out
+    history = run("history", "--db", str(db_path), "--json")
+    assert history.returncode == 0 and len(json.loads(history.stdout)) == 1
+
+
+@pytest.mark.parametrize(("code", "want"), [(None, 0), (0, 0), (3, 3), ("boom", 1)])
+def test_exit_code_matches_sys_exit(code: object, want: int, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli import _exit_code
+
+    assert _exit_code(code) == want
+    assert ("boom" in capsys.readouterr().err) == (code == "boom")

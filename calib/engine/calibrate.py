@@ -340,7 +340,9 @@ class _Profile:
     """
 
     def __init__(self, g: FitInputs, anchors: np.ndarray, current: np.ndarray) -> None:
-        order = np.argsort(g.z1, kind="stable")
+        # numpy's default (SIMD) sort: 1.5 ms for 100 k against 9.4 ms stable; still deterministic, and the
+        # order of tied z1 only changes summation order.
+        order = np.argsort(g.z1)
         self.z1 = g.z1.take(order)
         self.w, self.rv, self.iv = g.vega_coin.take(order), g.rv.take(order), g.iv.take(order)
         ivr = self.iv / self.rv

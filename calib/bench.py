@@ -229,24 +229,19 @@ def worker(data_dir: Path, window_days: float, db: Path) -> dict[str, Any]:
     import calib.store.history
 
     seen: dict[str, float] = {}
-    run, record = calib.calibration.run_historical_calibration_from_harvest, calib.store.history.record_run
 
-    def timed_run(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return run(*args, **kwargs)
-        finally:
-            seen["calibration"] = time.perf_counter() - t0
+    def timed(fn: Callable[..., Any], key: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seen[key] = time.perf_counter() - t0
+        return call
 
-    def timed_record(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return record(*args, **kwargs)
-        finally:
-            seen["store"] = time.perf_counter() - t0
-
-    calib.calibration.run_historical_calibration_from_harvest = timed_run  # type: ignore[assignment]
-    calib.store.history.record_run = timed_record  # type: ignore[assignment]
+    calib.calibration.run_historical_calibration_from_harvest = timed(  # type: ignore[assignment]
+        calib.calibration.run_historical_calibration_from_harvest, "calibration")
+    calib.store.history.record_run = timed(calib.store.history.record_run, "store")  # type: ignore[assignment]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         code = cli.app(_cli_args(data_dir, window_days, db), standalone_mode=False)

@@ -67,6 +67,10 @@ class QuoteArrays:
         """Each quote's snapshot, int64 epoch microseconds."""
         return self.table.ts_us.take(self.snap)
 
+    def snapshots_at(self, idx: np.ndarray) -> np.ndarray:
+        """The snapshots (int64 epoch microseconds) of the quotes at `idx` only."""
+        return self.table.ts_us.take(self.snap.take(idx))
+
     @property
     def log_moneyness(self) -> FloatArray:
         return np.log(self.k_rel)

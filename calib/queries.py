@@ -124,22 +124,49 @@ def run_result(db_path: Path, run_id: str) -> dict[str, Any] | None:
     return json.loads(row[0]) if row and row[0] else None
 
 
-_WRITE_WORDS = ("insert", "update", "delete", "create", "drop", "alter", "attach", "copy", "install", "load",
-                "pragma", "set ", "checkpoint", "vacuum", "export", "import")
+# The `calib sql` sandbox, fixed when the connection opens. The file is opened read-only, no file,
+# network or extension access exists beyond it (COPY TO, EXPORT, read_text, glob, ATTACH of another
+# file, LOAD/INSTALL all fail), and no statement can change these settings afterwards.
+SQL_SANDBOX_SETTINGS: dict[str, str | bool | int | float | list[str]] = {
+    "enable_external_access": False,
+    "autoload_known_extensions": False,
+    "autoinstall_known_extensions": False,
+    "lock_configuration": True,
+}
+
+
+def _one_select(sql: str) -> duckdb.Statement:
+    """The one statement in `sql`, if DuckDB's own parser says it is a SELECT.
+
+    Comments, casing and whitespace cannot fool this the way a keyword prefix
+    check could: DESCRIBE, SHOW, SUMMARIZE, WITH, FROM-first and VALUES parse as
+    SELECT; COPY, EXPORT, ATTACH, LOAD, SET, PRAGMA, CALL, EXPLAIN... do not.
+    """
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as e:
+        raise InvalidInputError(f"cannot parse the SQL: {e}") from e
+    if not statements:
+        raise InvalidInputError("empty SQL statement")
+    if len(statements) > 1:
+        raise InvalidInputError(f"`calib sql` runs exactly one statement; got {len(statements)}")
+    (statement,) = statements
+    if statement.type != duckdb.StatementType.SELECT:
+        raise InvalidInputError(
+            "`calib sql` is read-only: one SELECT statement (also WITH, FROM, DESCRIBE, SHOW, SUMMARIZE; "
+            f"for PRAGMA x use SELECT * FROM pragma_x()); got {statement.type.name}"
+        )
+    return statement
 
 
 def run_sql(db_path: Path, sql: str) -> pl.DataFrame:
-    """Run one read-only statement (the connection is read-only too) and return its rows."""
-    text = sql.strip().rstrip(";")
-    if not text:
-        raise InvalidInputError("empty SQL statement")
-    if ";" in text:
-        raise InvalidInputError("one statement at a time, please")
-    if text.lower().startswith(_WRITE_WORDS):
-        raise InvalidInputError("`calib sql` is read-only: use SELECT / WITH / DESCRIBE / SHOW")
+    """Run one SELECT on a read-only, sandboxed connection (`SQL_SANDBOX_SETTINGS`) and return its rows."""
+    statement = _one_select(sql)
     try:
-        with connect(db_path, read_only=True) as con:
-            return _frame(con, text)
+        with connect(db_path, read_only=True, settings=SQL_SANDBOX_SETTINGS) as con:
+            return con.sql(statement).pl()
+    except duckdb.PermissionException as e:
+        raise InvalidInputError(f"not allowed in `calib sql` (no file or extension access): {e}") from e
     except (duckdb.ParserException, duckdb.CatalogException, duckdb.BinderException,
             duckdb.InvalidInputException, duckdb.ConversionException) as e:
         raise InvalidInputError(f"query failed: {e}") from e  # the user's SQL: a usage error

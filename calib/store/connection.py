@@ -28,8 +28,13 @@ def _is_lock_error(e: Exception) -> bool:
 
 
 @contextmanager
-def connect(db_path: Path | str, *, read_only: bool, retry_s: float = LOCK_RETRY_SECONDS) -> Iterator[duckdb.DuckDBPyConnection]:
+def connect(db_path: Path | str, *, read_only: bool, retry_s: float = LOCK_RETRY_SECONDS,
+            settings: dict[str, str | bool | int | float | list[str]] | None = None,
+            ) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open `db_path` briefly; retry lock conflicts for up to `retry_s` seconds.
+
+    `settings` are extra DuckDB configuration options fixed at open time (the
+    `calib sql` sandbox passes its own).
 
     Read-only opens of a missing file raise StoreError (nothing to read yet).
     Writers create the parent directory and the file, and apply migrations.
@@ -43,6 +48,7 @@ def connect(db_path: Path | str, *, read_only: bool, retry_s: float = LOCK_RETRY
     # connection costs ~5 ms of every CLI run (a store is one short-lived connection).
     config: dict[str, str | bool | int | float | list[str]] = (
         {"threads": 1} if read_only else {"storage_compatibility_version": STORAGE_COMPATIBILITY, "threads": 1})
+    config.update(settings or {})
     deadline = time.monotonic() + retry_s
     delay = 0.05
     while True:

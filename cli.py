@@ -237,11 +237,15 @@ def calibrate_live(
     dte_max: Annotated[float, typer.Option(help="Largest days to expiry in the global fit.")] = 10.0,
     base_url: Annotated[str, typer.Option(envvar="CALIB_DERIBIT_URL", help="Deribit API base URL.")] = (
         "https://www.deribit.com/api/v2"),
+    source_timeout: Annotated[float, typer.Option(
+        min=0.1, envvar="CALIB_SOURCE_TIMEOUT_S",
+        help="Give up on Deribit after this many seconds in total (retries included); the failure is recorded.",
+    )] = 15.0,
     db: DbOpt = DEFAULT_DB,
     json_out: JsonOpt = False,
 ) -> None:
     """Score the current chain at the applied multiplier; the update policy decides whether to apply."""
-    from calib.live import calibrate_live_and_record
+    from calib.live import applied_global, calibrate_live_and_record, record_live_run
 
     settings = _settings()
     if replay is not None and not replay.is_dir():
@@ -254,12 +258,25 @@ def calibrate_live(
             multiplier_bounds=settings.multiplier_bounds, replay=replay is not None,
             harvest=HarvestConfig(data_root=replay or DEFAULT_DATA_DIR),
         )
-        chain = None
+        chain, rec = None, None
         if replay is None:
             from calib.sources.live_chain import fetch_live_chain
 
-            chain = fetch_live_chain(underlying.value, base_url=base_url)
-        rec = calibrate_live_and_record(config, db, settings.policy, chain=chain)
+            t0 = time.monotonic()
+            try:
+                chain = fetch_live_chain(underlying.value, base_url=base_url, budget_s=source_timeout)
+            except SourceError as e:  # no chain: record the outage as a failed live run (exit 3)
+                from dataclasses import replace
+
+                from calib.live_outage import source_unavailable_result
+
+                tested = applied_global(db, underlying.value)
+                outage = source_unavailable_result(
+                    replace(config, multiplier_tested=tested if tested is not None else 1.0), str(e),
+                    source=base_url, waited_s=time.monotonic() - t0)
+                rec = record_live_run(db, outage, settings.policy)
+        if rec is None:
+            rec = calibrate_live_and_record(config, db, settings.policy, chain=chain)
     except (CalibError, SourceError) as e:
         _fail(e)
     d = rec.result.to_dict()

@@ -58,7 +58,7 @@ def test_calibrate_live_from_fake_deribit_records_a_run(fake: FakeDeribit, tmp_p
 def test_calibrate_live_source_error_is_clear(fake: FakeDeribit, tmp_path: Path) -> None:
     fake.script("public/get_book_summary_by_currency", [Fail.status_code(500)] * 10)
     res = runner.invoke(app, ["calibrate-live", "-u", "BTC", "--base-url", fake.base_url,
-                              "--db", str(tmp_path / "h.duckdb")])
-    assert res.exit_code == 1
-    assert res.output.startswith("Error:")
+                              "--db", str(tmp_path / "h.duckdb"), "--source-timeout", "1"])
+    assert res.exit_code == 3  # recorded as a failed live run (tests/test_live_outage.py)
+    assert "Status: FAILED - Source unavailable: Deribit" in res.output
     assert "Traceback" not in res.output

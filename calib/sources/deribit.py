@@ -34,7 +34,12 @@ transport errors (refused connection, reset, timeout) are retried at most
 ``max_retries`` times with exponential backoff and jitter (``Retry-After`` is
 honoured on 429, capped). Other 4xx answers, JSON-RPC ``error`` objects and
 malformed JSON are not retried. Everything ends in `calib.errors.SourceError` with
-a message naming the URL and the cause.
+a message naming the URL and the cause. Each retry is reported as it happens to
+an optional ``on_retry`` callback (`RetryEvent`: the cause, the wait, whether it
+came from ``Retry-After``) and counted (``retries``, ``backoff_total_s``).
+``DeribitClient.time_budget(seconds)`` bounds the *total* time of the calls made
+inside it (requests, retries and back-off together): a slow exchange fails in
+that time instead of ``(max_retries + 1) x timeout`` per call.
 """
 
 from __future__ import annotations
@@ -42,7 +47,9 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -126,6 +133,41 @@ def _attempts(n: int) -> str:
     return f"{n} attempt" if n == 1 else f"{n} attempts"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryEvent:
+    """One retry the client is about to make, reported before it waits.
+
+    Attributes
+    ----------
+    method
+        JSON-RPC method, e.g. ``"public/get_index_price"``.
+    retry
+        1 for the first retry.
+    max_retries
+        Retries allowed for this call.
+    cause
+        Why the last attempt failed: ``"HTTP 429"``, ``"ReadTimeout"``, ...
+    delay_s
+        Seconds the client waits before the retry.
+    retry_after_s
+        The server's ``Retry-After`` in seconds when it sent one (429), else None.
+    """
+
+    method: str
+    retry: int
+    max_retries: int
+    cause: str
+    delay_s: float
+    retry_after_s: float | None = None
+
+    def describe(self) -> str:
+        """One log line."""
+        wait = f"waiting {self.delay_s:.1f} s"
+        if self.retry_after_s is not None:
+            wait += f" (Retry-After {self.retry_after_s:g} s)"
+        return f"{self.method}: {self.cause}; retry {self.retry}/{self.max_retries}, {wait}"
+
+
 def _snippet(text: str, limit: int = 200) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + "..."
@@ -151,6 +193,8 @@ class DeribitClient:
         Optional httpx transport (e.g. ``httpx.MockTransport``) for tests.
     sleep
         Function used to wait between retries (injectable for tests).
+    on_retry
+        Called with a `RetryEvent` before each retry's wait (e.g. to log it).
 
     Examples
     --------
@@ -168,6 +212,7 @@ class DeribitClient:
         transport: httpx.BaseTransport | None = None,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        on_retry: Callable[[RetryEvent], None] | None = None,
     ) -> None:
         if timeout_s <= 0:
             raise InvalidInputError(f"`timeout_s` must be positive; got {timeout_s}")
@@ -180,6 +225,11 @@ class DeribitClient:
         self.max_retries = int(max_retries)
         self.backoff_s = float(backoff_s)
         self._sleep = sleep
+        self._on_retry = on_retry
+        self._deadline: float | None = None  # monotonic; set by `time_budget`
+        self._budget_s: float | None = None
+        self.retries = 0
+        self.backoff_total_s = 0.0
         self._http = httpx.Client(
             timeout=httpx.Timeout(self.timeout_s),
             transport=transport,
@@ -206,14 +256,61 @@ class DeribitClient:
     def __repr__(self) -> str:
         return f"DeribitClient(base_url={self.base_url!r}, timeout_s={self.timeout_s})"
 
+    @contextmanager
+    def time_budget(self, seconds: float | None) -> Iterator[None]:
+        """Bound the total time of every call made inside (requests, retries, back-off).
+
+        A request gets at most the time left; a retry whose wait would pass the
+        deadline is not made. Either way the call fails with a `SourceError`
+        naming the budget and the last cause. None means no bound.
+        """
+        if seconds is not None and not seconds > 0:
+            raise InvalidInputError(f"`seconds` must be positive or None; got {seconds}")
+        outer = self._deadline, self._budget_s
+        if seconds is not None:
+            self._deadline, self._budget_s = time.monotonic() + float(seconds), float(seconds)
+        try:
+            yield
+        finally:
+            self._deadline, self._budget_s = outer
+
     # -- transport -----------------------------------------------------------
 
     def _backoff_delay_s(self, retry_index: int, response: httpx.Response | None) -> float:
-        if response is not None and response.status_code == 429:
-            retry_after = _float_or_none(response.headers.get("Retry-After"))
-            if retry_after is not None and retry_after >= 0:
-                return min(retry_after, _MAX_RETRY_AFTER_S)
+        retry_after = self._retry_after_s(response)
+        if retry_after is not None:
+            return min(retry_after, _MAX_RETRY_AFTER_S)
         return self.backoff_s * float(2**retry_index) * random.uniform(0.5, 1.5)
+
+    @staticmethod
+    def _retry_after_s(response: httpx.Response | None) -> float | None:
+        if response is None or response.status_code != 429:
+            return None
+        value = _float_or_none(response.headers.get("Retry-After"))
+        return value if value is not None and value >= 0 else None
+
+    def _left_s(self) -> float | None:
+        return None if self._deadline is None else self._deadline - time.monotonic()
+
+    def _out_of_time(self, method: str, cause: str) -> SourceError:
+        return SourceError(
+            f"Deribit gave no usable answer for {method} within the {self._budget_s:g} s time budget "
+            f"(last: {cause})"
+        )
+
+    def _retry(self, method: str, attempt: int, cause: str, response: httpx.Response | None) -> None:
+        """Report and wait before retry `attempt + 1`, or raise when the budget cannot cover it."""
+        delay = self._backoff_delay_s(attempt, response)
+        left = self._left_s()
+        if left is not None and delay >= left:
+            raise self._out_of_time(method, cause)
+        if self._on_retry is not None:
+            self._on_retry(RetryEvent(method=method, retry=attempt + 1, max_retries=self.max_retries,
+                                      cause=cause, delay_s=delay,
+                                      retry_after_s=self._retry_after_s(response)))
+        self.retries += 1
+        self.backoff_total_s += delay
+        self._sleep(delay)
 
     def call(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
         """Call one public JSON-RPC method and return its ``result``.
@@ -246,15 +343,21 @@ class DeribitClient:
         attempts = self.max_retries + 1
         for attempt in range(attempts):
             last_try = attempt == attempts - 1
+            left = self._left_s()
+            if left is not None and left <= 0:
+                raise self._out_of_time(method, "no time left for another request")
+            timeout_s = self.timeout_s if left is None else min(self.timeout_s, left)
             try:
-                response = self._http.get(url, params=query)
+                response = self._http.get(url, params=query, timeout=httpx.Timeout(timeout_s))
             except httpx.TimeoutException as e:
-                if last_try:
+                if last_try or (left is not None and timeout_s < self.timeout_s):
                     raise SourceError(
-                        f"Deribit did not answer within {self.timeout_s:g} s at {url} "
-                        f"({_attempts(attempts)}): {type(e).__name__}"
+                        f"Deribit did not answer within {timeout_s:.3g} s at {url} "
+                        f"({_attempts(attempt + 1)}"
+                        + (f", {self._budget_s:g} s time budget" if self._budget_s is not None else "")
+                        + f"): {type(e).__name__}"
                     ) from e
-                self._sleep(self._backoff_delay_s(attempt, None))
+                self._retry(method, attempt, type(e).__name__, None)
                 continue
             except httpx.TransportError as e:
                 if last_try:
@@ -262,7 +365,7 @@ class DeribitClient:
                         f"Deribit unreachable at {url} after {_attempts(attempts)}: "
                         f"{type(e).__name__}: {e}"
                     ) from e
-                self._sleep(self._backoff_delay_s(attempt, None))
+                self._retry(method, attempt, type(e).__name__, None)
                 continue
 
             payload = self._decode(response, url)
@@ -274,7 +377,8 @@ class DeribitClient:
                         f"Deribit answered HTTP {response.status_code} at {url} after "
                         f"{_attempts(attempts)}: {self._describe(payload, response)}"
                     )
-                self._sleep(self._backoff_delay_s(attempt, response))
+                cause = f"HTTP {response.status_code}" + (" too_many_requests" if rate_limited else "")
+                self._retry(method, attempt, cause, response)
                 continue
             if error is not None:
                 raise SourceError(

@@ -11,6 +11,8 @@ from calib.errors import SourceError
 from calib.sources.deribit import DEFAULT_BASE_URL, DeribitClient
 
 RV_HISTORY = timedelta(days=7, hours=1)
+#: Total seconds `fetch_live_chain` may wait for Deribit (all calls, retries and back-off).
+LIVE_SOURCE_BUDGET_S = 15.0  # the whole calibrate-live then ends within ~16 s of a dead exchange
 
 
 def chain_to_read(chain: pl.DataFrame, index_history: pl.DataFrame) -> HarvestRead:
@@ -42,9 +44,14 @@ def chain_to_read(chain: pl.DataFrame, index_history: pl.DataFrame) -> HarvestRe
     )
 
 
-def fetch_live_chain(underlying: str, *, base_url: str = DEFAULT_BASE_URL) -> HarvestRead:
-    """Book summary + index now + 7 days of index history (Deribit public API)."""
-    with DeribitClient(base_url=base_url) as client:
+def fetch_live_chain(underlying: str, *, base_url: str = DEFAULT_BASE_URL,
+                     budget_s: float | None = LIVE_SOURCE_BUDGET_S) -> HarvestRead:
+    """Book summary + index now + 7 days of index history (Deribit public API).
+
+    The three calls share one time budget of `budget_s` seconds (None: no bound),
+    so a slow or failing exchange gives a `SourceError` within about that time.
+    """
+    with DeribitClient(base_url=base_url) as client, client.time_budget(budget_s):
         chain = client.option_chain(underlying)
         snap = chain["snapshot_ts"].max()
         if not isinstance(snap, datetime):

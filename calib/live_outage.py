@@ -1,0 +1,67 @@
+"""A live run whose market-data source failed: recorded as a `failed` run with the cause.
+
+When Deribit answers 5xx, malformed JSON or a JSON-RPC error, or does not answer
+within the time budget, `calib calibrate-live` has no chain to score. It still
+records a live run (status `failed`, reason "Source unavailable: ...", data-quality
+issue `source_unavailable`), so the history and the app show that the live feed
+was down and when, and the policy never applies it (failed runs are skipped).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from calib.calibration import new_run_id
+from calib.config import CalibrationConfig
+from calib.data.quality import DataQuality, DataQualityIssue
+from calib.engine.metrics import EMPTY
+from calib.engine.result import CalibrationResult, GlobalMetrics, OptionTypeMetrics
+
+SOURCE_UNAVAILABLE = "source_unavailable"
+SOURCE_UNAVAILABLE_REASON = "Source unavailable"
+
+
+def source_unavailable_result(config: CalibrationConfig, cause: str, *, source: str,
+                              waited_s: float) -> CalibrationResult:
+    """The failed live result for a chain that could not be fetched.
+
+    Parameters
+    ----------
+    config
+        The live run's configuration (`multiplier_tested` resolved: it is recorded).
+    cause
+        What failed, e.g. the `SourceError` message naming the method, URL and answer.
+    source
+        Where the chain was asked for (the API base URL).
+    waited_s
+        Seconds spent before giving up.
+    """
+    now = datetime.now(UTC)
+    config = replace(config, source="live")
+    issue = DataQualityIssue(code=SOURCE_UNAVAILABLE, severity="error",
+                             message=f"no live chain from {source} after {waited_s:.1f} s: {cause}")
+    return CalibrationResult(
+        run_id=new_run_id(config.underlying, now), created_at=now, source="live",
+        underlying=config.underlying, status="failed", reason=f"{SOURCE_UNAVAILABLE_REASON}: {cause}",
+        applied=False, dte_min=config.min_dte, dte_max=config.max_dte, lookback_days=None,
+        n_samples=0, n_snapshots=0,
+        global_metrics=GlobalMetrics(multiplier_tested=config.tested_multiplier, recommended_iv_multiplier=None,
+                                     at_bound=False, at_recommended=EMPTY, tested=EMPTY, rv_7d_pct=None,
+                                     atm_iv_pct=None),
+        bands=(), option_type_metrics=tuple(OptionTypeMetrics(option_type=t, metrics=EMPTY)
+                                            for t in config.option_types),
+        skew=None, recommended_surface=None,
+        data_quality=DataQuality(status="failed", issues=(issue,), rows_scanned=0, rows_used=0, excluded={},
+                                 coverage_pct=None, extra={"source": source, "waited_s": round(waited_s, 3)}),
+        window={"start": now, "end": now, "newest_snapshot": None, "source": source},
+        timings_s={"source_wait": waited_s}, replay=False,
+    )
+
+
+def is_source_outage(result: dict[str, object]) -> bool:
+    """True for a stored result JSON recorded by `source_unavailable_result`."""
+    dq = result.get("data_quality")
+    issues = dq.get("issues") if isinstance(dq, dict) else None
+    return isinstance(issues, list) and any(isinstance(i, dict) and i.get("code") == SOURCE_UNAVAILABLE
+                                            for i in issues)

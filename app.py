@@ -21,6 +21,7 @@ from calib._typing import UNDERLYINGS
 from calib.config import DEFAULT_DB, Settings, config_path, load_settings
 from calib.errors import CalibError
 from calib.live import force_apply_latest
+from calib.live_outage import live_feed_outage
 from calib.ui import charts, tables
 from calib.ui import format as fmt
 
@@ -132,6 +133,12 @@ def render_live_summary(db: Path, data: queries.DashboardData) -> None:
         return
     run, result = latest.run, latest.result
     show_html(tables.run_line(run, "Latest live run"))
+    outage = live_feed_outage(data.live_runs)
+    if outage is not None:
+        last = fmt.fmt_ts(outage.last_reached) + " UTC" if outage.last_reached is not None else "none recorded"
+        st.error(f"**Live feed down** since {fmt.fmt_ts(outage.since)} UTC ({outage.failed_runs} failed live "
+                 f"run(s)); last live run that reached Deribit: {last}. {outage.reason}", icon=":material/cloud_off:")
+        return
     if run.get("status") == "failed":
         st.warning(f"The latest live run failed: {run.get('reason')}. It is recorded for debugging and never applied.",
                    icon=":material/warning:")

@@ -9,8 +9,10 @@ was down and when, and the policy never applies it (failed runs are skipped).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+
+import polars as pl
 
 from calib.calibration import new_run_id
 from calib.config import CalibrationConfig
@@ -65,3 +67,31 @@ def is_source_outage(result: dict[str, object]) -> bool:
     issues = dq.get("issues") if isinstance(dq, dict) else None
     return isinstance(issues, list) and any(isinstance(i, dict) and i.get("code") == SOURCE_UNAVAILABLE
                                             for i in issues)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LiveFeedOutage:
+    """The live feed is down: the newest live runs all failed to reach the source."""
+
+    since: datetime  # the oldest of those consecutive failed runs (within the runs looked at)
+    failed_runs: int
+    last_reached: datetime | None  # the newest live run before them (None: none in the runs looked at)
+    reason: str  # the newest failure's reason
+
+
+def live_feed_outage(live_runs: pl.DataFrame) -> LiveFeedOutage | None:
+    """Whether the newest live run (of `live_runs`, newest first) could not reach its source.
+
+    Needs the columns `created_at` and `reason`; None when the feed is up or
+    there are no live runs.
+    """
+    if live_runs.height == 0 or not {"created_at", "reason"} <= set(live_runs.columns):
+        return None
+    down = live_runs["reason"].fill_null("").str.starts_with(f"{SOURCE_UNAVAILABLE_REASON}: ")
+    if not down[0]:
+        return None
+    first_up = down.arg_min()  # the first False: the newest run that reached the source
+    n = live_runs.height if first_up is None or down.all() else int(first_up)
+    created = live_runs["created_at"]
+    return LiveFeedOutage(since=created[n - 1], failed_runs=n, reason=str(live_runs["reason"][0]),
+                          last_reached=created[n] if n < live_runs.height else None)

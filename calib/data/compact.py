@@ -58,9 +58,9 @@ import polars as pl
 
 from calib._typing import UNDERLYINGS
 from calib.data.index_footer import index_spot_metadata
-from calib.data.layout import PARQUET_COMPRESSION, list_parquet_files, partition_dir
+from calib.data.layout import PARQUET_COMPRESSION, list_parquet_files, partition_dir, remove_stale_temp_files
 from calib.data.schema import HARVEST_SCHEMA
-from calib.errors import InvalidInputError, NoDataError
+from calib.errors import CalibError, InvalidInputError, NoDataError
 
 COMPACT_STEM = "compact"
 SOURCES_METADATA_KEY = "calib.compacted_from"
@@ -68,6 +68,11 @@ SORT_KEY: tuple[str, ...] = ("snapshot_ts", "instrument_name")
 _COMPACT_NAME = re.compile(rf"^{COMPACT_STEM}_(\d{{4}}-\d{{2}}-\d{{2}})(?:_v(\d+))?\.parquet$")
 
 _SigKey = tuple[str, int, int]
+
+
+class CompactionError(CalibError):
+    """A day's compact file could not be written (disk full, permissions); its files are untouched."""
+
 _READ_ERRORS = (OSError, ValueError, pl.exceptions.PolarsError)
 
 
@@ -93,6 +98,8 @@ class CompactResult:
     not_removed
         ``(file, reason)`` for merged files that could not be unlinked; the compact
         file lists them, so `effective_parquet_files` already ignores them.
+    stale_temp_removed
+        Hidden temp files a killed writer left in the partition, deleted now.
     """
 
     underlying: str
@@ -103,11 +110,12 @@ class CompactResult:
     removed: tuple[Path, ...] = ()
     skipped: tuple[tuple[Path, str], ...] = ()
     not_removed: tuple[tuple[Path, str], ...] = ()
+    stale_temp_removed: tuple[Path, ...] = ()
 
     @property
     def changed(self) -> bool:
         """True when this run wrote a compact file or removed a file."""
-        return self.n_sources_merged > 0 or bool(self.removed)
+        return self.n_sources_merged > 0 or bool(self.removed) or bool(self.stale_temp_removed)
 
     def describe(self) -> str:
         """One log line."""
@@ -120,6 +128,8 @@ class CompactResult:
             text += f"; skipped {path.name}: {reason}"
         for path, reason in self.not_removed:
             text += f"; could not remove {path.name}: {reason}"
+        if self.stale_temp_removed:
+            text += f"; removed {len(self.stale_temp_removed)} stale temp file(s)"
         return text
 
 
@@ -330,6 +340,9 @@ def compact_day(data_root: Path, underlying: str, date: date | str) -> CompactRe
         The partition directory does not exist.
     InvalidInputError
         Bad ``underlying`` or ``date``.
+    CompactionError
+        The compact file could not be written (e.g. disk full); nothing was
+        published or removed, the temp file is gone.
 
     Notes
     -----
@@ -344,6 +357,7 @@ def compact_day(data_root: Path, underlying: str, date: date | str) -> CompactRe
     directory = compact_path(Path(data_root), und, day).parent
     if not directory.is_dir():
         raise NoDataError(f"no partition for {und} on {day:%Y-%m-%d}: {directory} does not exist")
+    stale_temp = tuple(remove_stale_temp_files(directory))
 
     files = sorted(
         p for p in directory.glob("*.parquet") if p.is_file() and not p.name.startswith(".")
@@ -354,7 +368,7 @@ def compact_day(data_root: Path, underlying: str, date: date | str) -> CompactRe
         try:
             listed.update((_sig_key(e), e) for e in read_compacted_sources(compact))
         except _READ_ERRORS as e:
-            return _unreadable_compact(und, day, compact, e)
+            return _unreadable_compact(und, day, compact, e, stale_temp)
 
     stale: list[Path] = []  # absorbed by a compact file already
     pending: list[tuple[Path, dict[str, Any], bool]] = []  # (file, signature, is_compact)
@@ -382,7 +396,7 @@ def compact_day(data_root: Path, underlying: str, date: date | str) -> CompactRe
                     raise ValueError("file changed while being read; will retry next run")
             except _READ_ERRORS as e:
                 if is_compact:
-                    return _unreadable_compact(und, day, path, e)
+                    return _unreadable_compact(und, day, path, e, stale_temp)
                 skipped.append((path, f"{type(e).__name__}: {e}"))
                 continue
             frames.append(frame)
@@ -398,7 +412,13 @@ def compact_day(data_root: Path, underlying: str, date: date | str) -> CompactRe
             generation += 1
             target = compact_path(Path(data_root), und, day, generation)
         merged = _order_columns(pl.concat(frames, how="diagonal_relaxed")).sort(list(SORT_KEY))
-        _publish(merged, target, [*listed.values(), *(sig for _, sig in absorbed)])
+        try:
+            _publish(merged, target, [*listed.values(), *(sig for _, sig in absorbed)])
+        except (OSError, pl.exceptions.PolarsError) as e:
+            raise CompactionError(
+                f"could not write {target.name} for {und} {day:%Y-%m-%d} ({merged.height} rows from "
+                f"{len(absorbed)} file(s)): {type(e).__name__}: {e}; the day's files are left as they are"
+            ) from e
         n_rows = merged.height
     else:
         absorbed = []
@@ -422,6 +442,7 @@ def compact_day(data_root: Path, underlying: str, date: date | str) -> CompactRe
         removed=tuple(removed),
         skipped=tuple(skipped),
         not_removed=tuple(not_removed),
+        stale_temp_removed=stale_temp,
     )
 
 
@@ -434,7 +455,8 @@ def _row_count(path: Path | None) -> int:
         return 0
 
 
-def _unreadable_compact(und: str, day: date, path: Path, error: BaseException) -> CompactResult:
+def _unreadable_compact(und: str, day: date, path: Path, error: BaseException,
+                        stale_temp: tuple[Path, ...]) -> CompactResult:
     # Never touch a day whose compact file we cannot read: it may hold the only copy.
     return CompactResult(
         underlying=und,
@@ -443,6 +465,7 @@ def _unreadable_compact(und: str, day: date, path: Path, error: BaseException) -
         n_sources_merged=0,
         n_rows=0,
         skipped=((path, f"unreadable compact file: {type(error).__name__}: {error}"),),
+        stale_temp_removed=stale_temp,
     )
 
 

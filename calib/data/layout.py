@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import time
 from datetime import date, datetime
 from pathlib import Path
 from typing import Literal
@@ -30,6 +31,41 @@ def snapshot_path(data_root: Path, underlying: str, ts_utc: datetime, stem: str 
 PARQUET_COMPRESSION: Literal["lz4"] = "lz4"
 
 
+#: A hidden temp file (`.<name>.<random>.tmp`) untouched this long belongs to a writer that died
+#: (kill -9, power loss) before its rename: live writers finish in seconds and touch it as they go.
+STALE_TEMP_AGE_S = 600.0
+
+
+def is_temp_file(name: str) -> bool:
+    """True for the hidden temp files calib's atomic writers create (`.<name>.<random>.tmp`)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def remove_stale_temp_files(directory: Path, *, older_than_s: float = STALE_TEMP_AGE_S,
+                            now: float | None = None) -> list[Path]:
+    """Delete temp files in `directory` not modified for `older_than_s` seconds; return them.
+
+    Best effort: a file that vanishes or cannot be removed is left to the next call,
+    so cleaning never fails the write or compaction that calls it.
+    """
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for e in entries:
+        if not is_temp_file(e.name):
+            continue
+        try:
+            if e.is_file(follow_symlinks=False) and now - e.stat(follow_symlinks=False).st_mtime > older_than_s:
+                os.unlink(e.path)
+                removed.append(Path(e.path))
+        except OSError:
+            continue
+    return removed
+
+
 def atomic_write_parquet(
     df: pl.DataFrame, path: Path, *,
     compression: Literal["zstd", "lz4", "snappy", "uncompressed"] = PARQUET_COMPRESSION,
@@ -39,10 +75,12 @@ def atomic_write_parquet(
     The data goes to a hidden temp file in the same directory (same filesystem),
     is fsynced, then renamed over `path`; readers ignore dot-files. The footer
     carries the frame's per-snapshot index series (`calib.data.index_footer`),
-    so RV warm-up reads need not scan the file.
+    so RV warm-up reads need not scan the file. Temp files a killed writer left
+    in that directory (`remove_stale_temp_files`) are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -444,13 +444,13 @@ def harvest_cmd(
 ) -> None:
     """Poll Deribit's public book summary and index; one Parquet file per snapshot (Ctrl-C stops)."""
     from calib.sources.deribit import DeribitClient
-    from calib.sources.harvester import run_harvester
+    from calib.sources.harvester import retry_logger, run_harvester
 
     if interval <= 0:
         _err(f"`--interval` must be positive; got {interval}")
         raise typer.Exit(code=EXIT_USAGE)
     try:
-        with DeribitClient(base_url=base_url) as client:
+        with DeribitClient(base_url=base_url, on_retry=retry_logger()) as client:
             summary = run_harvester(client, tuple(u.value for u in underlying), data_dir, interval, once=once)
     except CalibError as e:
         _fail(e)

@@ -11,7 +11,8 @@ has a script of failures to play before it answers normally::
 Scripted actions: ``Fail.status_code(code)`` (JSON-RPC error body, that HTTP status),
 ``Fail.malformed()`` (200 with a broken body), ``Fail.slow(seconds)`` (sleep,
 then answer normally: trips a client timeout), ``Fail.rpc_error(code, message)``
-(HTTP 400 with a JSON-RPC ``error`` object, as Deribit does), ``Fail.ok()``.
+(HTTP 400 with a JSON-RPC ``error`` object, as Deribit does), ``Fail.too_many(seconds)``
+(HTTP 429 with a ``Retry-After`` header), ``Fail.ok()``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class Fail:
     @classmethod
     def status_code(cls, status: int) -> Fail:
         return cls("status", status=status)
+
+    @classmethod
+    def too_many(cls, retry_after_s: float) -> Fail:
+        return cls("status", status=429, seconds=retry_after_s)
 
     @classmethod
     def malformed(cls) -> Fail:
@@ -209,7 +214,8 @@ class FakeDeribit:
             return
         if action.kind == "status":
             body = {"jsonrpc": "2.0", "error": {"code": action.status, "message": "scripted"}}
-            self._send(h, action.status, json.dumps(body).encode())
+            retry_after = {"Retry-After": f"{action.seconds:g}"} if action.status == 429 and action.seconds else {}
+            self._send(h, action.status, json.dumps(body).encode(), retry_after)
             return
         if action.kind == "rpc_error":
             body = {
@@ -263,9 +269,11 @@ class FakeDeribit:
         raise KeyError(method)
 
     @staticmethod
-    def _send(h: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
+    def _send(h: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         try:
             h.send_response(status)
+            for name, value in (headers or {}).items():
+                h.send_header(name, value)
             h.send_header("Content-Type", "application/json")
             h.send_header("Content-Length", str(len(body)))
             h.end_headers()

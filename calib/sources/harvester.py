@@ -9,7 +9,11 @@ made right after the book summary.
 
 The loop keeps a fixed grid ``start + k * interval_s`` on a monotonic clock, so
 slow polls never make it drift; a poll that overruns whole ticks skips them (and
-says so) instead of firing a burst.
+warns) instead of firing a burst.
+
+One bad poll never stops a harvest: any failure of one underlying's poll (the
+source, a full disk, a polars write error) is logged with its error class and
+the loop goes on. Each poll logs its outcome, latency, retries and back-off.
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import polars as pl
 
 from calib._typing import UNDERLYINGS
 from calib.data.layout import atomic_write_parquet, snapshot_path
 from calib.errors import InvalidInputError, SourceError
+from calib.sources.deribit import RetryEvent
 
 
 class ChainSource(Protocol):
@@ -35,6 +40,18 @@ class ChainSource(Protocol):
     def book_summary(self, currency: str) -> pl.DataFrame: ...
 
     def index_price(self, currency: str) -> float: ...
+
+
+@runtime_checkable
+class RetryCounting(Protocol):
+    """A source that counts its retries (`DeribitClient` does), so each poll can report them."""
+
+    retries: int
+    backoff_total_s: float
+
+
+#: Columns a quote needs to be any use (SPEC section 2); a chain where no row has them is not written.
+_PRICED = ("mark_price", "underlying_price")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +72,12 @@ class SnapshotLog:
         The file written, or None on failure.
     error
         Failure message, or None on success.
+    error_class
+        The failure's exception class (``SourceError``, ``OSError``, ``ComputeError`` ...).
+    retries, backoff_s
+        Retries the source made during this poll and the seconds it waited between them.
+    n_unpriced
+        Rows written without a ``mark_price`` or ``underlying_price``.
     """
 
     underlying: str
@@ -63,6 +86,10 @@ class SnapshotLog:
     latency_ms: float
     path: Path | None
     error: str | None = None
+    error_class: str | None = None
+    retries: int = 0
+    backoff_s: float = 0.0
+    n_unpriced: int = 0
 
     @property
     def ok(self) -> bool:
@@ -71,9 +98,13 @@ class SnapshotLog:
 
     def describe(self) -> str:
         """One log line."""
+        retried = (f", {self.retries} {'retry' if self.retries == 1 else 'retries'} "
+                   f"({self.backoff_s:.1f} s back-off)" if self.retries else "")
         if self.ok:
-            return f"{self.underlying}: {self.n_rows} rows, {self.latency_ms:.0f} ms -> {self.path}"
-        return f"{self.underlying}: poll failed after {self.latency_ms:.0f} ms: {self.error}"
+            unpriced = f" ({self.n_unpriced} without mark/underlying price)" if self.n_unpriced else ""
+            return f"{self.underlying}: {self.n_rows} rows{unpriced}, {self.latency_ms:.0f} ms{retried} -> {self.path}"
+        return (f"{self.underlying}: poll failed after {self.latency_ms:.0f} ms{retried}: "
+                f"[{self.error_class or 'Error'}] {self.error}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,11 +156,26 @@ def _free_snapshot_path(data_root: Path, underlying: str, ts: datetime) -> Path:
 def harvest_underlying(client: ChainSource, underlying: str, data_root: Path) -> SnapshotLog:
     """Poll one underlying (book summary, then index) and write its snapshot file.
 
-    Failures of the source (`SourceError`) or of the disk (`OSError`) are returned
-    in the log, not raised, so one bad poll never stops a harvest.
+    Any failure (the source's `SourceError`, a full disk's `OSError` or polars
+    `ComputeError`, anything else) is returned in the log with its class, not
+    raised, so one bad poll never stops a harvest; only KeyboardInterrupt and
+    other BaseExceptions pass. A chain in which no option has a mark and an
+    underlying price is a failure, not a file.
     """
     t0 = time.perf_counter()
+    counted = client if isinstance(client, RetryCounting) else None
+    retries0, backoff0 = (counted.retries, counted.backoff_total_s) if counted else (0, 0.0)
     ts: datetime | None = None
+    n_unpriced = 0
+
+    def log(*, n_rows: int, latency_ms: float, path: Path | None, error: str | None = None,
+            error_class: str | None = None) -> SnapshotLog:
+        return SnapshotLog(
+            underlying=underlying, snapshot_ts=ts, n_rows=n_rows, latency_ms=latency_ms, path=path, error=error,
+            error_class=error_class, n_unpriced=n_unpriced if path is not None else 0,
+            retries=counted.retries - retries0 if counted else 0,
+            backoff_s=counted.backoff_total_s - backoff0 if counted else 0.0)
+
     try:
         chain = client.book_summary(underlying)
         index_usd = client.index_price(underlying)
@@ -137,25 +183,24 @@ def harvest_underlying(client: ChainSource, underlying: str, data_root: Path) ->
         if chain.height == 0:
             raise SourceError(f"Deribit listed no {underlying} options")
         ts = chain["snapshot_ts"][0]
+        priced = [c for c in _PRICED if c in chain.columns]
+        n_priced = chain.select(pl.all_horizontal(pl.col(priced).is_not_null()).sum()).item() if priced else 0
+        if not n_priced:
+            raise SourceError(f"Deribit listed {chain.height} {underlying} options but none has a "
+                              "mark_price and underlying_price; nothing written")
+        n_unpriced = chain.height - int(n_priced)
         chain = chain.with_columns(pl.lit(index_usd, dtype=pl.Float64).alias("index_price"))
         assert ts is not None
         path = atomic_write_parquet(chain, _free_snapshot_path(Path(data_root), underlying, ts))
-    except (SourceError, OSError) as e:
-        return SnapshotLog(
-            underlying=underlying,
-            snapshot_ts=ts,
-            n_rows=0,
-            latency_ms=(time.perf_counter() - t0) * 1000.0,
-            path=None,
-            error=str(e) or type(e).__name__,
-        )
-    return SnapshotLog(
-        underlying=underlying,
-        snapshot_ts=ts,
-        n_rows=chain.height,
-        latency_ms=latency_ms,
-        path=path,
-    )
+    except Exception as e:  # one bad poll never stops a harvest
+        return log(n_rows=0, latency_ms=(time.perf_counter() - t0) * 1000.0, path=None,
+                   error=str(e) or type(e).__name__, error_class=type(e).__name__)
+    return log(n_rows=chain.height, latency_ms=latency_ms, path=path)
+
+
+def retry_logger(log: Callable[[str], None] = _stderr_log) -> Callable[[RetryEvent], None]:
+    """An ``on_retry`` callback for `DeribitClient` that logs each retry as it starts waiting."""
+    return lambda event: log(f"retrying {event.describe()}")
 
 
 def harvest_once(
@@ -249,6 +294,8 @@ def run_harvester(
         from calib.data.compact import compact_all
 
         for name in names:
+            if not (Path(data_root) / name).is_dir():
+                continue  # nothing harvested yet (a fresh data dir): nothing to compact, nothing failed
             try:
                 for res in compact_all(Path(data_root), name, today=day):
                     if res.changed:
@@ -259,6 +306,7 @@ def run_harvester(
     try:
         while limit is None or iterations < limit:
             compact_finished_days()
+            poll_start = clock()
             for name in names:
                 entry = harvest_underlying(client, name, Path(data_root))
                 log(entry.describe())
@@ -276,7 +324,8 @@ def run_harvester(
             if behind > 0:
                 skipped += behind
                 tick += behind
-                log(f"poll overran the {interval_s:g} s interval; skipped {behind} tick(s)")
+                log(f"WARNING: poll took {now - poll_start:.1f} s, longer than the {interval_s:g} s interval; "
+                    f"skipped {behind} tick(s)")
             sleep(max(0.0, start + tick * interval_s - clock()))
     except KeyboardInterrupt:
         interrupted = True

@@ -475,6 +475,8 @@ def compact_cmd(
         results = [compact_day(data_dir, underlying.value, date)] if date else compact_all(data_dir, underlying.value)
     except (CalibError, ValueError) as e:
         _fail(e)
+    except OSError as e:  # listing or unlinking the partition itself (permissions, I/O error)
+        _fail(CalibError(f"cannot compact {data_dir / underlying.value}: {e}"))
     for r in results:
         typer.echo(r.describe())
     if not results:

@@ -159,12 +159,50 @@ def _one_select(sql: str) -> duckdb.Statement:
     return statement
 
 
+# Dates and times polars can show and turn into Python objects (chrono's range, with margin);
+# DuckDB's 'infinity' timestamps and dates lie far outside and make polars panic when printed.
+_SHOWABLE_ABS_S = 8.0e12
+_PER_SECOND = {"ns": 1e9, "us": 1e6, "ms": 1e3}
+
+
+def _showable(col: pl.Series) -> bool:
+    """False when `col` (or a list/struct inside it) holds a date or time polars cannot show."""
+    dtype = col.dtype
+    if isinstance(dtype, pl.List):
+        return _showable(col.explode())
+    if isinstance(dtype, pl.Array):
+        return _showable(col.arr.explode())
+    if isinstance(dtype, pl.Struct):
+        return all(_showable(col.struct.field(f.name)) for f in dtype.fields)
+    if isinstance(dtype, pl.Datetime):
+        per_s = _PER_SECOND[dtype.time_unit or "us"]
+    elif isinstance(dtype, pl.Date):
+        per_s = 1 / 86400
+    else:
+        return True
+    phys = col.to_physical()
+    lo, hi = phys.min(), phys.max()
+    return lo is None or max(abs(float(lo)), abs(float(hi))) / per_s <= _SHOWABLE_ABS_S  # type: ignore[arg-type]
+
+
+def _check_showable(df: pl.DataFrame) -> pl.DataFrame:
+    """Refuse, with a fix, results the table/JSON printer cannot show (instead of a polars panic)."""
+    for name in df.columns:
+        if not _showable(df[name]):
+            raise InvalidInputError(f"column {name!r} holds a date outside the years polars can show "
+                                    f"(such as 'infinity'): select it as {name}::VARCHAR")
+    return df
+
+
 def run_sql(db_path: Path, sql: str) -> pl.DataFrame:
     """Run one SELECT on a read-only, sandboxed connection (`SQL_SANDBOX_SETTINGS`) and return its rows."""
     statement = _one_select(sql)
     try:
         with connect(db_path, read_only=True, settings=SQL_SANDBOX_SETTINGS) as con:
-            return con.sql(statement).pl()
+            return _check_showable(con.sql(statement).pl())
+    except pl.exceptions.PolarsError as e:  # a DuckDB type polars has no column for (UNION, ...)
+        raise InvalidInputError(f"the result cannot be shown ({type(e).__name__}: {e}); "
+                                "cast unusual columns to VARCHAR") from e
     except duckdb.PermissionException as e:
         raise InvalidInputError(f"not allowed in `calib sql` (no file or extension access): {e}") from e
     except (duckdb.ParserException, duckdb.CatalogException, duckdb.BinderException,

@@ -131,3 +131,25 @@ def test_empty_and_unparsable_sql_are_usage_errors(db: Path) -> None:
         run_sql(db, "  ;  ")
     with pytest.raises(InvalidInputError, match="cannot parse"):
         run_sql(db, "SELEC 1")
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT 'infinity'::TIMESTAMP AS t",
+    "SELECT '-infinity'::TIMESTAMPTZ AS t",
+    "SELECT 'infinity'::DATE AS d",
+    "SELECT [{'t': 'infinity'::TIMESTAMP}] AS nested",
+    "SELECT union_value(a := 1) AS u",
+    "SELECT INTERVAL 1 DAY AS i",
+])
+@pytest.mark.parametrize("json_out", [False, True])
+def test_results_polars_cannot_show_are_one_clear_line(db: Path, sql: str, json_out: bool) -> None:
+    res = runner.invoke(app, ["sql", "--db", str(db), *(["--json"] if json_out else []), "--", sql])
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith("Error: ") and res.output.count("\n") == 1
+    assert "VARCHAR" in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+def test_ordinary_dates_still_show(db: Path) -> None:
+    df = run_sql(db, "SELECT created_at, created_at::DATE AS d, [created_at] AS l FROM calibration_runs")
+    assert df["created_at"].to_list() == [datetime(2026, 1, 1, tzinfo=UTC)]

@@ -245,7 +245,7 @@ def calibrate_live(
     json_out: JsonOpt = False,
 ) -> None:
     """Score the current chain at the applied multiplier; the update policy decides whether to apply."""
-    from calib.live import applied_global, calibrate_live_and_record, record_live_run
+    from calib.live import calibrate_live_and_record
 
     settings = _settings()
     if replay is not None and not replay.is_dir():
@@ -266,15 +266,10 @@ def calibrate_live(
             try:
                 chain = fetch_live_chain(underlying.value, base_url=base_url, budget_s=source_timeout)
             except SourceError as e:  # no chain: record the outage as a failed live run (exit 3)
-                from dataclasses import replace
+                from calib.live_outage import record_source_outage
 
-                from calib.live_outage import source_unavailable_result
-
-                tested = applied_global(db, underlying.value)
-                outage = source_unavailable_result(
-                    replace(config, multiplier_tested=tested if tested is not None else 1.0), str(e),
-                    source=base_url, waited_s=time.monotonic() - t0)
-                rec = record_live_run(db, outage, settings.policy)
+                rec = record_source_outage(config, db, settings.policy, str(e), source=base_url,
+                                           waited_s=time.monotonic() - t0)
         if rec is None:
             rec = calibrate_live_and_record(config, db, settings.policy, chain=chain)
     except (CalibError, SourceError) as e:

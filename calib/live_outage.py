@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import polars as pl
 
 from calib.calibration import new_run_id
-from calib.config import CalibrationConfig
+from calib.config import CalibrationConfig, PolicyConfig
 from calib.data.quality import DataQuality, DataQualityIssue
 from calib.engine.metrics import EMPTY
 from calib.engine.result import CalibrationResult, GlobalMetrics, OptionTypeMetrics
+from calib.live import LiveRunRecord, applied_global, record_live_run
 
 SOURCE_UNAVAILABLE = "source_unavailable"
 SOURCE_UNAVAILABLE_REASON = "Source unavailable"
@@ -59,6 +61,15 @@ def source_unavailable_result(config: CalibrationConfig, cause: str, *, source: 
         window={"start": now, "end": now, "newest_snapshot": None, "source": source},
         timings_s={"source_wait": waited_s}, replay=False,
     )
+
+
+def record_source_outage(config: CalibrationConfig, db_path: Path, policy: PolicyConfig, cause: str, *,
+                         source: str, waited_s: float) -> LiveRunRecord:
+    """Record the failed live run of an unreachable source, tested at the applied multiplier."""
+    tested = applied_global(db_path, config.underlying)
+    result = source_unavailable_result(replace(config, multiplier_tested=tested if tested is not None else 1.0),
+                                       cause, source=source, waited_s=waited_s)
+    return record_live_run(db_path, result, policy)
 
 
 def is_source_outage(result: dict[str, object]) -> bool:

@@ -17,6 +17,7 @@ import numpy as np
 
 from calib._typing import FloatArray
 from calib.config import DAYS_PER_YEAR, CalibrationConfig
+from calib.engine.bootstrap import multiplier_interval, resampling_units
 from calib.engine.fit import MultiplierFit, fit_multiplier
 from calib.engine.metrics import EMPTY, MetricSums, add_to_groups, quote_errors
 from calib.engine.model import (
@@ -87,6 +88,8 @@ class EngineFit:
     # edits it, so the multiplier it should use is the one fitted with that skew.
     fit_current_skew: MultiplierFit | None = None
     band_fits_current_skew: tuple[MultiplierFit, ...] = ()
+    ci: tuple[float | None, float | None] = (None, None)  # bootstrap interval of `fit.multiplier`
+    band_cis: tuple[tuple[float | None, float | None], ...] = ()
     rv_7d_pct: float | None
     atm_iv_pct: float | None
     recommended_surface: dict[str, Any] | None
@@ -112,13 +115,11 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
     *band_masks, g_mask = _dte_masks(q, [(b.dte_min, b.dte_max, False) for b in config.bands]
                                      + [(config.min_dte, config.max_dte, True)])
 
-    def band_inputs(mask: np.ndarray) -> FitInputs:
-        return fit_inputs(q, _stride_positions(mask, JOINT_FIT_SAMPLE))  # same sampling as the joint fit
-
-    def bands_current_skew() -> tuple[list[FitInputs], list[MultiplierFit]]:
-        inputs = [band_inputs(m) for m in band_masks]
+    def bands_current_skew() -> tuple[list[FitInputs], list[MultiplierFit], list[tuple[np.ndarray, np.ndarray]]]:
+        positions = [_stride_positions(m, JOINT_FIT_SAMPLE) for m in band_masks]  # same sampling as the joint fit
+        inputs = [fit_inputs(q, p) for p in positions]
         return inputs, [fit_multiplier(bi, anchors_z=anchors, ratios=current, bounds=bounds, start=m_tested)
-                        for bi in inputs]
+                        for bi in inputs], [_units(q, p) for p in positions]
 
     # The band fits with the current skew do not depend on the joint fit: on a second
     # thread they run while it does (numpy releases the GIL in its kernels).
@@ -140,7 +141,7 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
             fit, skew = _joint_fit(sample, s_snap, fit, anchors, current, bounds, smile_from=smile)
             ratios = np.asarray(skew.recommended, dtype=np.float64)
         t_fit = time.perf_counter()
-        b_inputs, band_fits_cs = pending.result() if pending is not None else bands_current_skew()
+        b_inputs, band_fits_cs, b_units = pending.result() if pending is not None else bands_current_skew()
     m_rec = fit.multiplier
     if ratios is current:
         band_fits = list(band_fits_cs)
@@ -148,6 +149,11 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
         band_fits = _parallel_map(
             lambda bi: fit_multiplier(bi, anchors_z=anchors, ratios=ratios, bounds=bounds, start=m_rec or m_tested),
             b_inputs, parallel=parallel)
+    # Bootstrap intervals of the recommended multipliers (each with the skew it was fitted with).
+    ci, *band_cis = _parallel_map(
+        lambda job: multiplier_interval(job[0], job[1], anchors_z=anchors, ratios=ratios, multiplier=job[2]),
+        [(sample, _units(q, s_pos), m_rec), *zip(b_inputs, b_units, [f.multiplier for f in band_fits], strict=True)],
+        parallel=parallel)
     rv_now, atm_iv = _rv_and_atm(newest, n_snap, m_rec or m_tested)
     surface = None
     if config.emit_recommended_vol_surface and m_rec is not None and rv_now is not None:
@@ -155,7 +161,7 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
         surface = recommended_surface(rv_now / 100, m_rec, band_mult, config, anchors, ratios)
     return EngineFit(fit=fit, skew=skew, ratios=ratios, band_fits=tuple(band_fits), rv_7d_pct=rv_now,
                      fit_current_skew=fit_current_skew, band_fits_current_skew=tuple(band_fits_cs),
-                     atm_iv_pct=atm_iv, recommended_surface=surface,
+                     atm_iv_pct=atm_iv, recommended_surface=surface, ci=ci, band_cis=tuple(band_cis),
                      timings_s={"fit_and_skew": t_fit - t0, "band_fit": time.perf_counter() - t_fit})
 
 
@@ -287,7 +293,9 @@ def assemble_engine(fit: EngineFit, scores: EngineScores, config: CalibrationCon
                         fit.band_fits_current_skew[b].multiplier if fit.band_fits_current_skew else bfit.multiplier),
                     at_bound=bfit.at_bound,
                     metrics=scores.band_recommended.metrics(b) if bfit.multiplier is not None else EMPTY,
-                    tested=scores.band_tested.metrics(b))
+                    tested=scores.band_tested.metrics(b),
+                    ci_low=fit.band_cis[b][0] if fit.band_cis else None,
+                    ci_high=fit.band_cis[b][1] if fit.band_cis else None)
         for b, (band, bfit) in enumerate(zip(config.bands, fit.band_fits, strict=True))
     )
     skew = fit.skew
@@ -295,7 +303,7 @@ def assemble_engine(fit: EngineFit, scores: EngineScores, config: CalibrationCon
         skew = replace(skew, n_per_anchor=tuple(int(c) for c in scores.anchor_counts))
     gm = GlobalMetrics(multiplier_tested=config.tested_multiplier, recommended_iv_multiplier=m_rec,
                        at_bound=fit.fit.at_bound, at_recommended=at_rec, tested=scores.tested.metrics(),
-                       rv_7d_pct=fit.rv_7d_pct, atm_iv_pct=fit.atm_iv_pct,
+                       rv_7d_pct=fit.rv_7d_pct, atm_iv_pct=fit.atm_iv_pct, ci_low=fit.ci[0], ci_high=fit.ci[1],
                        recommended_iv_multiplier_current_skew=(
                            fit.fit_current_skew.multiplier if fit.fit_current_skew else m_rec))
     return EngineOutput(
@@ -303,6 +311,11 @@ def assemble_engine(fit: EngineFit, scores: EngineScores, config: CalibrationCon
         recommended_surface=fit.recommended_surface, n_samples=int(scores.tested.n[0]),
         n_snapshots=scores.n_snapshots(), timings_s=timings_s,
     )
+
+
+def _units(q: QuoteArrays, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The bootstrap's resampling units of the quotes at `pos`: their snapshot and their expiry."""
+    return resampling_units(q.snapshots_at(pos), q.t_years.take(pos))
 
 
 def _dte_masks(q: QuoteArrays, ranges: Sequence[tuple[float, float, bool]],

@@ -39,6 +39,8 @@ class BandMetrics:
     metrics: ErrorMetrics
     tested: ErrorMetrics
     recommended_iv_multiplier_current_skew: float | None = None
+    ci_low: float | None = None  # bootstrap interval of `recommended_iv_multiplier` (by snapshot, 90 %)
+    ci_high: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -47,6 +49,8 @@ class BandMetrics:
             "dte_max": self.dte_max,
             "n_samples": self.n_samples,
             "recommended_iv_multiplier": self.recommended_iv_multiplier,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
             "recommended_iv_multiplier_current_skew": self.recommended_iv_multiplier_current_skew,
             "at_bound": self.at_bound,
             **self.metrics.to_dict(),
@@ -73,11 +77,15 @@ class GlobalMetrics:
     rv_7d_pct: float | None
     atm_iv_pct: float | None
     recommended_iv_multiplier_current_skew: float | None = None  # what the live policy smooths and applies
+    ci_low: float | None = None  # bootstrap interval of `recommended_iv_multiplier` (by snapshot, 90 %)
+    ci_high: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "multiplier_tested": self.multiplier_tested,
             "recommended_iv_multiplier": self.recommended_iv_multiplier,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
             "recommended_iv_multiplier_current_skew": self.recommended_iv_multiplier_current_skew,
             "at_bound": self.at_bound,
             **self.at_recommended.to_dict(),

@@ -51,6 +51,13 @@ def load_run(db: str, underlying: str, run_id: str, refresh: int) -> queries.Run
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def load_backtest(db: str, underlying: str, refresh: int) -> tuple[dict[str, Any], Any] | None:
+    from calib.store.backtests import newest_backtest
+
+    return newest_backtest(Path(db), underlying)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def load_policy_settings(path: str, refresh: int) -> Settings:
     return load_settings(Path(path))
 
@@ -342,6 +349,32 @@ def render_live_runs(data: queries.DashboardData) -> None:
                                 raw=tables.LIVE_RAW))
 
 
+def render_backtest(db: Path, underlying: str, refresh: int) -> None:
+    from calib.ui import backtest as bt
+
+    st.header("Backtest", anchor="backtest")
+    try:
+        newest = load_backtest(str(db), underlying, refresh)
+    except CalibError as e:
+        st.error(f"Cannot read the backtests: {e}")
+        return
+    if newest is None:
+        st.info(f"No backtest for {underlying} yet: replay the update policy over harvested history with")
+        st.code(f"calib backtest --underlying {underlying} --data-dir data/live_deribit --start 2026-11-05T00:00:00Z "
+                f"--end 2026-11-20T00:00:00Z --step 1d --lookback-days 7{db_flag(db)}", language="bash")
+        return
+    info, steps = newest
+    st.caption(bt.caption(info))
+    for col, (label, value, help_text) in zip(st.columns(5), bt.summary_metrics(info), strict=True):
+        col.metric(label, value, help=help_text)
+    c1, c2 = st.columns(2)
+    c1.altair_chart(bt.multiplier_chart(steps), width="stretch")
+    c2.altair_chart(bt.oos_chart(steps), width="stretch")
+    st.caption("Each step calibrates the window ending at its as-of time (as auto-calibrate --as-of), feeds the run "
+               "to the update policy as a live run would be, then scores the next horizon's quotes out of sample "
+               "with the current skew. Backtests never touch the applied multipliers.")
+
+
 # --------------------------------------------------------------------------- page
 
 
@@ -378,6 +411,7 @@ def main() -> None:
     render_policy(db, data, settings, settings_error)
     render_history(data, settings)
     render_live_runs(data)
+    render_backtest(db, underlying, refresh)
     st.divider()
     st.caption(f"Loaded {fmt.fmt_ts(data.loaded_at, seconds=True)} UTC from `{db}` "
                f"(schema v{data.info.schema_version or '-'}); cached for {CACHE_TTL_S} s, Refresh re-reads now.")

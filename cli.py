@@ -78,7 +78,7 @@ def _progress(msg: str) -> None:
     typer.echo(f"... {msg}", err=True)
 
 
-def _parse_ts(text: str | None) -> datetime | None:
+def _parse_ts(text: str | None, name: str = "--as-of") -> datetime | None:
     if text is None:
         return None
     try:
@@ -86,7 +86,7 @@ def _parse_ts(text: str | None) -> datetime | None:
         ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
         ts - timedelta(days=3660)  # the window and its RV warm-up must stay representable
     except (ValueError, OverflowError):
-        _err(f"`--as-of` must be an ISO-8601 time after year 10, such as 2023-04-14T12:00:00Z; got {text!r}")
+        _err(f"`{name}` must be an ISO-8601 time after year 10, such as 2023-04-14T12:00:00Z; got {text!r}")
         raise typer.Exit(code=EXIT_USAGE) from None
     return ts
 
@@ -117,6 +117,12 @@ def _warning_block(d: dict[str, Any]) -> str:
     ])
 
 
+def _ci(m: dict[str, Any]) -> str:
+    """`` [1.1012-1.1240]``: the 90 % bootstrap interval of a recommended multiplier ('' when there is none)."""
+    lo, hi = m.get("ci_low"), m.get("ci_high")
+    return "" if lo is None or hi is None else f" [{lo:.4f}-{hi:.4f}]"
+
+
 def _render_summary(d: dict[str, Any], db: Path) -> str:
     gm, dq = d["global_metrics"], d["data_quality"]
     w = d.get("window") or {}
@@ -129,7 +135,7 @@ def _render_summary(d: dict[str, Any], db: Path) -> str:
         f"RV_7d       {_fmt(gm['rv_7d_pct'], '.1f', '%')}    ATM IV {_fmt(gm['atm_iv_pct'], '.1f', '%')}"
         f"    IV/RV {_fmt(gm.get('iv_rv_ratio'), '.3f')}",
         f"Multiplier  tested {_fmt(gm['multiplier_tested'], '.4f')}    recommended "
-        f"{_fmt(gm['recommended_iv_multiplier'], '.4f')}" + ("  (AT BOUND)" if gm["at_bound"] else ""),
+        f"{_fmt(gm['recommended_iv_multiplier'], '.4f')}{_ci(gm)}" + ("  (AT BOUND)" if gm["at_bound"] else ""),
         "",
         f"{'':16}{'MAE %':>10}{'vMAE %':>10}{'bias %':>10}{'MAE volpt':>11}",
     ]
@@ -139,11 +145,12 @@ def _render_summary(d: dict[str, Any], db: Path) -> str:
     lines.append(f"{'at recommended':16}{_fmt(gm['mae_pct']):>10}{_fmt(gm['vega_weighted_mae_pct']):>10}"
                  f"{_fmt(gm['bias_pct']):>10}{_fmt(gm['mae_vol_points']):>11}")
     if d["bands"]:
-        lines += ["", f"{'Band':12}{'DTE':>10}{'samples':>10}{'Rec. IV Mult':>14}{'vMAE %':>10}{'MAE %':>10}"]
+        lines += ["", f"{'Band':12}{'DTE':>10}{'samples':>10}{'Rec. IV Mult':>14}{'90% CI':>18}{'vMAE %':>10}"
+                      f"{'MAE %':>10}"]
         for b in d["bands"]:
             rng = f"{b['dte_min']:g}-{b['dte_max']:g}"
             lines.append(f"{b['name']:12}{rng:>10}{b['n_samples']:>10,}"
-                         f"{_fmt(b['recommended_iv_multiplier'], '.4f'):>14}"
+                         f"{_fmt(b['recommended_iv_multiplier'], '.4f'):>14}{_ci(b).strip() or '-':>18}"
                          f"{_fmt(b['vega_weighted_mae_pct']):>10}{_fmt(b['mae_pct']):>10}")
     sk = d.get("skew")
     if sk and sk.get("misfit") is not None:
@@ -396,13 +403,63 @@ def sql_cmd(query: Annotated[str, typer.Argument(help="One read-only SQL stateme
     _print_frame(df, json_out)
 
 
+@app.command("backtest")
+def backtest_cmd(
+    underlying: UndOpt,
+    start: Annotated[str, typer.Option(help="First as-of time (ISO-8601 UTC).")],
+    end: Annotated[str, typer.Option(help="As-of times stop before this (ISO-8601 UTC).")],
+    step: Annotated[str, typer.Option(help="Time between as-of times: 1d, 6h, 30m, 1w.")] = "1d",
+    data_dir: Annotated[Path, typer.Option(help="Harvested data root (shared storage for a cluster).")] = (
+        DEFAULT_DATA_DIR),
+    lookback_days: Annotated[float, typer.Option(help="Calibration window length in days.")] = 14.0,
+    dte_min: Annotated[float, typer.Option(help="Smallest days to expiry in the global fit.")] = 3.0,
+    dte_max: Annotated[float, typer.Option(help="Largest days to expiry in the global fit.")] = 10.0,
+    horizon: Annotated[str, typer.Option(help="Out-of-sample horizon after each as-of time: 1d, 12h.")] = "1d",
+    start_multiplier: Annotated[float, typer.Option(help="Applied multiplier at --start (global and bands).")] = 1.0,
+    cluster: Annotated[str | None, typer.Option(help="Dask: 'local' (LocalCluster) or tcp://HOST:PORT; "
+                                                     "default a local process pool.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Workers of the pool or LocalCluster (default: cores).")] = None,
+    db: DbOpt = DEFAULT_DB,
+    json_out: JsonOpt = False,
+) -> None:
+    """Walk-forward backtest: calibrate each window, replay the update policy, score out of sample."""
+    from calib.backtest import BacktestConfig, parse_duration, run_backtest
+    from calib.backtest.report import format_backtest, progress_line
+    from calib.store.backtests import record_backtest
+
+    settings = _settings()
+    t0, t1 = _parse_ts(start, "--start"), _parse_ts(end, "--end")
+    if not data_dir.is_dir():
+        _err(f"data directory {data_dir} does not exist: run `calib demo-data` or `calib harvest` first")
+        raise typer.Exit(code=EXIT_USAGE)
+    try:
+        config = BacktestConfig(
+            calibration=CalibrationConfig(
+                underlying=underlying.value, source="harvested", min_dte=dte_min, max_dte=dte_max,
+                lookback_days=lookback_days, bands=settings.bands, skew=settings.skew, quality=settings.quality,
+                realism=settings.realism, multiplier_bounds=settings.multiplier_bounds,
+                harvest=HarvestConfig(data_root=data_dir)),
+            start=t0, end=t1, step=parse_duration(step, name="--step"),  # type: ignore[arg-type]
+            horizon=parse_duration(horizon, name="--horizon"), start_multiplier=start_multiplier,
+            policy=settings.policy)
+        progress = None if json_out else (lambda *a: typer.echo(progress_line(*a), err=True))
+        result = run_backtest(config, cluster=cluster, workers=workers, progress=progress)
+        record_backtest(db, result)
+    except CalibError as e:
+        _fail(e)
+    if json_out:
+        typer.echo(json.dumps(result.to_dict(), allow_nan=False))
+    else:
+        typer.echo(format_backtest(result, str(db)))
+
+
 @app.command("demo-data")
 def demo_data(
     out: Annotated[Path, typer.Option(help="Data root to write.")] = DEFAULT_DATA_DIR,
     days: Annotated[float, typer.Option(help="Days of history.")] = 22.0,
     step_minutes: Annotated[float, typer.Option(help="Minutes between snapshots.")] = 60.0,
     scenario: Annotated[str, typer.Option(help="normal, vol_shock, usd_marks, iv_fraction, no_mark_iv, no_index, "
-                                                "missing_required, outage, truncated_file, mult_at_bound.")] = "normal",
+                                                "missing_required, outage, truncated_file, mult_at_bound, drift, flat.")] = "normal",
     underlying: Annotated[list[Underlying] | None, typer.Option("--underlying", "-u", help="Repeatable.")] = None,
     end: Annotated[str | None, typer.Option(help="Last snapshot time (ISO-8601 UTC); default now.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 7,

@@ -300,6 +300,9 @@ def _runs(con: duckdb.DuckDBPyConnection, *, underlying: str, source: str | None
     have = _columns(con, "calibration_runs")
     names = (*APP_RUN_COLUMNS, "result") if with_result else APP_RUN_COLUMNS
     cols = ", ".join(c if c in have else f"NULL AS {c}" for c in names)
+    if "result" in have:  # the recommended multiplier's bootstrap interval (NULL for runs older than it)
+        cols += ", " + ", ".join(f"TRY_CAST(json_extract(result, '$.global_metrics.{c}') AS DOUBLE) AS {c}"
+                                 for c in ("ci_low", "ci_high"))
     where, params = ["underlying = ?"], [underlying]
     if source:
         where.append("source = ?")

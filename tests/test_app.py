@@ -282,7 +282,7 @@ def test_sections_in_spec_order(populated: Path, tmp_path: Path, monkeypatch: py
     at = run_app(populated, monkeypatch, tmp_path)
     assert [h.value for h in at.header] == [
         "Calibration vs Deribit", "Term Structure", "Skew Fit Analysis", "IV Calibration Update Policy",
-        "Calibration History (Auto-Calibrate)", "Recent live runs",
+        "Calibration History (Auto-Calibrate)", "Recent live runs", "Backtest",
     ]
     assert "Option-type metrics" in [s.value for s in at.subheader]
     assert at.title[0].value == "IV calibration · BTC"

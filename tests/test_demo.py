@@ -336,7 +336,31 @@ def test_spec_validation(kwargs: dict[str, object], match: str) -> None:
 
 def test_scenarios_are_the_advertised_ones() -> None:
     assert SCENARIOS == ("normal", "vol_shock", "usd_marks", "iv_fraction", "no_mark_iv", "no_index",
-                         "missing_required", "outage", "truncated_file", "mult_at_bound")  # fmt: skip
+                         "missing_required", "outage", "truncated_file", "mult_at_bound", "drift", "flat")  # fmt: skip
+
+
+@pytest.mark.parametrize("scenario", ["drift", "flat"])
+def test_truth_scenarios_price_atm_at_the_true_multiplier_times_rv(tmp_path: Path, scenario: str) -> None:
+    """ATM IV / trailing RV_7d (the calibrator's estimator) is m(t), up to the 1.5 % per-expiry noise."""
+    from calib.data.demo import true_multiplier
+    from calib.numerics.realized_vol import trailing_realized_vol
+
+    root, summary = _small(tmp_path, scenario)
+    df = _read(root, "BTC").sort("snapshot_ts")
+    idx = df.group_by("snapshot_ts", maintain_order=True).agg(pl.col("index_price").first())
+    ts_s = idx["snapshot_ts"].dt.epoch("ms").to_numpy() / 1e3
+    rv, _ = trailing_realized_vol(ts_s, idx["index_price"].to_numpy(), min_span_seconds=6 * 3600.0)
+    late = ts_s >= ts_s[0] + 8 * 86400  # a full 7-day RV inside the harvest
+    atm = (_with_t(df).filter((pl.col("strike") / pl.col("underlying_price")).log().abs() < 0.01,
+                              pl.col("dte").is_between(3, 10))
+           .join(pl.DataFrame({"snapshot_ts": idx["snapshot_ts"], "rv": rv}), on="snapshot_ts")
+           .filter(pl.col("snapshot_ts").dt.epoch("ms") >= int(ts_s[late][0] * 1e3)))
+    ratio = (atm["mark_iv"] / 100 / atm["rv"]).to_numpy()
+    truth = true_multiplier(scenario, atm["snapshot_ts"].dt.epoch("ms").to_numpy(),
+                            int(ts_s[0] * 1e3), int(summary.end.timestamp() * 1e3))
+    assert atm.height > 100
+    assert abs(float(np.median(ratio / truth)) - 1) < 0.01  # near-ATM smile ratio is ~1.0
+    assert float(np.quantile(np.abs(ratio / truth - 1), 0.9)) < 0.05
 
 
 def test_usd_marks(tmp_path: Path) -> None:

@@ -18,6 +18,9 @@ conventions. Scenarios (`SCENARIOS`) inject the pathologies a calibration must g
 ``missing_required``  no ``underlying_price`` column (failed).
 ``outage``            no snapshots 11 to 4 days before ``end``: 50% of the last 14 days.
 ``truncated_file``    the middle file of the last 14 days cut to half its bytes.
+``drift``             a known true multiplier: ATM IV = m(t) x RV_7d exactly (no term structure),
+                      m(t) rising linearly from 0.95 at the first snapshot to 1.35 at ``end``.
+``flat``              the same construction with m(t) = 1.15 throughout (interval coverage).
 
 Generation is vectorized and runs one UTC day at a time, so memory stays bounded.
 """
@@ -44,8 +47,10 @@ from calib.numerics.realized_vol import trailing_realized_vol
 
 SCENARIOS: tuple[str, ...] = (
     "normal", "vol_shock", "usd_marks", "iv_fraction", "no_mark_iv", "no_index",
-    "missing_required", "outage", "truncated_file", "mult_at_bound",
+    "missing_required", "outage", "truncated_file", "mult_at_bound", "drift", "flat",
 )  # fmt: skip
+TRUTH_SCENARIOS: tuple[str, ...] = ("drift", "flat")  # scenarios whose IV / RV_7d is a known multiplier
+DRIFT_FROM, DRIFT_TO, FLAT_MULTIPLIER = 0.95, 1.35, 1.15
 FilesPer = Literal["day", "snapshot"]
 
 MS_PER_DAY = 86_400_000
@@ -224,6 +229,21 @@ def _regime(t_ms: np.ndarray, end_ms: int, scenario: str) -> tuple[FloatArray, F
     return 1.0 + (target - 1.0) * ramp, 1.0 + drift * prog
 
 
+def true_multiplier(scenario: str, t_ms: np.ndarray, first_ms: int, end_ms: int) -> FloatArray:
+    """The multiplier a `TRUTH_SCENARIOS` harvest prices with at epoch-ms times `t_ms`.
+
+    ``drift``: linear from `DRIFT_FROM` at `first_ms` (the first written snapshot)
+    to `DRIFT_TO` at `end_ms`; ``flat``: `FLAT_MULTIPLIER`.
+    """
+    if scenario not in TRUTH_SCENARIOS:
+        raise InvalidInputError(f"`scenario` must be one of {', '.join(TRUTH_SCENARIOS)}; got {scenario!r}")
+    t = np.asarray(t_ms, dtype=np.float64)
+    if scenario == "flat":
+        return np.full(t.shape, FLAT_MULTIPLIER)
+    prog = np.clip((t - first_ms) / max(end_ms - first_ms, 1.0), 0.0, 1.0)
+    return DRIFT_FROM + (DRIFT_TO - DRIFT_FROM) * prog
+
+
 def _variance_estimate(t_ms: np.ndarray, index_usd: FloatArray, dt: float, v_long: float) -> FloatArray:
     """The market's current variance: 0.65 RV_7d^2 + 0.35 x 1-day-half-life EWMA of squared returns."""
     rv, _ = trailing_realized_vol(t_ms / 1e3, index_usd)
@@ -234,7 +254,8 @@ def _variance_estimate(t_ms: np.ndarray, index_usd: FloatArray, dt: float, v_lon
     return np.where(np.isfinite(rv), 0.65 * rv**2 + 0.35 * ewma, v_long)
 
 
-def _simulate_markets(t_ms: np.ndarray, end_ms: int, seed: int, scenario: str) -> dict[str, _Market]:
+def _simulate_markets(t_ms: np.ndarray, end_ms: int, seed: int, scenario: str,
+                      first_ms: int | None = None) -> dict[str, _Market]:
     """Joint BTC/ETH index paths and surface state on the grid ``t_ms`` (both always simulated)."""
     rng = np.random.default_rng([seed, 0x5EED])
     n = t_ms.size
@@ -261,10 +282,16 @@ def _simulate_markets(t_ms: np.ndarray, end_ms: int, seed: int, scenario: str) -
             paths.append(np.round(spot0 * np.exp(np.cumsum(ret)), 2))
         # IV follows the calm path where the scenario says the market lags.
         v_now = _variance_estimate(t_ms, paths[0], dt, p.vol_level**2) * iv_level**2
+        premium = 1.1 + 0.2 * np.tanh(_ou(rng, n, dt, 5.0, 0.7))
+        if scenario in TRUTH_SCENARIOS:
+            # The model's own construction: the calibrator's trailing RV_7d (6 h minimum span) times m(t).
+            rv, _ = trailing_realized_vol(t_ms / 1e3, paths[0], min_span_seconds=6 * 3600.0)
+            v_now = np.where(np.isfinite(rv), rv, p.vol_level) ** 2
+            premium = true_multiplier(scenario, t_ms, t_ms[0] if first_ms is None else first_ms, end_ms)
         out[und] = _Market(
             index_usd=paths[-1],
             v_now=v_now,
-            premium=1.1 + 0.2 * np.tanh(_ou(rng, n, dt, 5.0, 0.7)),
+            premium=premium,
             basis=0.065 + 0.03 * np.tanh(_ou(rng, n, dt, 10.0, 0.8)),
             skew_slope=p.skew_slope + 0.05 * np.tanh(_ou(rng, n, dt, 7.0, 0.8)),
             skew_curv=p.skew_curv + 0.02 * np.tanh(_ou(rng, n, dt, 7.0, 0.8)),
@@ -464,7 +491,10 @@ def _day_frame(und: str, mkt: _Market, t_ms: np.ndarray, snaps: np.ndarray, inst
     var = v_long + (mkt.v_now[path] - v_long) * (-np.expm1(-kt) / kt)
     e_exp = 0.015 * ndtri(_hash_u01(salt + 1, exp_ms))
     e_snap = 0.002 * ndtri(_hash_u01(salt + 2, exp_ms, snap_ms))
-    atm = mkt.premium[path] * np.sqrt(var) * (1 + 0.05 * -np.expm1(-t_years / 0.25)) * (1 + e_exp + e_snap)
+    if spec.scenario in TRUTH_SCENARIOS:  # IV / RV_7d is exactly m(t), up to the same noise
+        atm = mkt.premium[path] * np.sqrt(mkt.v_now[path]) * (1 + e_exp + e_snap)
+    else:
+        atm = mkt.premium[path] * np.sqrt(var) * (1 + 0.05 * -np.expm1(-t_years / 0.25)) * (1 + e_exp + e_snap)
     sqrt_t = np.sqrt(t_years)
     z = np.log(k / f) / (atm * sqrt_t)
     slope = mkt.skew_slope[path] + 0.015 * ndtri(_hash_u01(salt + 3, exp_ms))
@@ -592,7 +622,7 @@ def generate_demo_harvest(data_root: Path, spec: DemoSpec) -> DemoSummary:
     """
     data_root = Path(data_root)
     t_ms, snaps, end_ms = _snapshot_grid(spec)
-    markets = _simulate_markets(t_ms, end_ms, spec.seed, spec.scenario)
+    markets = _simulate_markets(t_ms, end_ms, spec.seed, spec.scenario, first_ms=int(t_ms[snaps[0]]))
     cal = expiry_calendar(int(t_ms[snaps[0]]), end_ms)
     t_day = t_ms // MS_PER_DAY
     t_day0 = int(t_day[0])

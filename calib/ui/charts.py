@@ -41,12 +41,14 @@ def history_points(runs: pl.DataFrame) -> pl.DataFrame:
             "date": ts.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "Status": fmt.status_label(r.get("status")),
             "Multiplier": r.get("recommended_multiplier"),
+            "ci_low": r.get("ci_low"),
+            "ci_high": r.get("ci_high"),
             "vMAE %": r.get("vega_weighted_mae_pct"),
             "Reason": fmt.text(r.get("reason")),
             "candidate": r.get("status") != "failed",
         })
-    schema = {"date": pl.String, "Status": pl.String, "Multiplier": pl.Float64, "vMAE %": pl.Float64,
-              "Reason": pl.String, "candidate": pl.Boolean}
+    schema = {"date": pl.String, "Status": pl.String, "Multiplier": pl.Float64, "ci_low": pl.Float64,
+              "ci_high": pl.Float64, "vMAE %": pl.Float64, "Reason": pl.String, "candidate": pl.Boolean}
     return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
 
 
@@ -98,6 +100,15 @@ def history_chart(runs: pl.DataFrame, field: str, *, title: str, bounds: tuple[f
         x=x, y=y, color=color, tooltip=tooltip,
         shape=alt.Shape("Status:N", scale=alt.Scale(domain=_STATUS_DOMAIN, range=_STATUS_SHAPES)))
     layers: list[Any] = [line, inside]
+    if field == "Multiplier":  # the 90 % bootstrap interval as an error bar on each plotted run
+        bars = data.filter(pl.col("ci_low").is_not_null() & (pl.col("marker") == pl.col("Status"))).with_columns(
+            bar_lo=pl.col("ci_low").clip(lo, hi), bar_hi=pl.col("ci_high").clip(lo, hi))
+        if bars.height:
+            layers.insert(1, alt.Chart(bars).mark_rule(strokeWidth=1.5, opacity=0.7).encode(
+                x=x, y=alt.Y("bar_lo:Q", scale=alt.Scale(domain=[lo, hi], nice=False, zero=False)), y2="bar_hi:Q",
+                color=color,
+                tooltip=[alt.Tooltip("ci_low:Q", title="90% CI low", format=".4f"),
+                         alt.Tooltip("ci_high:Q", title="90% CI high", format=".4f")]))
     for marker, shape in (("above", "triangle-up"), ("below", "triangle-down")):
         off = data.filter(pl.col("marker") == marker)
         if off.height:

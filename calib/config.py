@@ -80,6 +80,12 @@ class QualityThresholds:
     fraction_iv_median: float = 3.0  # a median IV this small is a fraction, not percent
     # In the last hours Deribit marks sit at intrinsic (settlement TWAP, vega ~0): not a vol quote.
     min_hours_to_expiry: float = 2.0
+    # Marks that their own mark_iv does not reprice (Black-76, coin) within max(2 ticks, 1 % of the mark):
+    # share of the usable rows above which the run is degraded / failed (issue mark_iv_mismatch).
+    degraded_mark_iv_mismatch_pct: float = 5.0
+    failed_mark_iv_mismatch_pct: float = 25.0
+    mark_iv_tolerance_ticks: float = 2.0
+    mark_iv_tolerance_pct: float = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,6 +96,27 @@ class RealismThresholds:
     max_mult: float = 1.6  # guardrails.MAX_MULT
     max_mae_pct: float | None = 400.0  # guardrails.MAX_MAE
     max_vega_mae_pct: float | None = 200.0  # guardrails.MAX_VEGA_MAE
+    # Fewer quotes / snapshots than this and the fit is noise: failed, with that as the reason.
+    min_samples: int = 200
+    min_snapshots: int = 3  # harvested runs only (a live run is one chain)
+    # A band fitted on fewer quotes is reported and never applied; with more, it is guarded like the global.
+    min_band_samples: int = 100
+    # Live runs: a chain older than this (Deribit API or --replay) is degraded, with its age in the reason.
+    max_chain_age_minutes: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("min_mult", "max_mult", "max_mae_pct", "max_vega_mae_pct", "max_chain_age_minutes"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)):
+                raise InvalidInputError(f"realism `{name}` must be a finite number; got {v!r}")
+        if not 0 < self.min_mult < self.max_mult:
+            raise InvalidInputError(f"realism: 0 < min_mult < max_mult required; got {self.min_mult}, {self.max_mult}")
+        for name in ("min_samples", "min_snapshots", "min_band_samples"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise InvalidInputError(f"realism `{name}` must be a non-negative integer; got {v!r}")
+        if self.max_chain_age_minutes <= 0:
+            raise InvalidInputError(f"realism `max_chain_age_minutes` must be positive; got {self.max_chain_age_minutes}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

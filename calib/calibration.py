@@ -60,7 +60,12 @@ from calib.data.reader import (
     without_corrupt_files,
 )
 from calib.engine.calibrate import EngineOutput, calibrate_quotes
-from calib.engine.guardrails import BAND_FAILED, BAND_TOO_FEW, assess_calibration_realism, band_problems
+from calib.engine.guardrails import (
+    BAND_FAILED,
+    BAND_TOO_FEW,
+    assess_calibration_realism,
+    band_problems,
+)
 from calib.engine.metrics import EMPTY
 from calib.engine.model import ROW_FIELDS, SNAP_DTYPE, QuoteArrays, SnapshotTable
 from calib.engine.result import CalibrationResult, GlobalMetrics, OptionTypeMetrics
@@ -418,7 +423,7 @@ def build_result(
         files_skipped=len(skipped), invalid_pct=invalid_pct,
         extra={"iv_source": "mark_iv" if has_mark_iv else "inverted",
                "rv_source": _rv_source(index),
-               "skipped_files": [s.path for s in skipped], **extra_dq},
+               "skipped_files": [s.path for s in skipped], "mark_iv_checked": tally.iv_checked, **extra_dq},
     )
     gm = engine.global_metrics if engine else GlobalMetrics(
         multiplier_tested=config.tested_multiplier, recommended_iv_multiplier=None, at_bound=False,

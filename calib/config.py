@@ -97,8 +97,9 @@ class RealismThresholds:
     max_mae_pct: float | None = 400.0  # guardrails.MAX_MAE
     max_vega_mae_pct: float | None = 200.0  # guardrails.MAX_VEGA_MAE
     # Fewer quotes / snapshots than this and the fit is noise: failed, with that as the reason.
-    min_samples: int = 200
-    min_snapshots: int = 3  # harvested runs only (a live run is one chain)
+    min_samples: int = 200  # harvested runs
+    min_samples_live: int = 50  # a live run is one chain (3-10 DTE: ~50-300 quotes); as the policy's min_samples
+    min_snapshots: int = 3  # harvested runs only
     # A band fitted on fewer quotes is reported and never applied; with more, it is guarded like the global.
     min_band_samples: int = 100
     # Live runs: a chain older than this (Deribit API or --replay) is degraded, with its age in the reason.
@@ -111,7 +112,7 @@ class RealismThresholds:
                 raise InvalidInputError(f"realism `{name}` must be a finite number; got {v!r}")
         if not 0 < self.min_mult < self.max_mult:
             raise InvalidInputError(f"realism: 0 < min_mult < max_mult required; got {self.min_mult}, {self.max_mult}")
-        for name in ("min_samples", "min_snapshots", "min_band_samples"):
+        for name in ("min_samples", "min_samples_live", "min_snapshots", "min_band_samples"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise InvalidInputError(f"realism `{name}` must be a non-negative integer; got {v!r}")

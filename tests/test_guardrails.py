@@ -11,7 +11,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from calib.config import RealismThresholds
-from calib.engine.guardrails import BAND_FAILED, BAND_OK, BAND_TOO_FEW, assess_calibration_realism, band_problems
+from calib.engine.guardrails import (
+    BAND_FAILED,
+    BAND_OK,
+    BAND_TOO_FEW,
+    assess_calibration_realism,
+    band_problems,
+)
 from calib.errors import InvalidInputError
 
 

@@ -101,7 +101,8 @@ def assess_calibration_realism(
 
     Rules, in order: an unknown data-quality status -> failed; data quality
     failed -> failed (naming `data_quality_reason`, the root cause, when
-    given); fewer than `min_samples` quotes (or, for harvested runs, fewer
+    given); fewer than `min_samples` quotes (`min_samples_live` for live
+    runs) or, for harvested runs, fewer
     than `min_snapshots` snapshots) -> failed with only that cause. Then every
     tripped check is named with its value: the multiplier (and the current-skew
     multiplier the policy applies) missing, non-finite or outside
@@ -120,8 +121,9 @@ def assess_calibration_realism(
             return "failed", f"Data quality failed ({named}): {data_quality_reason}"
         return "failed", f"Data quality failed ({named})"
     if n_samples is not None:
-        if not _finite(n_samples) or int(n_samples) < th.min_samples:
-            return "failed", f"Too few samples (n={n_samples} < {th.min_samples})"
+        need = th.min_samples_live if source == "live" else th.min_samples
+        if not _finite(n_samples) or int(n_samples) < need:
+            return "failed", f"Too few samples (n={n_samples} < {need})"
     if n_snapshots is not None and source == "harvested":
         if not _finite(n_snapshots) or int(n_snapshots) < th.min_snapshots:
             return "failed", f"Too few snapshots (n={n_snapshots} < {th.min_snapshots})"

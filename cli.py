@@ -123,6 +123,26 @@ def _ci(m: dict[str, Any]) -> str:
     return "" if lo is None or hi is None else f" [{lo:.4f}-{hi:.4f}]"
 
 
+_BAND_GUARD = {"ok": "ok", "too_few_samples": "too few samples: not applied", "failed": "FAILED"}
+
+
+def _age(created: datetime, data_time: datetime) -> str:
+    minutes = (created - data_time).total_seconds() / 60
+    return (f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.1f} h" if minutes < 2880
+            else f"{minutes / 1440:.1f} days")
+
+
+def _chain_time_lines(d: dict[str, Any]) -> list[str]:
+    """The data's time beside the run's: a stale chain is visible (issue 12)."""
+    newest = (d.get("window") or {}).get("newest_snapshot")
+    created = d.get("created_at")
+    if not newest or not created:
+        return []
+    n, c = datetime.fromisoformat(newest), datetime.fromisoformat(created)
+    label = "Chain time" if d["source"] == "live" else "Newest snap"
+    return [f"{label:12}{n:%Y-%m-%d %H:%M}Z  (age {_age(c, n)} at run time {c:%Y-%m-%d %H:%M}Z)"]
+
+
 def _render_summary(d: dict[str, Any], db: Path) -> str:
     gm, dq = d["global_metrics"], d["data_quality"]
     w = d.get("window") or {}
@@ -134,8 +154,12 @@ def _render_summary(d: dict[str, Any], db: Path) -> str:
         f"from {d['n_snapshots']:,} snapshots    rows scanned {dq['rows_scanned']:,}",
         f"RV_7d       {_fmt(gm['rv_7d_pct'], '.1f', '%')}    ATM IV {_fmt(gm['atm_iv_pct'], '.1f', '%')}"
         f"    IV/RV {_fmt(gm.get('iv_rv_ratio'), '.3f')}",
+        *_chain_time_lines(d),
         f"Multiplier  tested {_fmt(gm['multiplier_tested'], '.4f')}    recommended "
-        f"{_fmt(gm['recommended_iv_multiplier'], '.4f')}{_ci(gm)}" + ("  (AT BOUND)" if gm["at_bound"] else ""),
+        f"{_fmt(gm['recommended_iv_multiplier'], '.4f')}{_ci(gm)}" + ("  (AT BOUND)" if gm["at_bound"] else "")
+        + f"    current-skew {_fmt(gm.get('recommended_iv_multiplier_current_skew'), '.4f')}",
+        "            (Recommended goes with the recommended skew below; current-skew is the multiplier fitted with",
+        "            your current skew, the value the live policy smooths and applies until you change the skew)",
         "",
         f"{'':16}{'MAE %':>10}{'vMAE %':>10}{'bias %':>10}{'MAE volpt':>11}",
     ]
@@ -145,13 +169,15 @@ def _render_summary(d: dict[str, Any], db: Path) -> str:
     lines.append(f"{'at recommended':16}{_fmt(gm['mae_pct']):>10}{_fmt(gm['vega_weighted_mae_pct']):>10}"
                  f"{_fmt(gm['bias_pct']):>10}{_fmt(gm['mae_vol_points']):>11}")
     if d["bands"]:
-        lines += ["", f"{'Band':12}{'DTE':>10}{'samples':>10}{'Rec. IV Mult':>14}{'90% CI':>18}{'vMAE %':>10}"
-                      f"{'MAE %':>10}"]
+        lines += ["", f"{'Band':12}{'DTE':>10}{'samples':>10}{'Rec. IV Mult':>14}{'90% CI':>18}{'Cur. skew':>11}"
+                      f"{'vMAE %':>10}{'MAE %':>10}  Guard"]
         for b in d["bands"]:
             rng = f"{b['dte_min']:g}-{b['dte_max']:g}"
             lines.append(f"{b['name']:12}{rng:>10}{b['n_samples']:>10,}"
                          f"{_fmt(b['recommended_iv_multiplier'], '.4f'):>14}{_ci(b).strip() or '-':>18}"
-                         f"{_fmt(b['vega_weighted_mae_pct']):>10}{_fmt(b['mae_pct']):>10}")
+                         f"{_fmt(b.get('recommended_iv_multiplier_current_skew'), '.4f'):>11}"
+                         f"{_fmt(b['vega_weighted_mae_pct']):>10}{_fmt(b['mae_pct']):>10}  "
+                         + _BAND_GUARD.get(b.get("status", "ok"), str(b.get("status"))))
     sk = d.get("skew")
     if sk and sk.get("misfit") is not None:
         lines += ["", f"Skew misfit {sk['misfit']:.4f}  (max |diff| {sk['max_abs_diff']:.4f} at z = "

@@ -15,7 +15,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from typer.testing import CliRunner
 
 from calib.calibration import run_historical_calibration_from_harvest
-from calib.config import CalibrationConfig, HarvestConfig, PolicyConfig, RealismThresholds, SkewConfig
+from calib.config import (
+    CalibrationConfig,
+    HarvestConfig,
+    PolicyConfig,
+    RealismThresholds,
+    SkewConfig,
+)
 from calib.errors import CalibError
 from calib.live import calibrate_live_and_record, force_apply_latest
 from calib.policy import PolicyState, decide

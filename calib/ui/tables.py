@@ -65,12 +65,20 @@ def decision_badge(decision: Any) -> Raw:
                f'style="{_BADGE}background:{colour};">{html.escape(fmt.decision_label(decision))}</span>')
 
 
-def run_line(run: Mapping[str, Any], label: str) -> str:
-    """One line: status badge, `label`, run id and time (UTC)."""
+def run_line(run: Mapping[str, Any], label: str, chain_time: Any = None) -> str:
+    """One line: status badge, `label`, run id and time (UTC); with `chain_time`, the data's time and age too.
+
+    The run time alone hides a stale chain (a replay days old looked current).
+    """
+    chain = ""
+    data_ts, run_ts = fmt.to_utc(chain_time), fmt.to_utc(run.get("created_at"))
+    if data_ts is not None:
+        age = f" (age {fmt.fmt_age(run_ts - data_ts)})" if run_ts is not None else ""
+        chain = f' · <span class="calib-chain-time">chain {html.escape(fmt.fmt_ts(data_ts))} UTC{age}</span>'
     return (f'<div class="calib-run-line" style="display:flex;gap:0.6rem;align-items:center;flex-wrap:wrap;">'
             f"{status_badge(run.get('status'))}<span>{html.escape(label)} "
             f"<code>{html.escape(fmt.text(run.get('run_id')))}</code> · "
-            f"{html.escape(fmt.fmt_ts(run.get('created_at')))} UTC</span></div>")
+            f"run {html.escape(fmt.fmt_ts(run.get('created_at')))} UTC{chain}</span></div>")
 
 
 def _cell(value: Any) -> str:
@@ -287,7 +295,10 @@ def live_metrics(run: Mapping[str, Any], result: Mapping[str, Any]) -> list[Metr
         Metric(label="Bias %", value=fmt.fmt_pct(tested.get("bias_pct"), unit=True),
                help="Mean signed price error at the tested multiplier (negative: model too cheap)"),
         Metric(label="Recommended multiplier", value=fmt.fmt_mult(m_rec),
-               delta=delta, help="Change vs the tested multiplier"),
+               delta=delta, help="Fitted together with the recommended skew; change vs the tested multiplier"),
+        Metric(label="Current-skew multiplier", value=fmt.fmt_mult(gm.get("recommended_iv_multiplier_current_skew")),
+               help="Fitted with your current skew: the value the update policy smooths and applies "
+                    "until you change the skew"),
         Metric(label="RV_7d", value=fmt.fmt_pct(gm.get("rv_7d_pct", run.get("rv_7d_pct")), unit=True),
                help="Trailing 7-day realized vol of the index, annualized"),
         Metric(label="ATM IV", value=fmt.fmt_pct(gm.get("atm_iv_pct", run.get("atm_iv_pct")), unit=True),

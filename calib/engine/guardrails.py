@@ -62,8 +62,27 @@ def _range_problems(label: str, value: float | None, th: RealismThresholds) -> l
     return out
 
 
+def _mult_problems(label: str, cs_label: str, m: float | None, m_cs: float | None, at_bound: bool,
+                   th: RealismThresholds) -> list[str]:
+    """One entry per fitted multiplier: its range problem, the current-skew value alongside, a bound."""
+    main = _range_problems(label, m, th)
+    cs = _range_problems(cs_label, m_cs, th) if m_cs is not None else []
+    out: list[str] = []
+    if main:
+        shown = f"{float(m_cs):.4f}" if _finite(m_cs) else repr(m_cs)
+        out.append("; ".join(main) + (f" (current skew {shown})" if cs else ""))
+    else:
+        out += cs
+    if at_bound:
+        if out:
+            out[-1] += ", pinned at a search bound"
+        else:
+            out.append(f"{label} pinned at a search bound")
+    return out
+
+
 def band_problems(band: BandLike, th: RealismThresholds) -> tuple[str, list[str]]:
-    """A band's guard status and what tripped (empty when ok or too few samples).
+    """A band's guard status and what tripped (for too few samples: the note saying it is not applied).
 
     Both the fitted-skew and the current-skew multiplier are checked: the live
     policy applies the latter.
@@ -72,12 +91,9 @@ def band_problems(band: BandLike, th: RealismThresholds) -> tuple[str, list[str]
     if not _finite(n) or int(n) < th.min_band_samples:
         shown = n if _finite(n) else repr(n)
         return BAND_TOO_FEW, [f"band {band.name} not applied: too few samples (n={shown} < {th.min_band_samples})"]
-    tripped = _range_problems(f"band {band.name} multiplier", band.recommended_iv_multiplier, th)
-    cs = band.recommended_iv_multiplier_current_skew
-    if cs is not None:
-        tripped += _range_problems(f"band {band.name} current-skew multiplier", cs, th)
-    if band.at_bound:
-        tripped.append(f"band {band.name} multiplier pinned at a search bound")
+    tripped = _mult_problems(f"band {band.name} multiplier", f"band {band.name} current-skew multiplier",
+                             band.recommended_iv_multiplier, band.recommended_iv_multiplier_current_skew,
+                             bool(band.at_bound), th)
     return (BAND_FAILED if tripped else BAND_OK), tripped
 
 
@@ -127,12 +143,10 @@ def assess_calibration_realism(
     if n_snapshots is not None and source == "harvested":
         if not _finite(n_snapshots) or int(n_snapshots) < th.min_snapshots:
             return "failed", f"Too few snapshots (n={n_snapshots} < {th.min_snapshots})"
-    tripped = _range_problems("multiplier", multiplier, th)
-    if multiplier_current_skew is not None:
-        tripped += _range_problems("current-skew multiplier", multiplier_current_skew, th)
-    if at_bound is not False:
-        tripped.append("multiplier pinned at a search bound" if at_bound is True
-                       else f"at_bound is not a boolean ({at_bound!r})")
+    tripped = _mult_problems("multiplier", "current-skew multiplier", multiplier, multiplier_current_skew,
+                             at_bound is True, th)
+    if not isinstance(at_bound, bool):
+        tripped.append(f"at_bound is not a boolean ({at_bound!r})")
     for label, value, limit in (("MAE", mae_pct, th.max_mae_pct), ("vMAE", vega_weighted_mae_pct, th.max_vega_mae_pct)):
         if limit is None:
             continue

@@ -69,7 +69,7 @@ def _mult_problems(label: str, cs_label: str, m: float | None, m_cs: float | Non
     cs = _range_problems(cs_label, m_cs, th) if m_cs is not None else []
     out: list[str] = []
     if main:
-        shown = f"{float(m_cs):.4f}" if _finite(m_cs) else repr(m_cs)
+        shown = f"{float(m_cs):.4f}" if m_cs is not None and _finite(m_cs) else repr(m_cs)
         out.append("; ".join(main) + (f" (current skew {shown})" if cs else ""))
     else:
         out += cs

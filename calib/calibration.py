@@ -59,9 +59,10 @@ from calib.data.reader import (
     window_snapshots,
     without_corrupt_files,
 )
-from calib.engine.calibrate import EngineOutput, calibrate_quotes
+from calib.engine.calibrate import EngineOutput, calibrate_quotes, recommended_surface
 from calib.engine.guardrails import (
     BAND_FAILED,
+    BAND_OK,
     BAND_TOO_FEW,
     assess_calibration_realism,
     band_problems,
@@ -442,6 +443,13 @@ def build_result(
         skew_fit, surface = None, None
     else:
         bands = tuple(replace(b, status=band_problems(b, config.realism)[0]) for b in bands)
+        if surface is not None and any(b.status != BAND_OK for b in bands):
+            # A band that is never applied does not shape the recommended surface either: its tenors
+            # take the global multiplier.
+            surface = recommended_surface(
+                surface["rv_7d_pct"] / 100, surface["global_multiplier"],
+                {b.name: b.recommended_iv_multiplier if b.status == BAND_OK else None for b in bands}, config,
+                np.asarray(surface["moneyness_z"], dtype=np.float64), np.asarray(surface["skew_ratios"]))
     # The deciding issues first: the reason names the root cause, then any other error.
     failed_codes = list(dict.fromkeys([*(i.code for i in deciding if status_dq == "failed"),
                                        *(i.code for i in issues if i.severity == "error")]))

@@ -140,6 +140,11 @@ def test_band_with_few_samples_is_not_applied_even_when_absurd(tmp_path: Path) -
     r = _run(_banded(tmp_path, 1.8), bands=BANDS, realism=RealismThresholds(min_band_samples=10**6))
     assert r.status == "ok"
     assert "band monthly not applied: too few samples" in r.reason
+    # nor does it shape the recommended surface: its tenors (14 d, 30 d) take the global 1.2
+    surf = r.recommended_surface
+    assert surf["band_multipliers"]["monthly"] is None
+    by_tenor = dict(zip(surf["tenors_days"], surf["multiplier_by_tenor"], strict=True))
+    assert by_tenor[14] == pytest.approx(1.2, rel=1e-6) and by_tenor[30] == pytest.approx(1.2, rel=1e-6)
     out = decide(r, PolicyState(applied_global=1.0, applied_bands={}, last_applied_at=None, prev_ewma=None,
                                 prev_ewma_bands={}), PolicyConfig(), datetime.now(UTC))
     assert out.smoothed_bands == {}

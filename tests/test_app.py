@@ -338,6 +338,7 @@ def test_term_structure(populated: Path, tmp_path: Path, monkeypatch: pytest.Mon
         assert row["cells"][2] == f"{b['n_samples']:,}"
         assert row["cells"][4] == f"{b['vega_weighted_mae_pct']:.2f}"
         assert row["cells"][6] == f"{b['recommended_iv_multiplier']:.4f}"
+        assert row["cells"][8] == {"ok": "ok", "too_few_samples": "too few samples: not applied"}[b["status"]]
 
 
 def test_skew_fit_analysis(populated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -345,7 +345,9 @@ def option_type_frame(result: Mapping[str, Any]) -> pl.DataFrame:
 
 
 TERM_COLUMNS = ("Bucket", "DTE Range (days)", "Samples", "MAE %", "vMAE %", "Bias %", "Rec. IV Mult",
-                "vMAE % at tested", "_highlight")
+                "vMAE % at tested", "Guard", "_highlight")
+# A band's guardrail verdict (BandMetrics.status): only "ok" bands are ever applied.
+BAND_GUARD_LABELS = {"ok": "ok", "too_few_samples": "too few samples: not applied", "failed": "failed"}
 
 
 def term_structure_frame(result: Mapping[str, Any]) -> pl.DataFrame:
@@ -360,6 +362,7 @@ def term_structure_frame(result: Mapping[str, Any]) -> pl.DataFrame:
             "Rec. IV Mult": fmt.fmt_mult(gm.get("recommended_iv_multiplier"))
             + (" (at bound)" if gm.get("at_bound") else ""),
             "vMAE % at tested": fmt.fmt_pct(_get(gm, "tested", "vega_weighted_mae_pct")),
+            "Guard": fmt.MISSING,
             "_highlight": "1",
         })
     for b in result.get("bands") or []:
@@ -373,6 +376,7 @@ def term_structure_frame(result: Mapping[str, Any]) -> pl.DataFrame:
             "Rec. IV Mult": fmt.fmt_mult(b.get("recommended_iv_multiplier"))
             + (" (at bound)" if b.get("at_bound") else ""),
             "vMAE % at tested": fmt.fmt_pct(_get(b, "tested", "vega_weighted_mae_pct")),
+            "Guard": BAND_GUARD_LABELS.get(str(b.get("status", "ok")), fmt.text(b.get("status"))),
             "_highlight": None,
         })
     return _frame(rows, TERM_COLUMNS)
@@ -383,6 +387,7 @@ TERM_TITLES = {
     "MAE %": "At the bucket's recommended multiplier",
     "vMAE %": "Vega-weighted MAE at the bucket's recommended multiplier",
     "vMAE % at tested": "Vega-weighted MAE of today's model (tested multiplier, current skew)",
+    "Guard": "Band guardrail: a band with too few samples is never applied; one out of range fails the run",
 }
 
 SKEW_COLUMNS = ("Anchor z", "Current ratio", "Recommended ratio", "Diff", "Quotes", "_highlight")

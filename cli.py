@@ -344,6 +344,9 @@ def state_cmd(underlying: UndOpt, db: DbOpt = DEFAULT_DB, json_out: JsonOpt = Fa
     typer.echo(f"  global     {st.global_multiplier:.4f}")
     for k, v in st.bands.items():
         typer.echo(f"  {k:10} {v:.4f}")
+    if st.skew is not None:
+        typer.echo("  skew       " + "  ".join(f"z={z:+g}: {r:.3f}" for z, r in zip(st.skew.anchors_z, st.skew.ratios,
+                                                                                    strict=True)))
 
 
 def _print_frame(df: Any, json_out: bool) -> None:
@@ -368,7 +371,7 @@ def history_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """List recent calibration runs, newest first."""
-    from calib.queries import list_runs
+    from calib.queries import json_records, list_runs
 
     try:
         df = list_runs(db, underlying=underlying.value if underlying else None,
@@ -378,8 +381,8 @@ def history_cmd(
     if df.height == 0 and not json_out:
         typer.echo("No runs recorded yet: run `calib auto-calibrate --underlying BTC`.")
         return
-    if json_out:
-        _print_frame(df, json_out)
+    if json_out:  # the same records as GET /api/calibration/history
+        typer.echo(json.dumps(json_records(df), allow_nan=False))
         return
     typer.echo(f"{'created (UTC)':17} {'und':4} {'source':9} {'status':9} {'rec':>7} {'smoothed':>8} "
                f"{'vMAE %':>7} {'MAE %':>7} {'samples':>8} {'applied':8} reason")

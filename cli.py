@@ -456,6 +456,31 @@ def backtest_cmd(
         typer.echo(format_backtest(result, str(db)))
 
 
+@app.command("serve")
+def serve_cmd(
+    host: Annotated[str, typer.Option(help="Bind address; anything but loopback needs CALIB_API_TOKEN.")] = (
+        "127.0.0.1"),
+    port: Annotated[int, typer.Option(help="TCP port (0: any free port).")] = 8765,
+    db: DbOpt = DEFAULT_DB,
+    retry_s: Annotated[float, typer.Option(min=0.0, help="Seconds a read retries while a writer holds the file "
+                                                         "before answering 503.")] = 5.0,
+) -> None:
+    """Read-only HTTP JSON API: /api/calibration/state, /history, /runs/{run_id}, /healthz (GET only)."""
+    from calib.server import TOKEN_ENV, ServeConfig, serve
+
+    try:
+        config = ServeConfig(db=db, host=host, port=port, token=os.environ.get(TOKEN_ENV) or None, retry_s=retry_s)
+    except CalibError as e:
+        _fail(e)
+    typer.echo(f"calib serve: http://{host}:{port}/api/calibration/state?underlying=BTC reading {db}"
+               + (" (bearer token required)" if config.token else ""), err=True)
+    try:
+        serve(config)
+    except OSError as e:  # port in use, address not available
+        _err(f"cannot listen on {host}:{port}: {e}")
+        raise typer.Exit(code=EXIT_NOT_RECORDED) from None
+
+
 @app.command("demo-data")
 def demo_data(
     out: Annotated[Path, typer.Option(help="Data root to write.")] = DEFAULT_DATA_DIR,

@@ -164,11 +164,16 @@ def history_records(db_path: Path, *, underlying: str | None = None, source: str
 
 
 def json_records(df: pl.DataFrame) -> list[dict[str, Any]]:
-    """Rows as plain JSON values: NaN -> null, dates and times as `str()` (the CLI's JSON form)."""
+    """Rows as plain JSON values: NaN -> null, dates and times as the CLI's JSON prints them."""
+    out: list[dict[str, Any]] = json_ready(df.to_dicts())
+    return out
+
+
+def json_ready(obj: Any) -> Any:
+    """`obj` as `json.loads` would give it back from the CLI's `--json` output."""
     from calib.engine.result import clean_json
 
-    out: list[dict[str, Any]] = json.loads(json.dumps(clean_json(df.to_dicts()), default=str, allow_nan=False))
-    return out
+    return json.loads(json.dumps(clean_json(obj), default=str, allow_nan=False))
 
 
 def run_by_id(db_path: Path, run_id: str) -> RunDetail | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import duckdb
 
-from calib.errors import StoreError
+from calib.errors import StoreError, StoreLockedError
 
 # Files stay readable by the DuckDB 1.5 CLI (`pip install duckdb-cli==1.5.6`).
 STORAGE_COMPATIBILITY = "v1.5.0"
@@ -28,10 +28,13 @@ def _is_lock_error(e: Exception) -> bool:
 
 
 @contextmanager
-def connect(db_path: Path | str, *, read_only: bool, retry_s: float = LOCK_RETRY_SECONDS,
+def connect(db_path: Path | str, *, read_only: bool, retry_s: float | None = None,
             settings: dict[str, str | bool | int | float | list[str]] | None = None,
             ) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open `db_path` briefly; retry lock conflicts for up to `retry_s` seconds.
+
+    `retry_s` None: `LOCK_RETRY_SECONDS`, or the wait of an enclosing
+    `calib.store.read_retry.lock_wait` block.
 
     `settings` are extra DuckDB configuration options fixed at open time (the
     `calib sql` sandbox passes its own).
@@ -39,6 +42,11 @@ def connect(db_path: Path | str, *, read_only: bool, retry_s: float = LOCK_RETRY
     Read-only opens of a missing file raise StoreError (nothing to read yet).
     Writers create the parent directory and the file, and apply migrations.
     """
+    if retry_s is None:  # a bounded reader (calib.store.read_retry) sets a short wait per open
+        from calib.store.read_retry import LOCK_WAIT_S
+
+        wait_s = LOCK_WAIT_S.get()
+        retry_s = LOCK_RETRY_SECONDS if wait_s is None else wait_s
     path = Path(db_path)
     if read_only and not path.exists():
         raise StoreError(f"history file {path} does not exist yet: run `calib auto-calibrate` or `calib demo-data` first")
@@ -59,7 +67,7 @@ def connect(db_path: Path | str, *, read_only: bool, retry_s: float = LOCK_RETRY
             if not _is_lock_error(e):
                 raise StoreError(f"cannot open history file {path}: {e}") from e
             if time.monotonic() >= deadline:
-                raise StoreError(
+                raise StoreLockedError(
                     f"history file {path} is locked by another process (tried for {retry_s:.0f}s); "
                     "close the other writer or retry"
                 ) from e

@@ -181,6 +181,15 @@ def _emit(d: dict[str, Any], db: Path, json_out: bool) -> None:
             typer.echo("\n" + _warning_block(d))
 
 
+def _alert(settings: Any, d: dict[str, Any]) -> None:
+    """After the run is recorded and shown: the `[alerts]` webhook, if due. Never changes the exit code."""
+    if not settings.alerts.enabled or d.get("status") not in settings.alerts.on:
+        return
+    from calib.alerts import notify_run
+
+    notify_run(settings.alerts, d, log=lambda line: typer.echo(line, err=True))
+
+
 def _option_types(text: str) -> tuple[str, ...]:
     return tuple(t.strip().upper() for t in text.split(",") if t.strip())
 
@@ -233,6 +242,7 @@ def auto_calibrate(
     _emit(d, db, json_out)
     if not json_out:
         typer.echo(f"({elapsed:.2f} s)", err=True)
+    _alert(settings, d)
     raise typer.Exit(code=EXIT_FAILED if result.status == "failed" else EXIT_OK)
 
 
@@ -287,6 +297,7 @@ def calibrate_live(
     d["policy"] = {"decision": o.decision, "reason": o.reason, "smoothed_multiplier": o.smoothed_multiplier,
                    "smoothed_bands": o.smoothed_bands}
     _emit(d, db, json_out)
+    _alert(settings, d)
     raise typer.Exit(code=EXIT_FAILED if rec.result.status == "failed" else EXIT_OK)
 
 

@@ -27,6 +27,47 @@ def _is_lock_error(e: Exception) -> bool:
     return "lock" in text or "conflicting" in text or "already open" in text
 
 
+# Writer preference. DuckDB gives the file to one writer or to many readers, and a writer that
+# finds readers can only retry: with reads arriving back to back (an agent polling the HTTP API)
+# it could retry for its whole LOCK_RETRY_SECONDS and lose the run. A waiting writer touches
+# this sidecar file on every retry; a reader about to open waits while it is fresh (a writer
+# killed while waiting leaves a stale one, ignored after WRITER_INTENT_FRESH_S).
+WRITER_INTENT_SUFFIX = ".writer-waiting"
+WRITER_INTENT_FRESH_S = 1.0
+
+
+def _intent(path: Path) -> Path:
+    return path.with_name(path.name + WRITER_INTENT_SUFFIX)
+
+
+def _announce_writer(path: Path) -> bool:
+    try:
+        _intent(path).touch()
+        return True
+    except OSError:  # a read-only directory: no preference, plain retry
+        return False
+
+
+def _withdraw_writer(path: Path) -> None:
+    try:
+        _intent(path).unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _writer_waiting(path: Path) -> bool:
+    try:
+        return time.time() - _intent(path).stat().st_mtime < WRITER_INTENT_FRESH_S
+    except OSError:
+        return False
+
+
+def _defer_to_waiting_writer(path: Path, deadline: float) -> None:
+    """Before a read-only open: let a waiting writer in first (never past this open's deadline)."""
+    while _writer_waiting(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 @contextmanager
 def connect(db_path: Path | str, *, read_only: bool, retry_s: float | None = None,
             settings: dict[str, str | bool | int | float | list[str]] | None = None,
@@ -59,20 +100,30 @@ def connect(db_path: Path | str, *, read_only: bool, retry_s: float | None = Non
     config.update(settings or {})
     deadline = time.monotonic() + retry_s
     delay = 0.05
-    while True:
-        try:
-            con = duckdb.connect(str(path), read_only=read_only, config=config)
-            break
-        except duckdb.Error as e:
-            if not _is_lock_error(e):
-                raise StoreError(f"cannot open history file {path}: {e}") from e
-            if time.monotonic() >= deadline:
-                raise StoreLockedError(
-                    f"history file {path} is locked by another process (tried for {retry_s:.0f}s); "
-                    "close the other writer or retry"
-                ) from e
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
+    if read_only:
+        _defer_to_waiting_writer(path, deadline)
+    announced = False
+    try:
+        while True:
+            try:
+                con = duckdb.connect(str(path), read_only=read_only, config=config)
+                break
+            except duckdb.Error as e:
+                if not _is_lock_error(e):
+                    raise StoreError(f"cannot open history file {path}: {e}") from e
+                if time.monotonic() >= deadline:
+                    raise StoreLockedError(
+                        f"history file {path} is locked by another process (tried for {retry_s:.0f}s); "
+                        "close the other writer or retry"
+                    ) from e
+                if not read_only:  # ask new readers to hold off, so a stream of reads cannot starve us
+                    announced = _announce_writer(path) or announced
+                    delay = min(delay, 0.05)
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+    finally:
+        if announced:
+            _withdraw_writer(path)
     try:
         if not read_only:
             from calib.store.migrations import migrate

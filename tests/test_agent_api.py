@@ -533,3 +533,19 @@ def test_duckdb_file_unlocked_after_server_reads(demo_db: Path, demo_server: str
     assert httpx.get(f"{demo_server}/api/calibration/state?underlying=BTC").status_code == 200
     with connect(demo_db, read_only=False, retry_s=0):  # "Conflicting lock is held" if the server kept it
         pass
+
+
+def test_readme_python_example_runs(demo_db: Path, tmp_path: Path) -> None:
+    """The five-line example in the README, as written, in a directory holding data/calibration.duckdb."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## For the agent: read API, HTTP, alerts, scheduling"):]
+    code = section[section.index("```python\n") + len("```python\n"):]
+    code = code[:code.index("```")]
+    assert len(code.strip().splitlines()) == 5
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "calibration.duckdb").write_bytes(demo_db.read_bytes())
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=_env(),
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    st = client.applied_multipliers("BTC", db=demo_db)
+    assert res.stdout.split()[0] == st.run_id

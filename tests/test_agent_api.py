@@ -295,6 +295,7 @@ def test_reads_while_a_writer_runs(two_markets: tuple[Path, Path], tmp_path: Pat
                                    "--market-b", str(b), "--runs", str(writer_runs)],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
         counts = {"http": 0, "http_failed": 0, "client": 0, "client_failed": 0}
+        http_s: list[float] = []
         seen: set[tuple[str, float]] = set()  # (run_id, global) pairs the readers saw
         errors: list[str] = []
         lock = threading.Lock()
@@ -307,7 +308,9 @@ def test_reads_while_a_writer_runs(two_markets: tuple[Path, Path], tmp_path: Pat
                             else "/api/calibration/history?underlying=BTC&limit=5")
                     i += 1
                     try:
+                        t_req = time.monotonic()
                         res = http.get(path)
+                        http_s.append(time.monotonic() - t_req)
                         ok, body = res.status_code == 200, res.json()
                         problem = "" if ok else f"{res.status_code} {res.text[:200]}"
                     except (httpx.HTTPError, ValueError) as e:
@@ -347,7 +350,8 @@ def test_reads_while_a_writer_runs(two_markets: tuple[Path, Path], tmp_path: Pat
         report = json.loads(out.strip().splitlines()[-1])
         print(f"\nconcurrency: {elapsed:.1f} s, writer {report['recorded']}/{report['runs']} runs recorded "
               f"in {report['elapsed_s']:.1f} s; HTTP requests {counts['http']} ({counts['http_failed']} failed), "
-              f"client reads {counts['client']} ({counts['client_failed']} failed); {len(seen)} applied states seen")
+              f"client reads {counts['client']} ({counts['client_failed']} failed); {len(seen)} applied states seen; "
+              f"HTTP median {sorted(http_s)[len(http_s) // 2] * 1e3:.0f} ms, max {max(http_s) * 1e3:.0f} ms")
         assert report["failures"] == [] and report["recorded"] == writer_runs  # no run lost to the readers
         assert counts["http_failed"] == 0 and counts["client_failed"] == 0, errors[:5]
         assert counts["http"] >= 20 and counts["client"] >= 5

@@ -483,13 +483,12 @@ def serve_cmd(
         config = ServeConfig(db=db, host=host, port=port, token=os.environ.get(TOKEN_ENV) or None, retry_s=retry_s)
     except CalibError as e:
         _fail(e)
-    typer.echo(f"calib serve: http://{host}:{port}/api/calibration/state?underlying=BTC reading {db}"
-               + (" (bearer token required)" if config.token else ""), err=True)
+    auth = " (bearer token required)" if config.token else ""
     try:
-        serve(config)
-    except OSError as e:  # port in use, address not available
-        _err(f"cannot listen on {host}:{port}: {e}")
-        raise typer.Exit(code=EXIT_NOT_RECORDED) from None
+        serve(config, on_ready=lambda url: typer.echo(
+            f"calib serve: {url}/api/calibration/state?underlying=BTC reading {db}{auth}", err=True))
+    except CalibError as e:  # the port is taken, the address is not this machine's
+        _fail(e)
 
 
 @app.command("demo-data")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from calib import client
-from calib.errors import InvalidInputError, StoreError
+from calib.errors import CalibError, InvalidInputError, StoreError
 
 TOKEN_ENV = "CALIB_API_TOKEN"
 
@@ -154,9 +155,36 @@ def create_app(config: ServeConfig) -> Starlette:
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
 
 
-def serve(config: ServeConfig) -> None:
-    """Run uvicorn in the foreground until Ctrl-C / SIGTERM."""
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on `host:port` (port 0: any free one), or CalibError saying why not."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as e:
+        raise CalibError(f"cannot listen on {host}:{port}: {e}") from e
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise CalibError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    return sock
+
+
+def serve(config: ServeConfig, *, on_ready: Callable[[str], None] | None = None) -> None:
+    """Bind first (a taken port is one clear error, not uvicorn's exit 3), then run until Ctrl-C / SIGTERM."""
     import uvicorn
 
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="info",
-                access_log=True, server_header=False)
+    sock = bind(config.host, config.port)
+    host, port = sock.getsockname()[:2]
+    if on_ready is not None:
+        shown = f"[{host}]" if ":" in host else host
+        on_ready(f"http://{shown}:{port}")
+    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="info", access_log=True,
+                                           server_header=False))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()

@@ -553,3 +553,39 @@ def test_readme_python_example_runs(demo_db: Path, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     st = client.applied_multipliers("BTC", db=demo_db)
     assert res.stdout.split()[0] == st.run_id
+
+
+def test_taken_port_is_one_line_exit_1(demo_db: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = subprocess.run([*CLI, "serve", "--port", str(port), "--db", str(demo_db)],
+                             capture_output=True, text=True, env=_env(), timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.strip() == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+def test_port_0_serves_on_the_port_it_announces(demo_db: Path, tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*CLI, "serve", "--port", "0", "--db", str(demo_db)], stdout=out,
+                                stderr=subprocess.STDOUT, env=_env())
+    try:
+        deadline = time.monotonic() + 30
+        while "calib serve: http://" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        line = next(ln for ln in log.read_text().splitlines() if ln.startswith("calib serve: "))
+        url = line.split()[2]
+        assert url.startswith("http://127.0.0.1:") and not url.startswith("http://127.0.0.1:0/")
+        for _ in range(100):
+            try:
+                res = httpx.get(url, timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert res.status_code == 200 and res.json()["underlying"] == "BTC"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

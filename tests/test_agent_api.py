@@ -589,3 +589,55 @@ def test_port_0_serves_on_the_port_it_announces(demo_db: Path, tmp_path: Path) -
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_readers_defer_to_a_waiting_writer_but_not_to_a_stale_one(demo_db: Path, tmp_path: Path) -> None:
+    from calib.store.connection import WRITER_INTENT_SUFFIX
+    from calib.store.read_retry import lock_wait
+
+    db = tmp_path / "h.duckdb"
+    db.write_bytes(demo_db.read_bytes())
+    intent = db.with_name(db.name + WRITER_INTENT_SUFFIX)
+    intent.touch()  # a writer waiting right now
+    t0 = time.monotonic()
+    with lock_wait(0.4), connect(db, read_only=True):
+        pass
+    assert time.monotonic() - t0 >= 0.35  # held off for its whole wait (the file is free, so it opened)
+    os.utime(intent, (time.time() - 5, time.time() - 5))  # a writer killed while waiting
+    t0 = time.monotonic()
+    with lock_wait(0.4), connect(db, read_only=True):
+        pass
+    assert time.monotonic() - t0 < 0.3
+
+
+def test_waiting_writer_announces_itself_and_cleans_up(demo_db: Path, tmp_path: Path) -> None:
+    from calib.store.connection import WRITER_INTENT_SUFFIX
+
+    db = tmp_path / "h.duckdb"
+    db.write_bytes(demo_db.read_bytes())
+    intent = db.with_name(db.name + WRITER_INTENT_SUFFIX)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time\ncon = duckdb.connect(sys.argv[1], read_only=True)\n"
+         "print('reading', flush=True)\ntime.sleep(1.5)\ncon.close()", str(db)],
+        stdout=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert reader.stdout is not None and reader.stdout.readline().strip() == "reading"
+        seen = threading.Event()
+
+        def watch() -> None:
+            while reader.poll() is None:
+                if intent.exists():
+                    seen.set()
+                time.sleep(0.01)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        with connect(db, read_only=False, retry_s=10):  # waits for the reader to let go
+            pass
+        watcher.join()
+        assert seen.is_set() and not intent.exists()
+    finally:
+        reader.kill()
+        reader.wait()
+        if reader.stdout is not None:
+            reader.stdout.close()

@@ -207,6 +207,15 @@ def _emit(d: dict[str, Any], db: Path, json_out: bool) -> None:
             typer.echo("\n" + _warning_block(d))
 
 
+def _alert(settings: Any, d: dict[str, Any]) -> None:
+    """After the run is recorded and shown: the `[alerts]` webhook, if due. Never changes the exit code."""
+    if not settings.alerts.enabled or d.get("status") not in settings.alerts.on:
+        return
+    from calib.alerts import notify_run
+
+    notify_run(settings.alerts, d, log=lambda line: typer.echo(line, err=True))
+
+
 def _option_types(text: str) -> tuple[str, ...]:
     return tuple(t.strip().upper() for t in text.split(",") if t.strip())
 
@@ -259,6 +268,7 @@ def auto_calibrate(
     _emit(d, db, json_out)
     if not json_out:
         typer.echo(f"({elapsed:.2f} s)", err=True)
+    _alert(settings, d)
     raise typer.Exit(code=EXIT_FAILED if result.status == "failed" else EXIT_OK)
 
 
@@ -313,6 +323,7 @@ def calibrate_live(
     d["policy"] = {"decision": o.decision, "reason": o.reason, "smoothed_multiplier": o.smoothed_multiplier,
                    "smoothed_bands": o.smoothed_bands}
     _emit(d, db, json_out)
+    _alert(settings, d)
     raise typer.Exit(code=EXIT_FAILED if rec.result.status == "failed" else EXIT_OK)
 
 
@@ -370,6 +381,9 @@ def state_cmd(underlying: UndOpt, db: DbOpt = DEFAULT_DB, json_out: JsonOpt = Fa
     typer.echo(f"  global     {st.global_multiplier:.4f}")
     for k, v in st.bands.items():
         typer.echo(f"  {k:10} {v:.4f}")
+    if st.skew is not None:
+        typer.echo("  skew       " + "  ".join(f"z={z:+g}: {r:.3f}" for z, r in zip(st.skew.anchors_z, st.skew.ratios,
+                                                                                    strict=True)))
 
 
 def _print_frame(df: Any, json_out: bool) -> None:
@@ -394,7 +408,7 @@ def history_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """List recent calibration runs, newest first."""
-    from calib.queries import list_runs
+    from calib.queries import json_records, list_runs
 
     try:
         df = list_runs(db, underlying=underlying.value if underlying else None,
@@ -404,8 +418,8 @@ def history_cmd(
     if df.height == 0 and not json_out:
         typer.echo("No runs recorded yet: run `calib auto-calibrate --underlying BTC`.")
         return
-    if json_out:
-        _print_frame(df, json_out)
+    if json_out:  # the same records as GET /api/calibration/history
+        typer.echo(json.dumps(json_records(df), allow_nan=False))
         return
     typer.echo(f"{'created (UTC)':17} {'und':4} {'source':9} {'status':9} {'rec':>7} {'smoothed':>8} "
                f"{'vMAE %':>7} {'MAE %':>7} {'samples':>8} {'applied':8} reason")
@@ -477,6 +491,30 @@ def backtest_cmd(
         typer.echo(json.dumps(result.to_dict(), allow_nan=False))
     else:
         typer.echo(format_backtest(result, str(db)))
+
+
+@app.command("serve")
+def serve_cmd(
+    host: Annotated[str, typer.Option(help="Bind address; anything but loopback needs CALIB_API_TOKEN.")] = (
+        "127.0.0.1"),
+    port: Annotated[int, typer.Option(help="TCP port (0: any free port).")] = 8765,
+    db: DbOpt = DEFAULT_DB,
+    retry_s: Annotated[float, typer.Option(min=0.0, help="Seconds a read retries while a writer holds the file "
+                                                         "before answering 503.")] = 5.0,
+) -> None:
+    """Read-only HTTP JSON API: /api/calibration/state, /history, /runs/{run_id}, /healthz (GET only)."""
+    from calib.server import TOKEN_ENV, ServeConfig, serve
+
+    try:
+        config = ServeConfig(db=db, host=host, port=port, token=os.environ.get(TOKEN_ENV) or None, retry_s=retry_s)
+    except CalibError as e:
+        _fail(e)
+    auth = " (bearer token required)" if config.token else ""
+    try:
+        serve(config, on_ready=lambda url: typer.echo(
+            f"calib serve: {url}/api/calibration/state?underlying=BTC reading {db}{auth}", err=True))
+    except CalibError as e:  # the port is taken, the address is not this machine's
+        _fail(e)
 
 
 @app.command("demo-data")

@@ -238,6 +238,41 @@ class PolicyConfig:
             raise InvalidInputError("policy: 0 < min_multiplier < max_multiplier required")
 
 
+ALERT_STATUSES: tuple[str, ...] = ("ok", "degraded", "failed")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertsConfig:
+    """`[alerts]`: POST a JSON payload to a webhook after a run with one of these statuses is recorded."""
+
+    webhook_url: str | None = None  # None: no alerts
+    on: tuple[str, ...] = ("failed", "degraded")
+    timeout_s: float = 5.0  # per attempt
+    retries: int = 2  # further attempts after the first (connection errors, timeouts, 429 and 5xx)
+    backoff_s: float = 1.0  # wait before the first retry, doubled for each next one
+
+    def __post_init__(self) -> None:
+        if self.webhook_url == "":  # an empty URL means "off", as leaving it out does
+            object.__setattr__(self, "webhook_url", None)
+        on = (self.on,) if isinstance(self.on, str) else self.on
+        object.__setattr__(self, "on", tuple(str(s).lower() for s in on))
+        bad = [s for s in self.on if s not in ALERT_STATUSES]
+        if bad:
+            raise InvalidInputError(f"alerts `on` must hold statuses from {', '.join(ALERT_STATUSES)}; got {bad}")
+        if self.webhook_url is not None and not str(self.webhook_url).startswith(("http://", "https://")):
+            raise InvalidInputError(f"alerts `webhook_url` must be an http:// or https:// URL; got {self.webhook_url!r}")
+        if not (isinstance(self.timeout_s, int | float) and math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise InvalidInputError(f"alerts `timeout_s` must be a positive number of seconds; got {self.timeout_s!r}")
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or not 0 <= self.retries <= 10:
+            raise InvalidInputError(f"alerts `retries` must be an integer from 0 to 10; got {self.retries!r}")
+        if not (isinstance(self.backoff_s, int | float) and 0 <= self.backoff_s <= 60):
+            raise InvalidInputError(f"alerts `backoff_s` must be 0-60 seconds; got {self.backoff_s!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhook_url) and bool(self.on)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """User-tunable settings loaded from `calib.toml` (all optional)."""
@@ -248,6 +283,7 @@ class Settings:
     realism: RealismThresholds = field(default_factory=RealismThresholds)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     multiplier_bounds: tuple[float, float] = (0.25, 4.0)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     source_path: str | None = None
 
 
@@ -282,7 +318,7 @@ def load_settings(path: Path | None = None) -> Settings:
         bands = tuple(_build(Band, b, f"{path} [[bands]]") for b in doc["bands"])
         s = replace(s, bands=bands)
     for key, cls in (("skew", SkewConfig), ("quality", QualityThresholds),
-                     ("realism", RealismThresholds), ("policy", PolicyConfig)):
+                     ("realism", RealismThresholds), ("policy", PolicyConfig), ("alerts", AlertsConfig)):
         if key in doc:
             s = replace(s, **{key: _build(cls, doc[key], f"{path} [{key}]")})
     if "multiplier_bounds" in doc:

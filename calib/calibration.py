@@ -8,7 +8,7 @@ Nothing here writes the history store.
 
 Large windows (more rows than `CHUNKED_THRESHOLD_ROWS` by the Parquet
 footers) run through `calib.streaming` partition by partition in bounded
-memory; the pieces both paths share live here (`prepare_quotes`,
+memory; the pieces both paths share live here (`iter_prepared`,
 `QuoteTally`, `build_result`).
 """
 
@@ -555,28 +555,6 @@ def _median_of_counts(values: FloatArray, counts: np.ndarray) -> float:
     return float(lo + hi) / 2.0
 
 
-def prepare_quotes(
-    quotes: pl.LazyFrame,
-    lookup: RvLookup,
-    config: CalibrationConfig,
-    *,
-    has_mark_iv: bool,
-    timings: dict[str, float] | None = None,
-) -> tuple[QuoteTally, QuoteArrays]:
-    """One exclusion reason per row (counted), then the usable rows as arrays with RV and IV.
-
-    `quotes` has the normalized quote columns (reader contract). One collect
-    reads only the columns the engine needs (projection and time predicates
-    reach the Parquet scan); the rest is numpy on the usable rows, with the
-    IV kernel (when `mark_iv` is absent) run in blocks so memory stays flat.
-    """
-    timings = timings if timings is not None else {}
-    t = time.perf_counter()
-    frame = quote_frame(quotes, config, has_mark_iv=has_mark_iv).collect()
-    timings["collect"] = timings.get("collect", 0.0) + time.perf_counter() - t
-    return process_quote_frame(frame, lookup, config, has_mark_iv=has_mark_iv, timings=timings)
-
-
 def iter_prepared(
     chunks: Iterable[pl.LazyFrame],
     lookup: Callable[[], RvLookup] | RvLookup,
@@ -586,7 +564,8 @@ def iter_prepared(
     timings: dict[str, float] | None = None,
     count: bool = True,
 ) -> Iterator[tuple[QuoteTally, QuoteArrays]]:
-    """`prepare_quotes` over `chunks`, reading chunk i+1 while chunk i is processed (see `iter_frames`)."""
+    """One exclusion reason per row (counted), then the usable rows as arrays with RV and IV, for
+    each of `chunks`, reading chunk i+1 while chunk i is processed (see `iter_frames`)."""
     timings = timings if timings is not None else {}
     for frame, rv in iter_frames(chunks, lookup, config, has_mark_iv=has_mark_iv, timings=timings):
         yield process_quote_frame(frame, rv, config, has_mark_iv=has_mark_iv, timings=timings, count=count)
@@ -800,7 +779,7 @@ def prepare_window(
     capacity: int,
     timings: dict[str, float] | None = None,
 ) -> tuple[QuoteTally, QuoteArrays]:
-    """`prepare_quotes` chunk by chunk (e.g. one partition each) into one set of arrays.
+    """`iter_prepared` chunk by chunk (e.g. one partition each) into one set of arrays.
 
     Polars memory stays at one chunk; the usable rows are written straight into
     arrays allocated once for `capacity` rows (an upper bound, e.g. from the

@@ -16,18 +16,12 @@ import duckdb
 import polars as pl
 
 from calib.errors import InvalidInputError, StoreError
+from calib.store.catalog import has_table
 from calib.store.connection import connect
 
 
 def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
     return con.sql(sql, params=params or []).pl()
-
-
-def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    row = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
-    ).fetchone()
-    return bool(row and row[0])
 
 
 def _columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
@@ -49,7 +43,7 @@ def list_runs(db_path: Path, *, underlying: str | None = None, source: str | Non
               limit: int = 20) -> pl.DataFrame:
     """Newest runs first; columns missing in an old file come back as nulls."""
     with connect(db_path, read_only=True) as con:
-        if not _has_table(con, "calibration_runs"):
+        if not has_table(con, "calibration_runs"):
             return pl.DataFrame()
         have = _columns(con, "calibration_runs")
         cols = ", ".join(c if c in have else f"NULL AS {c}" for c in HISTORY_COLUMNS)
@@ -95,9 +89,9 @@ def applied_state(db_path: Path, underlying: str) -> AppliedState:
     if not Path(db_path).exists():
         return AppliedState(underlying=underlying, global_multiplier=None)
     with connect(db_path, read_only=True) as con:
-        if _has_table(con, "current_applied_multipliers"):
+        if has_table(con, "current_applied_multipliers"):
             source = "current_applied_multipliers"
-        elif _has_table(con, "applied_multipliers"):
+        elif has_table(con, "applied_multipliers"):
             source = "applied_multipliers"
         else:
             return AppliedState(underlying=underlying, global_multiplier=None)
@@ -115,13 +109,6 @@ def applied_state(db_path: Path, underlying: str) -> AppliedState:
         updated_at=newest[2] if newest else None,
         run_id=id_row[3] if id_row is not None else None,
     )
-
-
-def run_result(db_path: Path, run_id: str) -> dict[str, Any] | None:
-    """The stored result JSON of one run."""
-    with connect(db_path, read_only=True) as con:
-        row = con.execute("SELECT result FROM calibration_runs WHERE run_id = ?", [run_id]).fetchone()
-    return json.loads(row[0]) if row and row[0] else None
 
 
 # The `calib sql` sandbox, fixed when the connection opens. The file is opened read-only, no file,

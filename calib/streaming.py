@@ -7,7 +7,7 @@ the order of work changes:
 
 1. the index series of the whole window (2 columns, one partition at a time)
    gives RV_7d at every snapshot up front;
-2. pass 1 prepares one partition at a time (`prepare_quotes`: exclusion
+2. pass 1 prepares one partition at a time (`iter_prepared`: exclusion
    reasons, RV, IV, vega), adds its data-quality counts to a `QuoteTally`,
    and keeps a bounded, deterministic sample of the usable quotes for the
    fit (`StrideSampler`: every k-th quote in stream order, k doubling

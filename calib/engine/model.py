@@ -72,10 +72,6 @@ class QuoteArrays:
         return self.table.ts_us.take(self.snap.take(idx))
 
     @property
-    def log_moneyness(self) -> FloatArray:
-        return np.log(self.k_rel)
-
-    @property
     def dte_days(self) -> FloatArray:
         """Days to expiry (the scan's own `t_years x 365`, so band edges fall exactly where they did)."""
         return self.t_years * DAYS_PER_YEAR
@@ -84,10 +80,6 @@ class QuoteArrays:
     def vega_coin(self) -> FloatArray:
         """Black-76 vega at the market IV, coin per 1.00 vol."""
         return black76_vega_coin(1.0, self.k_rel, self.t_years, self.iv)
-
-    def rows(self) -> dict[str, np.ndarray]:
-        """The per-quote arrays by field name (`ROW_FIELDS`)."""
-        return {f: getattr(self, f) for f in ROW_FIELDS}
 
     def with_rows(self, rows: dict[str, np.ndarray]) -> QuoteArrays:
         """Other quotes of the same window (same table)."""

@@ -216,7 +216,7 @@ class RvState:
 
 def resolve_multiplier_tested(config: CalibrationConfig, db_path: Path | None = None) -> CalibrationConfig:
     """Fill `multiplier_tested` when None: the applied global multiplier, else 1.0 (SPEC section 3)."""
-    if config.tested_multiplier is not None:
+    if config.multiplier_tested_value is not None:
         return config
     from calib.store.applied import read_applied
     from calib.store.connection import connect
@@ -405,7 +405,7 @@ def build_result(
                "skipped_files": [s.path for s in skipped], **extra_dq},
     )
     gm = engine.global_metrics if engine else GlobalMetrics(
-        multiplier_tested=config.tested_multiplier, recommended_iv_multiplier=None, at_bound=False,
+        multiplier_tested=config.multiplier_tested_value, recommended_iv_multiplier=None, at_bound=False,
         at_recommended=EMPTY, tested=EMPTY, rv_7d_pct=None, atm_iv_pct=None)
     failed_codes = [i.code for i in issues if i.severity == "error"]
     status, reason = assess_calibration_realism(

@@ -50,7 +50,7 @@ def source_unavailable_result(config: CalibrationConfig, cause: str, *, source: 
         underlying=config.underlying, status="failed", reason=f"{SOURCE_UNAVAILABLE_REASON}: {cause}",
         applied=False, dte_min=config.min_dte, dte_max=config.max_dte, lookback_days=None,
         n_samples=0, n_snapshots=0,
-        global_metrics=GlobalMetrics(multiplier_tested=config.tested_multiplier, recommended_iv_multiplier=None,
+        global_metrics=GlobalMetrics(multiplier_tested=config.multiplier_tested_value, recommended_iv_multiplier=None,
                                      at_bound=False, at_recommended=EMPTY, tested=EMPTY, rv_7d_pct=None,
                                      atm_iv_pct=None),
         bands=(), option_type_metrics=tuple(OptionTypeMetrics(option_type=t, metrics=EMPTY)

@@ -7,12 +7,6 @@ import math
 from calib._typing import Status
 from calib.config import RealismThresholds
 
-# SPEC section 4 defaults (RealismThresholds carries them; calib.toml [realism] overrides).
-MIN_MULT = 0.7
-MAX_MULT = 1.6
-MAX_MAE = 400.0
-MAX_VEGA_MAE = 200.0
-
 
 def assess_calibration_realism(
     multiplier: float | None,

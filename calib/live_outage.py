@@ -15,12 +15,17 @@ from pathlib import Path
 
 import polars as pl
 
-from calib.calibration import new_run_id
 from calib.config import CalibrationConfig, PolicyConfig
-from calib.data.quality import DataQuality, DataQualityIssue
 from calib.engine.metrics import EMPTY
-from calib.engine.result import CalibrationResult, GlobalMetrics, OptionTypeMetrics
+from calib.engine.result import (
+    CalibrationResult,
+    DataQuality,
+    DataQualityIssue,
+    GlobalMetrics,
+    OptionTypeMetrics,
+)
 from calib.live import LiveRunRecord, applied_global, record_live_run
+from calib.stages import new_run_id
 
 SOURCE_UNAVAILABLE = "source_unavailable"
 SOURCE_UNAVAILABLE_REASON = "Source unavailable"

@@ -172,14 +172,14 @@ def resolve_multiplier_tested(config: CalibrationConfig, db_path: Path | None = 
     if config.multiplier_tested_value is not None:
         return config
     from calib.store.applied import read_applied
+    from calib.store.catalog import has_table
     from calib.store.connection import connect
 
     path = Path(db_path or os.environ.get("CALIB_DB", str(DEFAULT_DB)))
     tested = 1.0
     if path.exists():
         with connect(path, read_only=True) as con:
-            tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-            if "applied_multipliers" in tables:
+            if has_table(con, "applied_multipliers"):
                 g = read_applied(con, config.underlying).get("global")
                 tested = g[0] if g else 1.0
     return replace(config, multiplier_tested=tested)

@@ -16,7 +16,7 @@ import duckdb
 import polars as pl
 
 from calib.errors import InvalidInputError, StoreError
-from calib.store.catalog import has_table
+from calib.store.catalog import has_table, table_names
 from calib.store.connection import connect
 
 
@@ -250,11 +250,6 @@ class DashboardData:
     loaded_at: datetime
 
 
-def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
-    # fetchall (not fetchone): duckdb 2.0 refuses `con.sql` while an execute() result is unfinished
-    return {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-
-
 def _utc(df: pl.DataFrame) -> pl.DataFrame:
     """Every datetime column in UTC (naive values are taken as UTC)."""
     exprs = []
@@ -266,7 +261,7 @@ def _utc(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def _info(con: duckdb.DuckDBPyConnection, db_path: Path) -> HistoryFileInfo:
-    tables = _tables(con)
+    tables = table_names(con)
     if "calibration_runs" not in tables:
         return HistoryFileInfo(path=str(db_path), exists=True, initialized=False, schema_version=None)
     version = None
@@ -316,7 +311,7 @@ def _detail(frame: pl.DataFrame) -> RunDetail | None:
 
 
 def _applied(con: duckdb.DuckDBPyConnection, underlying: str) -> pl.DataFrame:
-    tables = _tables(con)
+    tables = table_names(con)
     view = "current_applied_multipliers" if "current_applied_multipliers" in tables else None
     if view is None and "applied_multipliers" in tables:
         view = "applied_multipliers"
@@ -355,7 +350,7 @@ def applied_multipliers(db_path: Path, underlying: str) -> pl.DataFrame:
 def run_detail(db_path: Path, underlying: str, run_id: str) -> RunDetail | None:
     """One run of `underlying` with its parsed result JSON (None when it does not exist)."""
     with connect(db_path, read_only=True) as con:
-        if "calibration_runs" not in _tables(con):
+        if "calibration_runs" not in table_names(con):
             return None
         return _detail(_runs(con, underlying=underlying, run_id=run_id, limit=1, with_result=True))
 
@@ -365,7 +360,7 @@ def latest_live_run_id(db_path: Path, underlying: str) -> str | None:
     if not Path(db_path).exists():
         return None
     with connect(db_path, read_only=True) as con:
-        if "calibration_runs" not in _tables(con):
+        if "calibration_runs" not in table_names(con):
             return None
         row = con.execute(
             "SELECT run_id FROM calibration_runs WHERE underlying = ? AND source = 'live' "

@@ -11,3 +11,9 @@ def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
         "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
     ).fetchone()
     return bool(row and row[0])
+
+
+def table_names(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Every table and view in the open file (one query for callers that test several)."""
+    # fetchall (not fetchone): duckdb 2.0 refuses `con.sql` while an execute() result is unfinished
+    return {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}

@@ -8,8 +8,9 @@ Nothing here writes the history store.
 
 Large windows (more rows than `CHUNKED_THRESHOLD_ROWS` by the Parquet
 footers) run through `calib.streaming` partition by partition in bounded
-memory; the pieces both paths share live in `calib.stages` (`iter_prepared`,
-`QuoteTally`, `build_result`), which neither driver is imported by.
+memory; the pieces both paths share live below both in `calib.stages`
+(`iter_prepared`, `QuoteTally`, `build_result`), so `calib.streaming` needs
+nothing from this module (no import cycle).
 """
 
 from __future__ import annotations

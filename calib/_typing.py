@@ -10,11 +10,8 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
-Underlying = Literal["BTC", "ETH"]
-OptionType = Literal["C", "P"]
 Status = Literal["ok", "degraded", "failed"]
 Severity = Literal["info", "warning", "error"]
-RunSource = Literal["harvested", "live"]
 
 UNDERLYINGS: tuple[str, ...] = ("BTC", "ETH")
 OPTION_TYPES: tuple[str, ...] = ("C", "P")

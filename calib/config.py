@@ -23,6 +23,12 @@ DEFAULT_DB = Path("data/calibration.duckdb")
 MIN_TICK_COIN = 0.0001  # Deribit's minimum option price, in coin
 DAYS_PER_YEAR = 365.0  # crypto trades 24/7
 MAX_LOOKBACK_DAYS = 3650.0
+# Realism guardrails, SPEC section 4 (the one definition: RealismThresholds defaults, the policy's
+# clamp range by default, and `calib.MIN_MULT`...; calib.toml [realism] / [policy] override).
+MIN_MULT = 0.7
+MAX_MULT = 1.6
+MAX_MAE = 400.0  # percent
+MAX_VEGA_MAE = 200.0  # percent
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,10 +98,10 @@ class QualityThresholds:
 class RealismThresholds:
     """Guardrails of SPEC section 4; None disables a check."""
 
-    min_mult: float = 0.7  # guardrails.MIN_MULT
-    max_mult: float = 1.6  # guardrails.MAX_MULT
-    max_mae_pct: float | None = 400.0  # guardrails.MAX_MAE
-    max_vega_mae_pct: float | None = 200.0  # guardrails.MAX_VEGA_MAE
+    min_mult: float = MIN_MULT
+    max_mult: float = MAX_MULT
+    max_mae_pct: float | None = MAX_MAE
+    max_vega_mae_pct: float | None = MAX_VEGA_MAE
     # Fewer quotes / snapshots than this and the fit is noise: failed, with that as the reason.
     min_samples: int = 200  # harvested runs
     min_samples_live: int = 50  # a live run is one chain (3-10 DTE: ~50-300 quotes); as the policy's min_samples
@@ -173,8 +179,12 @@ class CalibrationConfig:
     replay: bool = False
 
     @property
-    def tested_multiplier(self) -> float:
-        """`multiplier_tested` once resolved; 1.0 for an engine called without resolving it."""
+    def multiplier_tested_value(self) -> float:
+        """`multiplier_tested` as a number: the resolved value, 1.0 for an engine called unresolved.
+
+        One name for one thing: the field, this value and `resolve_multiplier_tested` all spell
+        `multiplier_tested`, as the JSON and the history table do.
+        """
         return 1.0 if self.multiplier_tested is None else float(self.multiplier_tested)
 
     def __post_init__(self) -> None:
@@ -226,8 +236,8 @@ class PolicyConfig:
     cooldown_minutes: float = 60.0
     min_samples: int = 50
     max_vega_mae_pct: float = 50.0
-    min_multiplier: float = 0.7
-    max_multiplier: float = 1.6
+    min_multiplier: float = MIN_MULT  # clamp range: the realism range unless tuned
+    max_multiplier: float = MAX_MULT
 
     def __post_init__(self) -> None:
         if not 0 < self.ewma_alpha <= 1:

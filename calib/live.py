@@ -23,6 +23,7 @@ from calib.engine.result import CalibrationResult
 from calib.errors import NoDataError, PolicyError, StoreError
 from calib.policy import FORCED_REASON, PolicyOutcome, PolicyState, decide
 from calib.store.applied import read_applied, write_applied
+from calib.store.catalog import has_table
 from calib.store.connection import connect
 from calib.store.history import insert_run, run_row
 
@@ -39,15 +40,10 @@ def applied_global(db_path: Path, underlying: str) -> float | None:
     if not Path(db_path).exists():
         return None
     with connect(db_path, read_only=True) as con:
-        if not _has_table(con, "applied_multipliers"):
+        if not has_table(con, "applied_multipliers"):
             return None
         state = read_applied(con, underlying)
     return state["global"][0] if "global" in state else None
-
-
-def _has_table(con: Any, name: str) -> bool:
-    row = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()
-    return bool(row and row[0])
 
 
 def newest_snapshot_ts(data_root: Path, underlying: str) -> datetime:
@@ -81,18 +77,6 @@ def run_calibration_extended(config: CalibrationConfig, *, chain: HarvestRead | 
         chain = read_harvest(config.harvest.data_root, config.underlying, window_start=ts, window_end=ts,
                              warmup=config.harvest.rv_warmup)
     return calibrate_harvest_read(chain, config, coverage_applies=False)
-
-
-def load_policy_state(db_path: Path, underlying: str) -> PolicyState:
-    """Applied values, last apply time and the EWMA carried by the newest non-failed live run."""
-    if not Path(db_path).exists():
-        return PolicyState(applied_global=None, applied_bands={}, last_applied_at=None, prev_ewma=None,
-                           prev_ewma_bands={})
-    with connect(db_path, read_only=True) as con:
-        if not _has_table(con, "applied_multipliers"):
-            return PolicyState(applied_global=None, applied_bands={}, last_applied_at=None, prev_ewma=None,
-                               prev_ewma_bands={})
-        return policy_state(con, underlying)
 
 
 def policy_state(con: Any, underlying: str) -> PolicyState:

@@ -15,12 +15,17 @@ from pathlib import Path
 
 import polars as pl
 
-from calib.calibration import new_run_id
 from calib.config import CalibrationConfig, PolicyConfig
-from calib.data.quality import DataQuality, DataQualityIssue
 from calib.engine.metrics import EMPTY
-from calib.engine.result import CalibrationResult, GlobalMetrics, OptionTypeMetrics
+from calib.engine.result import (
+    CalibrationResult,
+    DataQuality,
+    DataQualityIssue,
+    GlobalMetrics,
+    OptionTypeMetrics,
+)
 from calib.live import LiveRunRecord, applied_global, record_live_run
+from calib.stages import new_run_id
 
 SOURCE_UNAVAILABLE = "source_unavailable"
 SOURCE_UNAVAILABLE_REASON = "Source unavailable"
@@ -50,7 +55,7 @@ def source_unavailable_result(config: CalibrationConfig, cause: str, *, source: 
         underlying=config.underlying, status="failed", reason=f"{SOURCE_UNAVAILABLE_REASON}: {cause}",
         applied=False, dte_min=config.min_dte, dte_max=config.max_dte, lookback_days=None,
         n_samples=0, n_snapshots=0,
-        global_metrics=GlobalMetrics(multiplier_tested=config.tested_multiplier, recommended_iv_multiplier=None,
+        global_metrics=GlobalMetrics(multiplier_tested=config.multiplier_tested_value, recommended_iv_multiplier=None,
                                      at_bound=False, at_recommended=EMPTY, tested=EMPTY, rv_7d_pct=None,
                                      atm_iv_pct=None),
         bands=(), option_type_metrics=tuple(OptionTypeMetrics(option_type=t, metrics=EMPTY)

@@ -16,18 +16,12 @@ import duckdb
 import polars as pl
 
 from calib.errors import InvalidInputError, StoreError
+from calib.store.catalog import has_table, table_names
 from calib.store.connection import connect
 
 
 def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
     return con.sql(sql, params=params or []).pl()
-
-
-def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    row = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
-    ).fetchone()
-    return bool(row and row[0])
 
 
 def _columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
@@ -49,7 +43,7 @@ def list_runs(db_path: Path, *, underlying: str | None = None, source: str | Non
               limit: int = 20) -> pl.DataFrame:
     """Newest runs first; columns missing in an old file come back as nulls."""
     with connect(db_path, read_only=True) as con:
-        if not _has_table(con, "calibration_runs"):
+        if not has_table(con, "calibration_runs"):
             return pl.DataFrame()
         have = _columns(con, "calibration_runs")
         cols = ", ".join(c if c in have else f"NULL AS {c}" for c in HISTORY_COLUMNS)
@@ -108,7 +102,7 @@ AppliedState = AppliedMultipliers  # the name callers used before the read API
 
 def _skew_of_run(con: duckdb.DuckDBPyConnection, run_id: str | None) -> SkewInForce | None:
     """`skew.anchors` / `skew.current` of the stored result of `run_id` (None if absent)."""
-    if run_id is None or not _has_table(con, "calibration_runs"):
+    if run_id is None or not has_table(con, "calibration_runs"):
         return None
     row = con.execute(
         "SELECT json_extract(result, '$.skew.anchors')::VARCHAR, json_extract(result, '$.skew.current')::VARCHAR "
@@ -132,9 +126,9 @@ def applied_state(db_path: Path, underlying: str) -> AppliedMultipliers:
     if not Path(db_path).exists():
         return AppliedMultipliers(underlying=underlying, global_multiplier=None)
     with connect(db_path, read_only=True) as con:
-        if _has_table(con, "current_applied_multipliers"):
+        if has_table(con, "current_applied_multipliers"):
             source = "current_applied_multipliers"
-        elif _has_table(con, "applied_multipliers"):
+        elif has_table(con, "applied_multipliers"):
             source = "applied_multipliers"
         else:
             return AppliedMultipliers(underlying=underlying, global_multiplier=None)
@@ -179,7 +173,7 @@ def json_ready(obj: Any) -> Any:
 def run_by_id(db_path: Path, run_id: str) -> RunDetail | None:
     """One run by id, any underlying: its history columns and its stored result JSON."""
     with connect(db_path, read_only=True) as con:
-        if "calibration_runs" not in _tables(con):
+        if not has_table(con, "calibration_runs"):
             return None
         row = con.execute("SELECT underlying FROM calibration_runs WHERE run_id = ?", [run_id]).fetchone()
         if row is None:
@@ -333,11 +327,6 @@ class DashboardData:
     loaded_at: datetime
 
 
-def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
-    # fetchall (not fetchone): duckdb 2.0 refuses `con.sql` while an execute() result is unfinished
-    return {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-
-
 def _utc(df: pl.DataFrame) -> pl.DataFrame:
     """Every datetime column in UTC (naive values are taken as UTC)."""
     exprs = []
@@ -349,7 +338,7 @@ def _utc(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def _info(con: duckdb.DuckDBPyConnection, db_path: Path) -> HistoryFileInfo:
-    tables = _tables(con)
+    tables = table_names(con)
     if "calibration_runs" not in tables:
         return HistoryFileInfo(path=str(db_path), exists=True, initialized=False, schema_version=None)
     version = None
@@ -399,7 +388,7 @@ def _detail(frame: pl.DataFrame) -> RunDetail | None:
 
 
 def _applied(con: duckdb.DuckDBPyConnection, underlying: str) -> pl.DataFrame:
-    tables = _tables(con)
+    tables = table_names(con)
     view = "current_applied_multipliers" if "current_applied_multipliers" in tables else None
     if view is None and "applied_multipliers" in tables:
         view = "applied_multipliers"
@@ -438,7 +427,7 @@ def applied_multipliers(db_path: Path, underlying: str) -> pl.DataFrame:
 def run_detail(db_path: Path, underlying: str, run_id: str) -> RunDetail | None:
     """One run of `underlying` with its parsed result JSON (None when it does not exist)."""
     with connect(db_path, read_only=True) as con:
-        if "calibration_runs" not in _tables(con):
+        if "calibration_runs" not in table_names(con):
             return None
         return _detail(_runs(con, underlying=underlying, run_id=run_id, limit=1, with_result=True))
 
@@ -448,7 +437,7 @@ def latest_live_run_id(db_path: Path, underlying: str) -> str | None:
     if not Path(db_path).exists():
         return None
     with connect(db_path, read_only=True) as con:
-        if "calibration_runs" not in _tables(con):
+        if "calibration_runs" not in table_names(con):
             return None
         row = con.execute(
             "SELECT run_id FROM calibration_runs WHERE underlying = ? AND source = 'live' "

@@ -7,7 +7,7 @@ the order of work changes:
 
 1. the index series of the whole window (2 columns, one partition at a time)
    gives RV_7d at every snapshot up front;
-2. pass 1 prepares one partition at a time (`prepare_quotes`: exclusion
+2. pass 1 prepares one partition at a time (`iter_prepared`: exclusion
    reasons, RV, IV, vega), adds its data-quality counts to a `QuoteTally`,
    and keeps a bounded, deterministic sample of the usable quotes for the
    fit (`StrideSampler`: every k-th quote in stream order, k doubling
@@ -38,16 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calib.calibration import (
-    Progress,
-    QuoteTally,
-    RvState,
-    WindowFacts,
-    build_result,
-    iter_prepared,
-)
 from calib.config import CalibrationConfig
-from calib.data.quality import DataQualityIssue, check_schema
+from calib.data.quality import check_schema
 from calib.data.reader import HarvestFiles, partition_groups, scan_quotes
 from calib.engine.calibrate import (
     EngineOutput,
@@ -57,7 +49,15 @@ from calib.engine.calibrate import (
     score_engine,
 )
 from calib.engine.model import ROW_FIELDS, QuoteArrays, SnapshotTable
-from calib.engine.result import CalibrationResult
+from calib.engine.result import CalibrationResult, DataQualityIssue
+from calib.stages import (
+    Progress,
+    QuoteTally,
+    RvState,
+    WindowFacts,
+    build_result,
+    iter_prepared,
+)
 
 MAX_FIT_SAMPLES = 2_000_000  # usable quotes kept for the fit stage (~90 MB)
 SCORE_BATCH = 1 << 19  # quotes scored together in the second pass (~40 MB, two parallel parts)

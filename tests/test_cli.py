@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -121,12 +122,15 @@ def test_python_cli_py_works(exact_harvest: Path, db_path: Path) -> None:
     assert json.loads(out.stdout)["underlying"] == "BTC"
 
 
-def test_fast_exit_keeps_exit_codes_and_flushes_output(tmp_path: Path, db_path: Path) -> None:
-    """`main` ends with os._exit: every status and every byte of output must survive it."""
+@pytest.mark.parametrize("fast_exit", ["", "1"])
+def test_exit_keeps_exit_codes_and_flushes_output(tmp_path: Path, db_path: Path, fast_exit: str) -> None:
+    """Normal exit and the opt-in os._exit (CALIB_FAST_EXIT=1): every status and byte of output survives."""
     root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "CALIB_FAST_EXIT": fast_exit}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "cli.py", *args], capture_output=True, text=True, timeout=120, cwd=root)
+        return subprocess.run([sys.executable, "cli.py", *args], capture_output=True, text=True, timeout=120, cwd=root,
+                              env=env)
 
     usage = run("auto-calibrate", "--underlying", "BTC", "--data-dir", str(tmp_path / "missing"), "--db", str(db_path))
     assert usage.returncode == 2 and "does not exist" in usage.stderr
@@ -189,3 +193,48 @@ def test_partially_dropped_file_is_visible_in_text(exact_harvest: Path, db_path:
     assert "[warning] schema_drift: column(s) present in some files only: mark_price" in res.stdout
     assert "rows excluded (missing_value)" in res.stdout
     assert "Status: DEGRADED" in res.stdout or "Status: FAILED" in res.stdout
+
+
+_PROBE = """
+import atexit, os, sys
+atexit.register(lambda: print("atexit ran", flush=True))
+sys.argv = ["calib", "--help"]
+{how}
+"""
+
+
+@pytest.mark.parametrize(("how", "fast_exit", "atexit_runs"), [
+    ("import cli; cli.main()", "", True),
+    ("import cli; cli.main()", "1", False),
+    ("from calib.entry import main; main()", "", True),
+])
+def test_main_exits_normally_unless_fast_exit_is_asked_for(how: str, fast_exit: str, atexit_runs: bool) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "CALIB_FAST_EXIT"}
+    if fast_exit:
+        env["CALIB_FAST_EXIT"] = fast_exit
+    out = subprocess.run([sys.executable, "-c", _PROBE.format(how=how)], capture_output=True, text=True,
+                         timeout=60, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    assert "Usage" in out.stdout
+    assert ("atexit ran" in out.stdout) == atexit_runs
+
+
+def test_process_tuning_only_in_the_console_entry_point() -> None:
+    """Importing `cli` (pytest, a notebook) leaves the process alone; `calib.entry` tunes it before numpy."""
+    probe = ("import os, sys; sys.argv = ['calib', '--help']\n"
+             "{how}\n"
+             "print('TUNED' if os.environ.get('OPENBLAS_NUM_THREADS') == '1' else 'UNTUNED', file=sys.stderr)")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "NUMPY_MADVISE_HUGEPAGE")}
+    root = Path(__file__).resolve().parents[1]
+
+    def run(how: str) -> str:
+        code = probe.format(how=how)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env,
+                             cwd=root)
+        return out.stderr
+
+    assert "UNTUNED" in run("import cli")
+    assert "TUNED" in run("from calib.entry import main\ntry:\n    main()\nexcept SystemExit:\n    pass").split()
+    assert "numpy" not in subprocess.run(
+        [sys.executable, "-c", "import sys, calib.entry; print(sorted(sys.modules))"],
+        capture_output=True, text=True, timeout=60, env=env, cwd=root).stdout  # numpy loads after the tuning

@@ -34,3 +34,18 @@ def test_inverted_band_rejected(tmp_path: Path) -> None:
     f.write_text('[[bands]]\nname = "weekly"\ndte_min = 10.0\ndte_max = 3.0\n')
     with pytest.raises(InvalidInputError, match="dte_min"):
         load_settings(f)
+
+
+def test_realism_thresholds_have_one_home() -> None:
+    """The SPEC section 4 numbers live in calib.config only; every default reads them there."""
+    import calib
+    import calib.config as cfg
+    import calib.engine.guardrails as guardrails
+    from calib.config import PolicyConfig, RealismThresholds
+
+    th, pol = RealismThresholds(), PolicyConfig()
+    assert (th.min_mult, th.max_mult, th.max_mae_pct, th.max_vega_mae_pct) == (
+        cfg.MIN_MULT, cfg.MAX_MULT, cfg.MAX_MAE, cfg.MAX_VEGA_MAE)
+    assert (pol.min_multiplier, pol.max_multiplier) == (cfg.MIN_MULT, cfg.MAX_MULT)
+    assert (calib.MIN_MULT, calib.MAX_MULT, calib.MAX_MAE, calib.MAX_VEGA_MAE) == (0.7, 1.6, 400.0, 200.0)
+    assert not hasattr(guardrails, "MIN_MULT")  # no second definition beside the engine's grading

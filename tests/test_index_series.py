@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from calib.data.index_footer import INDEX_METADATA_KEY, read_index_metadata
+from calib.data.index_spot import INDEX_METADATA_KEY, read_index_metadata
 from calib.data.layout import atomic_write_parquet
 from calib.data.reader import (
     HarvestFiles,
@@ -126,3 +126,35 @@ def test_malformed_footer_metadata_is_scanned(exact_harvest: Path) -> None:
     df.write_parquet(f, metadata={INDEX_METADATA_KEY: "{not json"})
     assert read_index_metadata(f) is None
     _series(exact_harvest)
+
+
+def test_a_footer_whose_row_count_disagrees_with_the_file_is_not_trusted(exact_harvest: Path) -> None:
+    """A file rewritten by another tool that kept calib's footer (here: rows dropped, prices changed)."""
+    f = _files(exact_harvest)[-1]
+    df = pl.read_parquet(f)
+    stale = pl.read_parquet_metadata(f)[INDEX_METADATA_KEY]
+    before = _series(exact_harvest)
+    edited = df.head(df.height // 2).with_columns(pl.col("index_price") * 1.5)
+    f.unlink()
+    edited.write_parquet(f, metadata={INDEX_METADATA_KEY: stale})
+    assert pl.read_parquet_metadata(f)[INDEX_METADATA_KEY] == stale  # footer kept, rows not
+    assert read_index_metadata(f) is None
+    got = _series(exact_harvest)  # equals a scan of the rows as they are now
+    ts = edited["snapshot_ts"].dt.cast_time_unit("us").unique()
+    new = got.filter(pl.col("snapshot_ts").is_in(ts.implode()))["index_usd"].to_numpy()
+    old = before.filter(pl.col("snapshot_ts").is_in(ts.implode()))["index_usd"].to_numpy()
+    np.testing.assert_allclose(new, old * 1.5, rtol=1e-12)
+
+
+def test_index_spot_has_one_definition() -> None:
+    """Footer writer, scan and live chain use `index_spot_expr`: median of positive, non-NaN prices."""
+    from calib.data.index_spot import index_spot_metadata, index_spot_per_snapshot
+
+    ts = pl.datetime_range(pl.datetime(2026, 1, 1, time_zone="UTC"), pl.datetime(2026, 1, 1, 2, time_zone="UTC"),
+                           "1h", eager=True, time_unit="us")
+    frame = pl.DataFrame({"snapshot_ts": [ts[0]] * 4 + [ts[1]] * 2 + [ts[2]],
+                          "index_price": [100.0, 0.0, float("nan"), 104.0, 7.0, 9.0, -1.0]})
+    want = [102.0, 8.0, None]
+    assert index_spot_per_snapshot(frame.lazy()).collect()["index_spot"].to_list() == want
+    import json
+    assert json.loads(index_spot_metadata(frame)[INDEX_METADATA_KEY])["index_spot"] == want

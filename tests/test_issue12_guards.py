@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from calib.calibration import run_historical_calibration_from_harvest, stale_chain_issue
+from calib.calibration import run_historical_calibration_from_harvest
 from calib.config import (
     Band,
     CalibrationConfig,
@@ -22,6 +22,7 @@ from calib.data.layout import atomic_write_parquet
 from calib.data.schema import INSTRUMENT_PATTERN, parse_instrument_exprs
 from calib.live import run_calibration_extended
 from calib.policy import PolicyState, decide
+from calib.stages import stale_chain_issue
 from calib.store.connection import connect
 from calib.store.history import record_run
 from tests.synth import END, exact_market
@@ -272,8 +273,8 @@ def test_rv_fallback_listed_once(exact_harvest: Path) -> None:
 
 
 def test_mark_iv_check_is_vectorized_and_exact() -> None:
-    from calib.calibration import mark_iv_mismatches
     from calib.numerics.black76 import black76_price_coin
+    from calib.stages import mark_iv_mismatches
 
     rng = np.random.default_rng(3)
     n = 10_000

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from calib.errors import SourceError
 from calib.live_outage import SOURCE_UNAVAILABLE, is_source_outage
-from calib.queries import list_runs, run_result
+from calib.queries import list_runs, run_detail
 from calib.sources.deribit import DeribitClient
 from calib.sources.live_chain import LIVE_SOURCE_BUDGET_S, fetch_live_chain
 from cli import app
@@ -58,8 +58,8 @@ def test_exchange_failure_is_a_recorded_failed_live_run(fake: FakeDeribit, tmp_p
     runs = list_runs(db, source="live")
     assert runs["run_id"].to_list() == [d["run_id"]]
     assert runs["status"].to_list() == ["failed"] and runs["applied"].to_list() == [False]
-    stored = run_result(db, d["run_id"])
-    assert stored is not None and is_source_outage(stored)
+    stored = run_detail(db, "BTC", d["run_id"])
+    assert stored is not None and is_source_outage(stored.result)
 
 
 def test_outage_then_recovery(fake: FakeDeribit, tmp_path: Path) -> None:

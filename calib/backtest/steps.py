@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from calib.calibration import RvState, prepare_window, run_historical_calibration_from_harvest
+from calib.calibration import run_historical_calibration_from_harvest
 from calib.config import CalibrationConfig, PolicyConfig
 from calib.data.reader import find_harvest_files, max_rows, partition_groups, reading, scan_quotes
 from calib.engine.calibrate import minimize_bounded
@@ -21,6 +21,7 @@ from calib.engine.metrics import ErrorMetrics, quote_errors, summarize
 from calib.engine.model import model_inputs
 from calib.engine.result import CalibrationResult
 from calib.errors import InvalidInputError
+from calib.stages import RvState, prepare_window
 
 MAX_STEPS = 5000  # a backtest longer than this is a typo in --step
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(m|min|h|d|w)\s*$", re.IGNORECASE)

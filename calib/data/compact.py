@@ -57,7 +57,7 @@ from typing import Any
 import polars as pl
 
 from calib._typing import UNDERLYINGS
-from calib.data.index_footer import index_spot_metadata
+from calib.data.index_spot import index_spot_metadata
 from calib.data.layout import PARQUET_COMPRESSION, list_parquet_files, partition_dir, remove_stale_temp_files
 from calib.data.schema import HARVEST_SCHEMA
 from calib.errors import CalibError, InvalidInputError, NoDataError

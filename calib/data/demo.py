@@ -35,7 +35,7 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-from scipy.special import ndtr, ndtri
+from scipy.special import ndtri
 
 from calib._typing import UNDERLYINGS, FloatArray
 from calib.config import DAYS_PER_YEAR, MIN_TICK_COIN
@@ -43,6 +43,7 @@ from calib.data.layout import atomic_write_parquet, partition_dir, snapshot_path
 from calib.data.schema import EXPIRY_HOUR_UTC, HARVEST_SCHEMA
 from calib.errors import InvalidInputError
 from calib.numerics.black76 import black76_price_coin, black76_vega_coin, intrinsic_coin
+from calib.numerics.normal import norm_cdf
 from calib.numerics.realized_vol import trailing_realized_vol
 
 SCENARIOS: tuple[str, ...] = (
@@ -510,7 +511,8 @@ def _day_frame(und: str, mkt: _Market, t_ms: np.ndarray, snaps: np.ndarray, inst
     d1 = (np.log(f / k) + 0.5 * sigma * sigma * t_years) / (sigma * sqrt_t)
     pdf = np.exp(-0.5 * d1 * d1) / np.sqrt(2 * np.pi)
     vega_coin = pdf * sqrt_t
-    delta = np.where(c, ndtr(d1), ndtr(d1) - 1.0)
+    n_d1 = norm_cdf(d1)  # the project's own N(x), as the calibration prices with
+    delta = np.where(c, n_d1, n_d1 - 1.0)
     greeks = {
         "delta": np.round(delta, 5) + 0.0,  # no negative zeros
         "gamma": np.round(pdf / (f * sigma * sqrt_t), 5),

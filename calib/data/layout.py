@@ -12,7 +12,7 @@ from typing import Literal
 
 import polars as pl
 
-from calib.data.index_footer import index_spot_metadata
+from calib.data.index_spot import index_spot_metadata
 
 
 def partition_dir(data_root: Path, underlying: str, ts_utc: datetime) -> Path:
@@ -74,7 +74,7 @@ def atomic_write_parquet(
 
     The data goes to a hidden temp file in the same directory (same filesystem),
     is fsynced, then renamed over `path`; readers ignore dot-files. The footer
-    carries the frame's per-snapshot index series (`calib.data.index_footer`),
+    carries the frame's per-snapshot index series (`calib.data.index_spot`),
     so RV warm-up reads need not scan the file. Temp files a killed writer left
     in that directory (`remove_stale_temp_files`) are removed first.
     """

@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from calib.data.compact import effective_parquet_files
-from calib.data.index_footer import read_index_metadata
+from calib.data.index_spot import index_spot_per_snapshot, read_index_footers, usable_index_price
 from calib.data.layout import list_parquet_files
 from calib.data.schema import HARVEST_SCHEMA, parse_instrument_exprs
 from calib.errors import NoDataError
@@ -400,7 +400,7 @@ def read_index_series(hf: HarvestFiles, files: Sequence[HarvestFile] | None = No
     The median positive `index_price` of the snapshot; where a snapshot has
     none, the median forward of its nearest unexpired expiry (a second,
     filtered read that only runs when needed). Files written by calib carry
-    their per-snapshot medians in the footer (`calib.data.index_footer`): those
+    their per-snapshot medians in the footer (`calib.data.index_spot`): those
     are read from there, the others scanned (`_scan_index_series`). A snapshot
     found in two files (the median must see all its rows) sends everything
     through the scan.
@@ -408,8 +408,9 @@ def read_index_series(hf: HarvestFiles, files: Sequence[HarvestFile] | None = No
     files = list(hf.files if files is None else files)
     from_footer: list[tuple[HarvestFile, pl.DataFrame]] = []
     rest: list[HarvestFile] = []
+    footers = read_index_footers([f.path for f in files if "snapshot_ts" in f.schema])[::-1]
     for f in files:
-        ix = read_index_metadata(f.path) if "snapshot_ts" in f.schema else None
+        ix = footers.pop() if "snapshot_ts" in f.schema else None
         if ix is None:
             rest.append(f)
         else:
@@ -482,15 +483,13 @@ def _index_spot_frame(hf: HarvestFiles, files: Sequence[HarvestFile]) -> pl.Data
     # would make polars cache all rows (~100 MB at 21 days).
     marked = collect_checked(hf, [
         _index_rows(hf, files)
-        .with_columns(pl.when((price > 0) & price.is_not_nan()).then(price).alias("spot"),
+        .with_columns(usable_index_price(price).alias("spot"),
                       ts.ne_missing(ts.shift(1)).alias("new_run"))
         .filter(pl.col("new_run") | spot.ne_missing(spot.shift(1)))
         .select("snapshot_ts", spot.alias("index_spot"), "new_run")], streaming=True)[0]
     if bool(marked["new_run"].all()) and not marked["snapshot_ts"].is_duplicated().any():
         return marked.drop("new_run")
-    exact = _index_rows(hf, files).group_by("snapshot_ts").agg(
-        price.filter((price > 0) & price.is_not_nan()).median().alias("index_spot"))
-    return collect_checked(hf, [exact])[0].sort("snapshot_ts")
+    return collect_checked(hf, [index_spot_per_snapshot(_index_rows(hf, files))])[0]
 
 
 def _index_finish(hf: HarvestFiles, files: Sequence[HarvestFile], index: pl.DataFrame) -> pl.DataFrame:

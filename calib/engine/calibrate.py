@@ -109,7 +109,7 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
     anchors = np.asarray(config.skew.anchors_z, dtype=np.float64)
     current = np.asarray(config.skew.current_ratios, dtype=np.float64)
     bounds = config.multiplier_bounds
-    m_tested = config.tested_multiplier
+    m_tested = config.multiplier_tested_value
 
     # Membership of every quote, computed block by block (no full-length DTE temporary).
     *band_masks, g_mask = _dte_masks(q, [(b.dte_min, b.dte_max, False) for b in config.bands]
@@ -231,7 +231,7 @@ def _score_part(q: QuoteArrays, fit: EngineFit, config: CalibrationConfig, *, bl
     """
     anchors = np.asarray(config.skew.anchors_z, dtype=np.float64)
     current = np.asarray(config.skew.current_ratios, dtype=np.float64)
-    m_tested = config.tested_multiplier
+    m_tested = config.multiplier_tested_value
     m_rec = fit.fit.multiplier
     out = EngineScores.zeros(config)
     bands = config.bands
@@ -301,7 +301,7 @@ def assemble_engine(fit: EngineFit, scores: EngineScores, config: CalibrationCon
     skew = fit.skew
     if skew is not None:
         skew = replace(skew, n_per_anchor=tuple(int(c) for c in scores.anchor_counts))
-    gm = GlobalMetrics(multiplier_tested=config.tested_multiplier, recommended_iv_multiplier=m_rec,
+    gm = GlobalMetrics(multiplier_tested=config.multiplier_tested_value, recommended_iv_multiplier=m_rec,
                        at_bound=fit.fit.at_bound, at_recommended=at_rec, tested=scores.tested.metrics(),
                        rv_7d_pct=fit.rv_7d_pct, atm_iv_pct=fit.atm_iv_pct, ci_low=fit.ci[0], ci_high=fit.ci[1],
                        recommended_iv_multiplier_current_skew=(

@@ -14,12 +14,6 @@ from typing import Protocol
 from calib._typing import STATUSES, Status
 from calib.config import RealismThresholds
 
-# SPEC section 4 defaults (RealismThresholds carries them; calib.toml [realism] overrides).
-MIN_MULT = 0.7
-MAX_MULT = 1.6
-MAX_MAE = 400.0
-MAX_VEGA_MAE = 200.0
-
 BAND_OK = "ok"
 BAND_TOO_FEW = "too_few_samples"  # reported, never applied, does not fail the run
 BAND_FAILED = "failed"  # enough samples but out of range / at a bound / non-finite: fails the run

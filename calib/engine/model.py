@@ -8,10 +8,11 @@ import numpy as np
 
 from calib._typing import BoolArray, FloatArray
 from calib.config import DAYS_PER_YEAR
-from calib.numerics.black76 import black76_vega_coin
-from calib.numerics.normal import norm_cdf
-
-_INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
+from calib.numerics.black76 import (
+    black76_price_coin_at_total_vol,
+    black76_vega_coin,
+    black76_vega_coin_at_log_moneyness,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +73,6 @@ class QuoteArrays:
         return self.table.ts_us.take(self.snap.take(idx))
 
     @property
-    def log_moneyness(self) -> FloatArray:
-        return np.log(self.k_rel)
-
-    @property
     def dte_days(self) -> FloatArray:
         """Days to expiry (the scan's own `t_years x 365`, so band edges fall exactly where they did)."""
         return self.t_years * DAYS_PER_YEAR
@@ -84,10 +81,6 @@ class QuoteArrays:
     def vega_coin(self) -> FloatArray:
         """Black-76 vega at the market IV, coin per 1.00 vol."""
         return black76_vega_coin(1.0, self.k_rel, self.t_years, self.iv)
-
-    def rows(self) -> dict[str, np.ndarray]:
-        """The per-quote arrays by field name (`ROW_FIELDS`)."""
-        return {f: getattr(self, f) for f in ROW_FIELDS}
 
     def with_rows(self, rows: dict[str, np.ndarray]) -> QuoteArrays:
         """Other quotes of the same window (same table)."""
@@ -182,7 +175,7 @@ def model_inputs(q: QuoteArrays, idx: np.ndarray | None = None) -> ModelInputs:
     x = np.log(k_rel)
     rv, iv = q.table.rv.take(col(q.snap)), col(q.iv)
     sqrt_t = np.sqrt(col(q.t_years))
-    vega = _vega(x, iv, sqrt_t)
+    vega = black76_vega_coin_at_log_moneyness(x, iv, sqrt_t)
     s = sqrt_t
     s *= rv
     return ModelInputs(x=x, k_rel=k_rel, omega=np.where(col(q.is_call), 1.0, -1.0), s=s, z1=x / s, rv=rv,
@@ -213,23 +206,10 @@ def fit_inputs(q: QuoteArrays, idx: np.ndarray | None = None) -> FitInputs:
     x = np.log(col(q.k_rel))
     rv, iv = q.table.rv.take(col(q.snap)), col(q.iv)
     sqrt_t = np.sqrt(col(q.t_years))
-    vega = _vega(x, iv, sqrt_t)
+    vega = black76_vega_coin_at_log_moneyness(x, iv, sqrt_t)
     sqrt_t *= rv
     x /= sqrt_t
     return FitInputs(z1=x, rv=rv, iv=iv, vega_coin=vega)
-
-
-def _vega(x: FloatArray, iv: FloatArray, sqrt_t: FloatArray) -> FloatArray:
-    """Black-76 vega at the market IV: phi(d1) sqrt(T), d1 = -x / v + v / 2 with v = IV sqrt(T) > 0."""
-    v = iv * sqrt_t
-    d1 = -x / v
-    d1 += 0.5 * v
-    d1 *= d1
-    d1 *= -0.5
-    vega = np.exp(d1)
-    vega *= sqrt_t
-    vega *= _INV_SQRT_2PI
-    return vega
 
 
 def as_model_inputs(q: QuoteArrays | ModelInputs) -> ModelInputs:
@@ -246,23 +226,11 @@ def model_sigma_price(mi: ModelInputs, multiplier: float | FloatArray, anchors_z
     """sigma_model (fraction) and its Black-76 coin price, from precomputed inputs.
 
     ``sigma = RV m skew(z1 / m)``, priced as ``w (N(w d1) - k N(w d2))`` with
-    ``d1 = -ln k / v + v / 2``, ``v = sigma sqrt(T)``: `black76_price_coin`'s
-    values up to rounding (tests/test_engine.py checks it).
+    ``d1 = -ln k / v + v / 2``, ``v = sigma sqrt(T)`` (the numerics kernel
+    `black76_price_coin_at_total_vol`: `black76_price_coin`'s values to 1e-12).
     """
     sk = skew_ratio(mi.z1 / multiplier, anchors_z, ratios)
     sk *= multiplier
     sigma = mi.rv * sk
     tv = mi.s * sk
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        d1 = -mi.x / tv
-        d1 += 0.5 * tv
-        d2 = d1 - tv
-        d1 *= mi.omega
-        d2 *= mi.omega
-        price = norm_cdf(d1)
-        price -= mi.k_rel * norm_cdf(d2)
-        price *= mi.omega
-    np.maximum(price, 0.0, out=price)
-    if not (tv > 0).all():  # zero vol: intrinsic (never for engine quotes, which have RV > 0)
-        price = np.where(tv > 0, price, np.maximum(mi.omega * (1.0 - mi.k_rel), 0.0))
-    return sigma, price
+    return sigma, black76_price_coin_at_total_vol(mi.x, mi.k_rel, mi.omega, tv)

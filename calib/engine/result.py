@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from calib._typing import Status
-from calib.data.quality import DataQuality
+from calib._typing import Severity, Status
 from calib.engine.metrics import ErrorMetrics
 from calib.engine.skew import SkewFit
 
@@ -26,6 +25,56 @@ def clean_json(obj: Any) -> Any:
     if hasattr(obj, "item") and callable(obj.item):  # numpy scalar
         return clean_json(obj.item())
     return obj
+
+
+# The data-quality verdict a result carries: here, below the data layer that computes it
+# (calib.data.quality), so the engine's result type does not import upward.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataQualityIssue:
+    code: str
+    severity: Severity
+    message: str
+    count: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "severity": self.severity, "message": self.message, "count": self.count}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataQuality:
+    status: Status
+    issues: tuple[DataQualityIssue, ...]
+    rows_scanned: int
+    rows_used: int
+    excluded: dict[str, int]
+    coverage_pct: float | None
+    snapshots_expected: int | None = None
+    snapshots_present: int = 0
+    snapshot_step_minutes: float | None = None
+    largest_gap_minutes: float | None = None
+    files_total: int = 0
+    files_skipped: int = 0
+    invalid_pct: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "issues": [i.to_dict() for i in self.issues],
+            "rows_scanned": self.rows_scanned,
+            "rows_used": self.rows_used,
+            "excluded": dict(self.excluded),
+            "coverage_pct": self.coverage_pct,
+            "snapshots_expected": self.snapshots_expected,
+            "snapshots_present": self.snapshots_present,
+            "snapshot_step_minutes": self.snapshot_step_minutes,
+            "largest_gap_minutes": self.largest_gap_minutes,
+            "files_total": self.files_total,
+            "files_skipped": self.files_skipped,
+            "invalid_pct": self.invalid_pct,
+            **self.extra,
+        }
+
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

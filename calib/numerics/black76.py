@@ -91,6 +91,47 @@ def black76_vega_coin(
     return np.asarray(np.where(total_vol > 0, vega, 0.0), dtype=np.float64)
 
 
+# The engine's hot path: the same Black-76 from inputs precomputed once per window (ln(K/F), K/F,
+# the call/put sign, total vol), in place, so a fit's many evaluations repeat no log or division
+# by T. tests/test_black76.py checks them against the kernels above to 1e-12.
+
+
+def black76_price_coin_at_total_vol(
+    x: FloatArray, k_rel: FloatArray, omega: FloatArray, total_vol: FloatArray
+) -> FloatArray:
+    """Coin price ``w (N(w d1) - k N(w d2))``, ``d1 = -x / v + v / 2``, ``d2 = d1 - v``.
+
+    ``x = ln(K/F)``, ``k = K/F``, ``w`` +1.0 call / -1.0 put, ``v = sigma sqrt(T)``;
+    intrinsic where ``v <= 0``.
+    """
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        d1 = -x / total_vol
+        d1 += 0.5 * total_vol
+        d2 = d1 - total_vol
+        d1 *= omega
+        d2 *= omega
+        price = norm_cdf(d1)
+        price -= k_rel * norm_cdf(d2)
+        price *= omega
+    np.maximum(price, 0.0, out=price)
+    if not (total_vol > 0).all():  # zero vol: intrinsic (never for engine quotes, which have RV > 0)
+        price = np.where(total_vol > 0, price, np.maximum(omega * (1.0 - k_rel), 0.0))
+    return price
+
+
+def black76_vega_coin_at_log_moneyness(x: FloatArray, sigma: FloatArray, sqrt_t: FloatArray) -> FloatArray:
+    """Vega ``phi(d1) sqrt(T)`` per 1.00 vol, ``d1 = -x / v + v / 2``, ``v = sigma sqrt(T) > 0``."""
+    v = sigma * sqrt_t
+    d1 = -x / v
+    d1 += 0.5 * v
+    d1 *= d1
+    d1 *= -0.5
+    vega = np.exp(d1)
+    vega *= sqrt_t
+    vega *= _INV_SQRT_2PI
+    return np.asarray(vega, dtype=np.float64)
+
+
 def intrinsic_coin(
     forward_usd: FloatArray | float, strike_usd: FloatArray | float, is_call: BoolArray | bool
 ) -> FloatArray:

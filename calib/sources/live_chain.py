@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
+from calib.data.index_spot import index_spot_expr
 from calib.data.reader import QUOTE_COLUMNS, TS_TYPE, HarvestRead
 from calib.errors import SourceError
 from calib.sources.deribit import DEFAULT_BASE_URL, DeribitClient
@@ -30,7 +31,7 @@ def chain_to_read(chain: pl.DataFrame, index_history: pl.DataFrame) -> HarvestRe
         ]
     )
     snap = quotes["snapshot_ts"].max()
-    now_index = quotes.select(pl.col("index_price").median()).item()
+    now_index = quotes.select(index_spot_expr()).item()  # the harvest's definition of a snapshot's index
     hist = index_history.select(pl.col("ts").cast(TS_TYPE).alias("snapshot_ts"), pl.col("index_price").alias("index_usd"))
     if now_index is not None:
         hist = pl.concat([hist.filter(pl.col("snapshot_ts") < snap),

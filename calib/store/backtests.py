@@ -12,6 +12,7 @@ import polars as pl
 from calib.backtest.run import STEP_FIELDS, BacktestResult
 from calib.engine.result import clean_json
 from calib.errors import StoreError
+from calib.store.catalog import has_table
 from calib.store.connection import connect
 
 _STEP_SCHEMA: dict[str, Any] = {
@@ -57,8 +58,7 @@ def newest_backtest(db_path: Path | str, underlying: str) -> tuple[dict[str, Any
     if not Path(db_path).exists():
         return None
     with connect(db_path, read_only=True) as con:
-        have = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'backtests'").fetchone()
-        if not have or not have[0]:
+        if not has_table(con, "backtests"):
             return None
         head = con.execute("SELECT * FROM backtests WHERE underlying = ? ORDER BY created_at DESC LIMIT 1",
                            [underlying])

@@ -17,6 +17,7 @@ import polars as pl
 
 from calib.errors import InvalidInputError, StoreError
 from calib.store.connection import connect
+from calib.store.history import NEWEST_FIRST
 
 
 def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
@@ -63,7 +64,8 @@ def list_runs(db_path: Path, *, underlying: str | None = None, source: str | Non
             params.append(source)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         params.append(int(limit))
-        return _frame(con, f"SELECT {cols} FROM calibration_runs {clause} ORDER BY created_at DESC LIMIT ?", params)
+        order = NEWEST_FIRST if "seq" in have else "created_at DESC"
+        return _frame(con, f"SELECT {cols} FROM calibration_runs {clause} ORDER BY {order} LIMIT ?", params)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -310,9 +312,11 @@ def _runs(con: duckdb.DuckDBPyConnection, *, underlying: str, source: str | None
     if run_id:
         where.append("run_id = ?")
         params.append(run_id)
-    order = "coalesce(window_end, created_at)" if by_window and "window_end" in have else "created_at"
-    sql = (f"SELECT {cols} FROM calibration_runs WHERE {' AND '.join(where)} "
-           f"ORDER BY {order} DESC, created_at DESC LIMIT ?")
+    if by_window and "window_end" in have:
+        order = "coalesce(window_end, created_at) DESC, created_at DESC"
+    else:
+        order = NEWEST_FIRST if "seq" in have else "created_at DESC"
+    sql = f"SELECT {cols} FROM calibration_runs WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"
     return _utc(_frame(con, sql, [*params, int(limit)]))
 
 
@@ -380,9 +384,9 @@ def latest_live_run_id(db_path: Path, underlying: str) -> str | None:
     with connect(db_path, read_only=True) as con:
         if "calibration_runs" not in _tables(con):
             return None
+        order = NEWEST_FIRST if "seq" in _columns(con, "calibration_runs") else "created_at DESC"
         row = con.execute(
-            "SELECT run_id FROM calibration_runs WHERE underlying = ? AND source = 'live' "
-            "ORDER BY created_at DESC LIMIT 1",
+            f"SELECT run_id FROM calibration_runs WHERE underlying = ? AND source = 'live' ORDER BY {order} LIMIT 1",
             [underlying],
         ).fetchone()
     return str(row[0]) if row else None

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import duckdb
 
-from calib.errors import StoreError
+from calib.errors import CalibError, StoreError
 
 # Files stay readable by the DuckDB 1.5 CLI (`pip install duckdb-cli==1.5.6`).
 STORAGE_COMPATIBILITY = "v1.5.0"
@@ -41,7 +41,7 @@ def connect(db_path: Path | str, *, read_only: bool, retry_s: float = LOCK_RETRY
     """
     path = Path(db_path)
     if read_only and not path.exists():
-        raise StoreError(f"history file {path} does not exist yet: run `calib auto-calibrate` or `calib demo-data` first")
+        raise StoreError(f"history file {path} does not exist yet: run `calib demo-db` for a demo history, or record a run with `calib auto-calibrate`")
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     # One DuckDB worker thread: history queries are tiny, and starting a pool of threads per
@@ -69,7 +69,52 @@ def connect(db_path: Path | str, *, read_only: bool, retry_s: float = LOCK_RETRY
         if not read_only:
             from calib.store.migrations import migrate
 
-            migrate(con)
+            try:
+                migrate(con)
+            except duckdb.Error as e:
+                raise StoreError(f"could not bring {path} up to date: {_one_line(e)}") from e
         yield con
     finally:
         con.close()
+
+
+def rollback_quietly(con: duckdb.DuckDBPyConnection) -> None:
+    """ROLLBACK when a transaction is still open.
+
+    A failed COMMIT (a full disk) has already ended the transaction, so a plain
+    ROLLBACK would raise "no transaction is active" over the real error.
+    """
+    with suppress(duckdb.Error):
+        con.execute("ROLLBACK")
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    if "no space left" in text.lower() or getattr(e, "errno", None) == 28:
+        return f"the disk is full ({text})"
+    return text
+
+
+@contextmanager
+def write_transaction(db_path: Path | str, what: str) -> Iterator[duckdb.DuckDBPyConnection]:
+    """One write transaction on a short-lived connection: COMMIT on success, ROLLBACK otherwise.
+
+    calib's own errors pass through unchanged; a DuckDB or OS error (a failed
+    COMMIT on a full disk included) becomes one StoreError line "could not
+    <what>: ...". DuckDB discards an uncommitted transaction, so the file keeps
+    its last committed state.
+    """
+    with connect(db_path, read_only=False) as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            yield con
+            con.execute("COMMIT")
+        except CalibError:
+            rollback_quietly(con)
+            raise
+        except (duckdb.Error, OSError) as e:
+            rollback_quietly(con)
+            raise StoreError(f"could not {what}: {_one_line(e)}") from e
+        except BaseException:
+            rollback_quietly(con)
+            raise

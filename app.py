@@ -21,7 +21,7 @@ import streamlit as st
 from calib import queries
 from calib._typing import UNDERLYINGS
 from calib.config import DEFAULT_DB, Settings, config_path, load_settings
-from calib.errors import CalibError
+from calib.errors import CalibError, StoreLockedError
 from calib.live import force_apply_latest
 from calib.live_outage import live_feed_outage
 from calib.ui import charts, tables
@@ -406,7 +406,8 @@ def main() -> None:
         data = load_dashboard(str(db), underlying, marker)
     except CalibError as e:
         st.error(f"Cannot read the history file `{db}`: {e}", icon=":material/error:")
-        st.caption("A writer (the CLI) may hold the file for a moment: press Refresh to try again.")
+        if isinstance(e, StoreLockedError):  # only then is waiting the fix
+            st.caption("A writer (the CLI) may hold the file for a moment: press Refresh to try again.")
         return
     if not render_empty_state(db, data):
         return

@@ -19,6 +19,10 @@ class StoreError(CalibError):
     """History store unavailable, locked or corrupt."""
 
 
+class StoreLockedError(StoreError):
+    """The history file stayed locked by another process for the whole retry time."""
+
+
 class SourceError(CalibError):
     """The market-data source (Deribit) could not be reached or answered badly."""
 

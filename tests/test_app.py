@@ -264,15 +264,32 @@ def test_old_schema_rows_show_dashes(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_unreadable_file_shows_an_error_not_a_traceback(db_copy: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """While this process holds the file read-write, a read-only open fails: the page says so."""
-    writer = duckdb.connect(str(db_copy))
+    """While another process holds the file read-write past the retry time, the page says so."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("CALIB_LOCK_RETRY_S", "0.5")
+    writer = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('locked', flush=True); time.sleep(30)", str(db_copy)],
+                              stdout=subprocess.PIPE, text=True)
     try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "locked"
         at = run_app(db_copy, monkeypatch, tmp_path)
     finally:
-        writer.close()
-    assert any(f"Cannot read the history file `{db_copy}`" in e.value for e in at.error)
+        writer.kill()
+        writer.communicate()
+    assert any(f"Cannot read the history file `{db_copy}`" in e.value and "locked by another process" in e.value
+               for e in at.error)
     assert "press Refresh to try again" in texts(at)
     assert not at.header
+
+
+def test_zero_byte_file_is_reported_as_empty_not_as_locked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "history.duckdb"
+    db.touch()
+    at = run_app(db, monkeypatch, tmp_path)
+    assert any("is empty (0 bytes)" in e.value for e in at.error)
+    assert "press Refresh" not in texts(at) and "may hold" not in texts(at)
 
 
 # --------------------------------------------------------------------------- sections

@@ -8,6 +8,7 @@ retries with backoff for a bounded time before a clear StoreError.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -15,11 +16,19 @@ from pathlib import Path
 
 import duckdb
 
-from calib.errors import CalibError, StoreError
+from calib.errors import CalibError, StoreError, StoreLockedError
 
 # Files stay readable by the DuckDB 1.5 CLI (`pip install duckdb-cli==1.5.6`).
 STORAGE_COMPATIBILITY = "v1.5.0"
 LOCK_RETRY_SECONDS = 10.0
+
+
+def lock_retry_s() -> float:
+    """How long opens retry a lock held by another process: env CALIB_LOCK_RETRY_S, default 10 s."""
+    try:
+        return max(0.0, float(os.environ.get("CALIB_LOCK_RETRY_S", LOCK_RETRY_SECONDS)))
+    except ValueError:
+        return LOCK_RETRY_SECONDS
 
 
 def _is_lock_error(e: Exception) -> bool:
@@ -28,18 +37,22 @@ def _is_lock_error(e: Exception) -> bool:
 
 
 @contextmanager
-def connect(db_path: Path | str, *, read_only: bool, retry_s: float = LOCK_RETRY_SECONDS,
+def connect(db_path: Path | str, *, read_only: bool, retry_s: float | None = None,
             settings: dict[str, str | bool | int | float | list[str]] | None = None,
             ) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open `db_path` briefly; retry lock conflicts for up to `retry_s` seconds.
 
-    `settings` are extra DuckDB configuration options fixed at open time (the
+    `retry_s` None means `lock_retry_s()`. `settings` are extra DuckDB
+    configuration options fixed at open time (the
     `calib sql` sandbox passes its own).
 
     Read-only opens of a missing file raise StoreError (nothing to read yet).
     Writers create the parent directory and the file, and apply migrations.
     """
     path = Path(db_path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise StoreError(f"history file {path} is empty (0 bytes), not a DuckDB database: remove it, then record "
+                         "a run (or build a demo history with `calib demo-db`)")
     if read_only and not path.exists():
         raise StoreError(f"history file {path} does not exist yet: run `calib demo-db` for a demo history, or record a run with `calib auto-calibrate`")
     if not read_only:
@@ -49,6 +62,7 @@ def connect(db_path: Path | str, *, read_only: bool, retry_s: float = LOCK_RETRY
     config: dict[str, str | bool | int | float | list[str]] = (
         {"threads": 1} if read_only else {"storage_compatibility_version": STORAGE_COMPATIBILITY, "threads": 1})
     config.update(settings or {})
+    retry_s = lock_retry_s() if retry_s is None else retry_s
     deadline = time.monotonic() + retry_s
     delay = 0.05
     while True:
@@ -59,7 +73,7 @@ def connect(db_path: Path | str, *, read_only: bool, retry_s: float = LOCK_RETRY
             if not _is_lock_error(e):
                 raise StoreError(f"cannot open history file {path}: {e}") from e
             if time.monotonic() >= deadline:
-                raise StoreError(
+                raise StoreLockedError(
                     f"history file {path} is locked by another process (tried for {retry_s:.0f}s); "
                     "close the other writer or retry"
                 ) from e
@@ -118,3 +132,33 @@ def write_transaction(db_path: Path | str, what: str) -> Iterator[duckdb.DuckDBP
         except BaseException:
             rollback_quietly(con)
             raise
+
+
+def check_writable(db_path: Path | str) -> None:
+    """Fail fast, before any calibration runs, when a write to `db_path` is bound to fail.
+
+    Raises StoreError when the file (or the directory that would hold a new
+    one) cannot be written, when it is empty or not a DuckDB file, or when a
+    newer calib wrote its schema (defect 6: never write a schema this code does
+    not know). A lock held by another writer is no reason: the write retries.
+    """
+    path = Path(db_path)
+    if path.exists():
+        if path.is_dir():
+            raise StoreError(f"history file {path} is a directory; give --db a file path")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise StoreError(f"history file {path} is not writable (permissions): choose another --db")
+    else:
+        parent = next((p for p in path.parents if p.exists()), None)
+        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise StoreError(f"cannot create history file {path}: {parent} is not a writable directory")
+        return
+    from calib.store.migrations import SCHEMA_VERSION, newer_schema_error
+
+    with connect(path, read_only=True) as con:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        if "schema_migrations" not in tables:
+            return
+        row = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    if row and row[0] is not None and int(row[0]) > SCHEMA_VERSION:
+        raise StoreError(newer_schema_error(path, int(row[0])))

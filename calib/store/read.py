@@ -25,17 +25,18 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from calib.store.connection import LOCK_RETRY_SECONDS, connect
+from calib.store.connection import connect, lock_retry_s
 
-__all__ = ["LOCK_RETRY_SECONDS", "open_read_only", "read_frame"]
+__all__ = ["lock_retry_s", "open_read_only", "read_frame"]
 
 
 @contextmanager
-def open_read_only(db_path: Path | str, *, retry_s: float = LOCK_RETRY_SECONDS,
+def open_read_only(db_path: Path | str, *, retry_s: float | None = None,
                    settings: dict[str, str | bool | int | float | list[str]] | None = None,
                    ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only connection to `db_path`, retrying a writer's lock for up to `retry_s` seconds.
 
+    `retry_s` None: env CALIB_LOCK_RETRY_S, else 10 s.
     Raises calib.errors.StoreError when the file does not exist, is not a
     DuckDB file, or is still locked after `retry_s` (0 tries exactly once).
     Never creates or migrates the file; closes the connection on exit.
@@ -45,7 +46,7 @@ def open_read_only(db_path: Path | str, *, retry_s: float = LOCK_RETRY_SECONDS,
 
 
 def read_frame(db_path: Path | str, sql: str, params: list[Any] | None = None, *,
-               retry_s: float = LOCK_RETRY_SECONDS) -> pl.DataFrame:
+               retry_s: float | None = None) -> pl.DataFrame:
     """Run one query on a short read-only connection (`open_read_only`) and return a polars frame."""
     with open_read_only(db_path, retry_s=retry_s) as con:
         return con.sql(sql, params=params or []).pl()

@@ -82,16 +82,17 @@ def test_a_file_from_a_newer_calib_is_read_but_never_written(market: Path, db_pa
 # --------------------------------------------------------------------------- defect 9: readers beside a writer
 
 WRITER = textwrap.dedent('''
-    # Back-to-back write transactions, each holding the file ~40 ms (as CLI runs do), for `seconds`.
+    # Back-to-back write transactions, each holding the file ~40 ms (as CLI runs do), until `stop` exists.
     # (a writer's own open retries the readers' locks, as every calib writer does)
     import sys, time
     from calib.store.connection import connect
-    db, seconds = sys.argv[1], float(sys.argv[2])
+    from pathlib import Path
+    db, stop = sys.argv[1], Path(sys.argv[2])
     with connect(db, read_only=False) as con:
         con.execute("CREATE TABLE IF NOT EXISTS scratch (i BIGINT)")
     print("ready", flush=True)
-    end, n = time.monotonic() + seconds, 0
-    while time.monotonic() < end:
+    end, n = time.monotonic() + 120, 0  # a cap, should the test die
+    while not stop.exists() and time.monotonic() < end:
         with connect(db, read_only=False) as con:
             con.execute("BEGIN TRANSACTION")
             con.execute("INSERT INTO scratch VALUES (?)", [n])
@@ -106,8 +107,9 @@ WRITER = textwrap.dedent('''
 def test_read_helper_succeeds_beside_a_writer_where_plain_connect_fails(market: Path, db_path: Path,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     assert runner.invoke(app, _live(market, db_path)).exit_code == 0
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db_path), "4"], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    stop = db_path.parent / "stop"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db_path), str(stop)], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     plain_failures, helper_reads, helper_s = 0, 0, []
     try:
         assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
@@ -120,7 +122,7 @@ def test_read_helper_succeeds_beside_a_writer_where_plain_connect_fails(market: 
             time.sleep(0.01)
         for _ in range(30):
             t0 = time.monotonic()
-            with open_read_only(db_path, retry_s=5.0) as con:
+            with open_read_only(db_path, retry_s=10.0) as con:
                 row = con.execute("SELECT count(*) FROM calibration_runs").fetchone()
             assert row == (1,)
             helper_s.append(time.monotonic() - t0)
@@ -128,15 +130,16 @@ def test_read_helper_succeeds_beside_a_writer_where_plain_connect_fails(market: 
         frame = read_frame(db_path, "SELECT run_id FROM calibration_runs WHERE source = ?", ["live"])
         assert frame.height == 1
     finally:
-        out, _ = writer.communicate(timeout=30)
+        stop.touch()
+        out, _ = writer.communicate(timeout=60)
     assert writer.returncode == 0
-    assert int(out.strip().splitlines()[-1]) > 20  # the writer really kept writing
+    assert int(out.strip().splitlines()[-1]) > 0  # the writer wrote beside the readers
     with capsys.disabled():
         print(f"\n[readers beside a writer] plain connect failed {plain_failures}/30; helper 30/30 ok, "
               f"slowest {max(helper_s):.3f} s")
     assert plain_failures > 0  # the contention is real ...
     assert helper_reads == 30  # ... and the helper rode it out, every time
-    assert max(helper_s) < 5.0
+    assert max(helper_s) < 10.0
 
 
 def test_read_helper_gives_up_after_its_bound(market: Path, db_path: Path) -> None:

@@ -99,7 +99,7 @@ WRITER = textwrap.dedent('''
             time.sleep(0.04)
             con.execute("COMMIT")
         n += 1
-        time.sleep(0.005)
+        time.sleep(0.04)  # busy half the time: far more than calib runs are
     print(n, flush=True)
 ''')
 

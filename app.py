@@ -2,9 +2,11 @@
 
 Thin rendering over `calib.queries` for the history file in env `CALIB_DB`
 (default data/calibration.duckdb), one `render_*` function per section in
-SPEC section 8 order. Reads use short read-only connections cached for
-`CACHE_TTL_S` per (file, underlying, refresh); the only write is Force-Apply
-Latest, which calls `calib.live.force_apply_latest`.
+SPEC section 8 order. Reads use short read-only connections; their results
+are cached (shared by all browser sessions) under the file's change marker
+(`calib.queries.change_marker`, one cheap read per page run), so any page
+load after a write, from the CLI or any session, reads the new state. The
+only write is Force-Apply Latest, which calls `calib.live.force_apply_latest`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import streamlit as st
 from calib import queries
 from calib._typing import UNDERLYINGS
 from calib.config import DEFAULT_DB, Settings, config_path, load_settings
-from calib.errors import CalibError
+from calib.errors import CalibError, StoreLockedError
 from calib.live import force_apply_latest
 from calib.live_outage import live_feed_outage
 from calib.ui import charts, tables
@@ -39,27 +41,41 @@ HISTORY_EXPLANATION = (
 # --------------------------------------------------------------------------- data (cached)
 
 
+# Every cached read is keyed on `marker`, the file's change marker: a write anywhere changes it, so a
+# cached value is only ever reused for the file state it was read from (the TTL just bounds memory).
+Marker = tuple[Any, ...]
+
+
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
-def load_dashboard(db: str, underlying: str, refresh: int) -> queries.DashboardData:
-    """All sections' data; `refresh` is part of the cache key only."""
+def load_dashboard(db: str, underlying: str, marker: Marker) -> queries.DashboardData:
+    """All sections' data; `marker` is part of the cache key only."""
     return queries.dashboard_data(Path(db), underlying, history_limit=HISTORY_LIMIT, live_limit=LIVE_LIMIT)
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
-def load_run(db: str, underlying: str, run_id: str, refresh: int) -> queries.RunDetail | None:
+def load_run(db: str, underlying: str, run_id: str, marker: Marker) -> queries.RunDetail | None:
     return queries.run_detail(Path(db), underlying, run_id)
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
-def load_backtest(db: str, underlying: str, refresh: int) -> tuple[dict[str, Any], Any] | None:
+def load_backtest(db: str, underlying: str, marker: Marker) -> tuple[dict[str, Any], Any] | None:
     from calib.store.backtests import newest_backtest
 
     return newest_backtest(Path(db), underlying)
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
-def load_policy_settings(path: str, refresh: int) -> Settings:
+def load_policy_settings(path: str, stamp: tuple[int, int] | None, refresh: int) -> Settings:
+    """The settings file, cached per (path, modification time and size) so an edit shows at once."""
     return load_settings(Path(path))
+
+
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st_ = path.stat()
+    except OSError:
+        return None
+    return st_.st_mtime_ns, st_.st_size
 
 
 def db_path() -> Path:
@@ -98,7 +114,7 @@ def render_sidebar(db: Path) -> str:
     st.sidebar.caption("Synthetic vol model: RV_7d × multiplier × skew, calibrated against Deribit marks.")
     underlying = st.sidebar.selectbox("Underlying", UNDERLYINGS, key="underlying")
     st.sidebar.button("Refresh", key="refresh_button", on_click=bump_refresh, icon=":material/refresh:",
-                      width="stretch", help="Re-read the history file now (otherwise cached for 30 s)")
+                      width="stretch", help="Re-read the history file now (any write to it is shown on the next page load anyway)")
     st.sidebar.caption(f"History file: `{db}`")
     return str(underlying)
 
@@ -163,7 +179,7 @@ def render_live_summary(db: Path, data: queries.DashboardData) -> None:
         st.caption("Data quality: " + "; ".join(f"{i.get('code')}: {i.get('message')}" for i in issues))
 
 
-def choose_detail_run(db: Path, data: queries.DashboardData, refresh: int) -> queries.RunDetail | None:
+def choose_detail_run(db: Path, data: queries.DashboardData, marker: Marker) -> queries.RunDetail | None:
     options = tables.run_options(data.live_runs, data.auto_history)
     if not options:
         return None
@@ -174,7 +190,7 @@ def choose_detail_run(db: Path, data: queries.DashboardData, refresh: int) -> qu
                                        "(default: the latest live run).")
     if data.latest_live is not None and run_id == data.latest_live.run.get("run_id"):
         return data.latest_live
-    return load_run(str(db), data.underlying, run_id, refresh)
+    return load_run(str(db), data.underlying, run_id, marker)
 
 
 def render_option_types(detail: queries.RunDetail | None) -> None:
@@ -256,9 +272,9 @@ def render_force_apply(db: Path, data: queries.DashboardData) -> None:
     if not st.session_state.get("confirm_force"):
         return
     run_id = str(run.get("run_id"))
-    st.warning(f"Apply run `{run_id}` now? Global multiplier → **{fmt.fmt_mult(run.get('smoothed_multiplier'))}** "
-               "(and its band values), reason “Forced by user”. This overrides the update policy.",
-               icon=":material/warning:")
+    changes = tables.force_apply_changes(data.applied, run, latest.result if latest else {})
+    st.warning(f"Apply run `{run_id}` now? {tables.force_apply_text(changes)}, reason “Forced by user”. "
+               "This overrides the update policy.", icon=":material/warning:")
     row = st.container(horizontal=True)
     if row.button("Confirm Force-Apply", key="force_apply_confirm", type="primary"):
         st.session_state["confirm_force"] = False
@@ -349,12 +365,12 @@ def render_live_runs(data: queries.DashboardData) -> None:
                                 raw=tables.LIVE_RAW))
 
 
-def render_backtest(db: Path, underlying: str, refresh: int) -> None:
+def render_backtest(db: Path, underlying: str, marker: Marker) -> None:
     from calib.ui import backtest as bt
 
     st.header("Backtest", anchor="backtest")
     try:
-        newest = load_backtest(str(db), underlying, refresh)
+        newest = load_backtest(str(db), underlying, marker)
     except CalibError as e:
         st.error(f"Cannot read the backtests: {e}")
         return
@@ -386,21 +402,23 @@ def main() -> None:
     refresh = int(st.session_state["refresh"])
     st.title(f"IV calibration · {underlying}")
     try:
-        data = load_dashboard(str(db), underlying, refresh)
+        marker = (*queries.change_marker(db), refresh)
+        data = load_dashboard(str(db), underlying, marker)
     except CalibError as e:
         st.error(f"Cannot read the history file `{db}`: {e}", icon=":material/error:")
-        st.caption("A writer (the CLI) may hold the file for a moment: press Refresh to try again.")
+        if isinstance(e, StoreLockedError):  # only then is waiting the fix
+            st.caption("A writer (the CLI) may hold the file for a moment: press Refresh to try again.")
         return
     if not render_empty_state(db, data):
         return
     settings: Settings | None
     settings_error = None
     try:
-        settings = load_policy_settings(str(config_path()), refresh)
+        settings = load_policy_settings(str(config_path()), file_stamp(config_path()), refresh)
     except CalibError as e:
         settings, settings_error = None, str(e)
     try:
-        detail = choose_detail_run(db, data, refresh)
+        detail = choose_detail_run(db, data, marker)
     except CalibError as e:
         st.error(f"Cannot read the selected run: {e}")
         detail = None
@@ -411,10 +429,10 @@ def main() -> None:
     render_policy(db, data, settings, settings_error)
     render_history(data, settings)
     render_live_runs(data)
-    render_backtest(db, underlying, refresh)
+    render_backtest(db, underlying, marker)
     st.divider()
     st.caption(f"Loaded {fmt.fmt_ts(data.loaded_at, seconds=True)} UTC from `{db}` "
-               f"(schema v{data.info.schema_version or '-'}); cached for {CACHE_TTL_S} s, Refresh re-reads now.")
+               f"(schema v{data.info.schema_version or '-'}); re-read whenever the file changes.")
 
 
 main()

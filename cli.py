@@ -23,6 +23,7 @@ if __name__ == "__main__":  # `python cli.py`: the console script's process sett
     tune_process()
 
 import typer
+from typer.main import get_current_context
 
 from calib.config import (
     DEFAULT_DATA_DIR,
@@ -65,14 +66,53 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document o
 UndOpt = Annotated[Underlying, typer.Option("--underlying", "-u", case_sensitive=False, help="Underlying asset.")]
 
 
-def _err(msg: str) -> None:
+def _json_requested() -> bool:
+    """Whether the running command was given --json (its `json_out` parameter)."""
+    ctx = get_current_context(silent=True)
+    return bool(ctx is not None and ctx.params.get("json_out"))
+
+
+def _err(msg: str, code: int | None = None) -> None:
+    """One "Error: ..." line on stderr; with --json also {"error", "exit_code"} on stdout for scripts."""
     typer.echo(f"Error: {msg}", err=True)
+    if _json_requested():
+        typer.echo(json.dumps({"error": msg, "exit_code": code}))
+
+
+# Config fields a CLI user never typed -> the flags they did (CalibrationConfig names its fields).
+_FLAG_NAMES = {"`min_dte`": "`--dte-min`", "`max_dte`": "`--dte-max`", "`lookback_days`": "`--lookback-days`",
+               "`max_samples`": "`--max-samples`", "`option_types`": "`--option-types`",
+               "`start_multiplier`": "`--start-multiplier`"}
+
+
+def _flag_names(msg: str) -> str:
+    for field, flag in _FLAG_NAMES.items():
+        msg = msg.replace(field, flag)
+    return msg
 
 
 def _fail(e: Exception) -> NoReturn:
-    _err(str(e))
     code = EXIT_USAGE if isinstance(e, InvalidInputError | NoDataError | PolicyError) else EXIT_NOT_RECORDED
+    _err(_flag_names(str(e)) if isinstance(e, InvalidInputError) else str(e), code)
     raise typer.Exit(code=code) from None
+
+
+def _require_history(db: Path) -> None:
+    """The one convention for a missing history file (apply, history, sql, state): exit 2 with a hint."""
+    if not db.exists():
+        _err(f"history file {db} does not exist: run `calib demo-db` for a demo history, or record a run with "
+             "`calib calibrate-live` or `calib auto-calibrate` (or check --db / CALIB_DB)", EXIT_USAGE)
+        raise typer.Exit(code=EXIT_USAGE)
+
+
+def _check_writable(db: Path) -> None:
+    """Before any calibration: the run could not be recorded (unwritable, empty, newer schema): exit 1 now."""
+    from calib.store.connection import check_writable
+
+    try:
+        check_writable(db)
+    except CalibError as e:
+        _fail(e)
 
 
 def _progress(msg: str) -> None:
@@ -87,7 +127,7 @@ def _parse_ts(text: str | None, name: str = "--as-of") -> datetime | None:
         ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
         ts - timedelta(days=3660)  # the window and its RV warm-up must stay representable
     except (ValueError, OverflowError):
-        _err(f"`{name}` must be an ISO-8601 time after year 10, such as 2023-04-14T12:00:00Z; got {text!r}")
+        _err(f"`{name}` must be an ISO-8601 time after year 10, such as 2023-04-14T12:00:00Z; got {text!r}", EXIT_USAGE)
         raise typer.Exit(code=EXIT_USAGE) from None
     return ts
 
@@ -242,8 +282,9 @@ def auto_calibrate(
     settings = _settings()
     end = _parse_ts(as_of)
     if not data_dir.is_dir():
-        _err(f"data directory {data_dir} does not exist: run `calib demo-data` or `calib harvest` first")
+        _err(f"data directory {data_dir} does not exist: run `calib demo-data` or `calib harvest` first", EXIT_USAGE)
         raise typer.Exit(code=EXIT_USAGE)
+    _check_writable(db)
     try:
         tested = applied_global(db, underlying.value)
     except StoreError as e:
@@ -293,8 +334,9 @@ def calibrate_live(
 
     settings = _settings()
     if replay is not None and not replay.is_dir():
-        _err(f"replay directory {replay} does not exist")
+        _err(f"replay directory {replay} does not exist", EXIT_USAGE)
         raise typer.Exit(code=EXIT_USAGE)
+    _check_writable(db)
     try:
         config = CalibrationConfig(
             underlying=underlying.value, source="live", min_dte=dte_min, max_dte=dte_max, bands=settings.bands,
@@ -339,11 +381,10 @@ def apply_cmd(
     from calib.live import force_apply_latest
 
     if not force:
-        _err("only `calib apply --force` exists: the policy applies runs itself; --force overrides it")
+        _err("only `calib apply --force` exists: the policy applies runs itself; --force overrides it", EXIT_USAGE)
         raise typer.Exit(code=EXIT_USAGE)
-    if not db.exists():
-        _err(f"history file {db} does not exist: run `calib calibrate-live` first")
-        raise typer.Exit(code=EXIT_USAGE)
+    _require_history(db)
+    _check_writable(db)
     try:
         res = force_apply_latest(db, underlying.value)
     except CalibError as e:
@@ -366,6 +407,7 @@ def state_cmd(underlying: UndOpt, db: DbOpt = DEFAULT_DB, json_out: JsonOpt = Fa
     """Show the applied multipliers (the one source of truth the synthetic engine uses)."""
     from calib.queries import applied_state
 
+    _require_history(db)
     try:
         st = applied_state(db, underlying.value)
     except CalibError as e:
@@ -411,6 +453,7 @@ def history_cmd(
     """List recent calibration runs, newest first."""
     from calib.queries import json_records, list_runs
 
+    _require_history(db)
     try:
         df = list_runs(db, underlying=underlying.value if underlying else None,
                        source=source.value if source else None, limit=limit)
@@ -437,6 +480,7 @@ def sql_cmd(query: Annotated[str, typer.Argument(help="One read-only SQL stateme
     """Run a read-only SQL query against the history file and print a table."""
     from calib.queries import run_sql
 
+    _require_history(db)
     try:
         df = run_sql(db, query)
     except CalibError as e:
@@ -471,8 +515,9 @@ def backtest_cmd(
     settings = _settings()
     t0, t1 = _parse_ts(start, "--start"), _parse_ts(end, "--end")
     if not data_dir.is_dir():
-        _err(f"data directory {data_dir} does not exist: run `calib demo-data` or `calib harvest` first")
+        _err(f"data directory {data_dir} does not exist: run `calib demo-data` or `calib harvest` first", EXIT_USAGE)
         raise typer.Exit(code=EXIT_USAGE)
+    _check_writable(db)
     try:
         config = BacktestConfig(
             calibration=CalibrationConfig(
@@ -534,7 +579,7 @@ def demo_data(
     from calib.data.demo import SCENARIOS, DemoSpec, generate_demo_harvest
 
     if scenario not in SCENARIOS:
-        _err(f"`--scenario` must be one of {', '.join(SCENARIOS)}; got {scenario!r}")
+        _err(f"`--scenario` must be one of {', '.join(SCENARIOS)}; got {scenario!r}", EXIT_USAGE)
         raise typer.Exit(code=EXIT_USAGE)
     end_ts = _parse_ts(end) or datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     unds = tuple(u.value for u in underlying) if underlying else ("BTC", "ETH")
@@ -564,7 +609,7 @@ def harvest_cmd(
     from calib.sources.harvester import retry_logger, run_harvester
 
     if interval <= 0:
-        _err(f"`--interval` must be positive; got {interval}")
+        _err(f"`--interval` must be positive; got {interval}", EXIT_USAGE)
         raise typer.Exit(code=EXIT_USAGE)
     try:
         with DeribitClient(base_url=base_url, on_retry=retry_logger()) as client:
@@ -586,7 +631,7 @@ def compact_cmd(
     from calib.data.compact import compact_all, compact_day
 
     if not (data_dir / underlying.value).is_dir():
-        _err(f"no harvested data for {underlying.value} under {data_dir}")
+        _err(f"no harvested data for {underlying.value} under {data_dir}", EXIT_USAGE)
         raise typer.Exit(code=EXIT_USAGE)
     try:
         results = [compact_day(data_dir, underlying.value, date)] if date else compact_all(data_dir, underlying.value)
@@ -614,7 +659,7 @@ def import_tardis_cmd(
 
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        _err(f"file(s) not found: {', '.join(missing)}")
+        _err(f"file(s) not found: {', '.join(missing)}", EXIT_USAGE)
         raise typer.Exit(code=EXIT_USAGE)
     try:
         # Without an index file leave index_price null: the reader then computes RV from the

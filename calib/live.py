@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,10 @@ from calib.data.reader import HarvestRead, newest_snapshot, read_harvest
 from calib.engine.result import CalibrationResult
 from calib.errors import NoDataError, PolicyError, StoreError
 from calib.policy import FORCED_REASON, PolicyOutcome, PolicyState, decide
-from calib.store.applied import read_applied, write_applied
+from calib.store.applied import read_applied, write_applied, write_clock
 from calib.store.catalog import has_table
-from calib.store.connection import connect
-from calib.store.history import insert_run, run_row
+from calib.store.connection import connect, write_transaction
+from calib.store.history import NEWEST_FIRST, insert_run, run_row
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,7 +88,7 @@ def policy_state(con: Any, underlying: str) -> PolicyState:
     ).fetchone()
     prev = con.execute(
         "SELECT result FROM calibration_runs WHERE underlying = ? AND source = 'live' AND status <> 'failed' "
-        "ORDER BY created_at DESC LIMIT 1",
+        f"ORDER BY {NEWEST_FIRST} LIMIT 1",
         [underlying],
     ).fetchone()
     policy = (json.loads(prev[0]).get("policy") or {}) if prev and prev[0] else {}
@@ -120,21 +120,16 @@ def record_live_run(db_path: Path, result: CalibrationResult, policy: PolicyConf
     `applied_multipliers`, so a concurrent live run or Force-Apply cannot slip
     between the decision and the write (the file admits one writer at a time).
     """
-    with connect(db_path, read_only=False) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            now = datetime.now(UTC)
-            outcome = decide(result, policy_state(con, result.underlying), policy, now)
-            applying = outcome.apply and outcome.smoothed_multiplier is not None
-            applied_at = now if applying else None
-            insert_run(con, run_row(result, outcome, applied_at))
-            if applying:
-                write_applied(con, result.underlying, outcome.smoothed_multiplier, outcome.smoothed_bands,  # type: ignore[arg-type]
-                              run_id=result.run_id, at=now, reason=outcome.reason)
-            con.execute("COMMIT")
-        except Exception as e:
-            con.execute("ROLLBACK")
-            raise StoreError(f"could not record live run {result.run_id}: {e}") from e
+    with write_transaction(db_path, f"record live run {result.run_id}") as con:
+        now = write_clock(con, result.created_at)  # taken while this transaction holds the file
+        outcome = decide(result, policy_state(con, result.underlying), policy, now)
+        applying = outcome.apply and outcome.smoothed_multiplier is not None
+        applied_at = now if applying else None
+        applied_seq = None
+        if applying:
+            applied_seq = write_applied(con, result.underlying, outcome.smoothed_multiplier,  # type: ignore[arg-type]
+                                        outcome.smoothed_bands, run_id=result.run_id, at=now, reason=outcome.reason)
+        insert_run(con, run_row(result, outcome, applied_at), applied_seq=applied_seq)
     return LiveRunRecord(result=result, outcome=outcome, applied_at=applied_at)
 
 
@@ -153,36 +148,32 @@ def force_apply_latest(db_path: Path, underlying: str) -> ForceApplyResult:
     Raises PolicyError for a failed run or a run without a smoothed value,
     StoreError when there is no live run.
     """
-    now = datetime.now(UTC)
-    with connect(db_path, read_only=False) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            row = con.execute(
-                "SELECT run_id, status, reason, smoothed_multiplier, smoothed_band_multipliers, applied, applied_at "
-                "FROM calibration_runs WHERE underlying = ? AND source = 'live' ORDER BY created_at DESC LIMIT 1",
-                [underlying],
-            ).fetchone()
-            if row is None:
-                raise StoreError(f"no live run for {underlying} yet: run `calib calibrate-live --underlying {underlying}` first")
-            run_id, status, reason, smoothed, bands_json, applied, applied_at = row
-            if status == "failed":
-                raise PolicyError(f"refusing to apply run {run_id}: its status is failed ({reason})")
-            if smoothed is None:
-                raise PolicyError(f"run {run_id} has no smoothed multiplier to apply")
-            bands = {k: float(v) for k, v in (json.loads(bands_json) if bands_json else {}).items() if v is not None}
-            if applied:
-                con.execute("ROLLBACK")
-                return ForceApplyResult(run_id=run_id, multiplier=float(smoothed), bands=bands,
-                                        applied_at=applied_at, already_applied=True)
-            write_applied(con, underlying, float(smoothed), bands, run_id=run_id, at=now, reason=FORCED_REASON)
-            con.execute(
-                "UPDATE calibration_runs SET applied = true, applied_at = ?, policy_decision = 'applied', "
-                "policy_reason = ? WHERE run_id = ?",
-                [now, FORCED_REASON, run_id],
-            )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+    with write_transaction(db_path, f"force-apply the newest {underlying} live run") as con:
+        row = con.execute(
+            "SELECT run_id, status, reason, smoothed_multiplier, smoothed_band_multipliers, applied, applied_at, "
+            f"created_at FROM calibration_runs WHERE underlying = ? AND source = 'live' ORDER BY {NEWEST_FIRST} LIMIT 1",
+            [underlying],
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"no live run for {underlying} yet: run `calib calibrate-live --underlying {underlying}` first")
+        run_id, status, reason, smoothed, bands_json, applied, applied_at, created_at = row
+        if status == "failed":
+            raise PolicyError(f"refusing to apply run {run_id}: its status is failed ({reason})")
+        if smoothed is None:
+            raise PolicyError(f"run {run_id} has no smoothed multiplier to apply")
+        bands = {k: float(v) for k, v in (json.loads(bands_json) if bands_json else {}).items() if v is not None}
+        if applied:  # nothing to write: the transaction commits empty
+            return ForceApplyResult(run_id=run_id, multiplier=float(smoothed), bands=bands,
+                                    applied_at=applied_at, already_applied=True)
+        # Every timestamp is taken here, inside the transaction: connect() may have waited for the
+        # lock while another writer added newer runs.
+        now = write_clock(con, created_at)
+        applied_seq = write_applied(con, underlying, float(smoothed), bands, run_id=run_id, at=now,
+                                    reason=FORCED_REASON)
+        con.execute(
+            "UPDATE calibration_runs SET applied = true, applied_at = ?, applied_seq = ?, policy_decision = 'applied', "
+            "policy_reason = ? WHERE run_id = ?",
+            [now, applied_seq, FORCED_REASON, run_id],
+        )
     return ForceApplyResult(run_id=run_id, multiplier=float(smoothed), bands=bands, applied_at=now,
                             already_applied=False)

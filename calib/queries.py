@@ -17,7 +17,8 @@ import polars as pl
 
 from calib.errors import InvalidInputError, StoreError
 from calib.store.catalog import has_table, table_names
-from calib.store.connection import connect
+from calib.store.history import NEWEST_FIRST
+from calib.store.read import open_read_only
 
 
 def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
@@ -42,7 +43,7 @@ HISTORY_COLUMNS: tuple[str, ...] = (
 def list_runs(db_path: Path, *, underlying: str | None = None, source: str | None = None,
               limit: int = 20) -> pl.DataFrame:
     """Newest runs first; columns missing in an old file come back as nulls."""
-    with connect(db_path, read_only=True) as con:
+    with open_read_only(db_path) as con:
         if not has_table(con, "calibration_runs"):
             return pl.DataFrame()
         have = _columns(con, "calibration_runs")
@@ -57,7 +58,8 @@ def list_runs(db_path: Path, *, underlying: str | None = None, source: str | Non
             params.append(source)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         params.append(int(limit))
-        return _frame(con, f"SELECT {cols} FROM calibration_runs {clause} ORDER BY created_at DESC LIMIT ?", params)
+        order = NEWEST_FIRST if "seq" in have else "created_at DESC"
+        return _frame(con, f"SELECT {cols} FROM calibration_runs {clause} ORDER BY {order} LIMIT ?", params)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,7 +127,7 @@ def applied_state(db_path: Path, underlying: str) -> AppliedMultipliers:
     """
     if not Path(db_path).exists():
         return AppliedMultipliers(underlying=underlying, global_multiplier=None)
-    with connect(db_path, read_only=True) as con:
+    with open_read_only(db_path) as con:
         if has_table(con, "current_applied_multipliers"):
             source = "current_applied_multipliers"
         elif has_table(con, "applied_multipliers"):
@@ -172,7 +174,7 @@ def json_ready(obj: Any) -> Any:
 
 def run_by_id(db_path: Path, run_id: str) -> RunDetail | None:
     """One run by id, any underlying: its history columns and its stored result JSON."""
-    with connect(db_path, read_only=True) as con:
+    with open_read_only(db_path) as con:
         if not has_table(con, "calibration_runs"):
             return None
         row = con.execute("SELECT underlying FROM calibration_runs WHERE run_id = ?", [run_id]).fetchone()
@@ -183,7 +185,7 @@ def run_by_id(db_path: Path, run_id: str) -> RunDetail | None:
 
 def run_result(db_path: Path, run_id: str) -> dict[str, Any] | None:
     """The stored result JSON of one run."""
-    with connect(db_path, read_only=True) as con:
+    with open_read_only(db_path) as con:
         row = con.execute("SELECT result FROM calibration_runs WHERE run_id = ?", [run_id]).fetchone()
     return json.loads(row[0]) if row and row[0] else None
 
@@ -262,7 +264,7 @@ def run_sql(db_path: Path, sql: str) -> pl.DataFrame:
     """Run one SELECT on a read-only, sandboxed connection (`SQL_SANDBOX_SETTINGS`) and return its rows."""
     statement = _one_select(sql)
     try:
-        with connect(db_path, read_only=True, settings=SQL_SANDBOX_SETTINGS) as con:
+        with open_read_only(db_path, settings=SQL_SANDBOX_SETTINGS) as con:
             return _check_showable(con.sql(statement).pl())
     except pl.exceptions.PolarsError as e:  # a DuckDB type polars has no column for (UNION, ...)
         raise InvalidInputError(f"the result cannot be shown ({type(e).__name__}: {e}); "
@@ -369,9 +371,11 @@ def _runs(con: duckdb.DuckDBPyConnection, *, underlying: str, source: str | None
     if run_id:
         where.append("run_id = ?")
         params.append(run_id)
-    order = "coalesce(window_end, created_at)" if by_window and "window_end" in have else "created_at"
-    sql = (f"SELECT {cols} FROM calibration_runs WHERE {' AND '.join(where)} "
-           f"ORDER BY {order} DESC, created_at DESC LIMIT ?")
+    if by_window and "window_end" in have:
+        order = "coalesce(window_end, created_at) DESC, created_at DESC"
+    else:
+        order = NEWEST_FIRST if "seq" in have else "created_at DESC"
+    sql = f"SELECT {cols} FROM calibration_runs WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"
     return _utc(_frame(con, sql, [*params, int(limit)]))
 
 
@@ -407,7 +411,7 @@ def history_file_info(db_path: Path) -> HistoryFileInfo:
     """Whether the file exists and is initialized, and its run counts per underlying and source."""
     if not Path(db_path).exists():
         return HistoryFileInfo(path=str(db_path), exists=False, initialized=False, schema_version=None)
-    with connect(db_path, read_only=True) as con:
+    with open_read_only(db_path) as con:
         return _info(con, Path(db_path))
 
 
@@ -420,13 +424,13 @@ def applied_multipliers(db_path: Path, underlying: str) -> pl.DataFrame:
     if not Path(db_path).exists():
         return pl.DataFrame(schema={"scope": pl.String, "multiplier": pl.Float64,
                                     "updated_at": pl.Datetime("us", "UTC"), "run_id": pl.String})
-    with connect(db_path, read_only=True) as con:
+    with open_read_only(db_path) as con:
         return _applied(con, underlying)
 
 
 def run_detail(db_path: Path, underlying: str, run_id: str) -> RunDetail | None:
     """One run of `underlying` with its parsed result JSON (None when it does not exist)."""
-    with connect(db_path, read_only=True) as con:
+    with open_read_only(db_path) as con:
         if "calibration_runs" not in table_names(con):
             return None
         return _detail(_runs(con, underlying=underlying, run_id=run_id, limit=1, with_result=True))
@@ -436,15 +440,44 @@ def latest_live_run_id(db_path: Path, underlying: str) -> str | None:
     """The newest live run of `underlying`: the run Force-Apply Latest would apply."""
     if not Path(db_path).exists():
         return None
-    with connect(db_path, read_only=True) as con:
+    with open_read_only(db_path) as con:
         if "calibration_runs" not in table_names(con):
             return None
+        order = NEWEST_FIRST if "seq" in _columns(con, "calibration_runs") else "created_at DESC"
         row = con.execute(
-            "SELECT run_id FROM calibration_runs WHERE underlying = ? AND source = 'live' "
-            "ORDER BY created_at DESC LIMIT 1",
+            f"SELECT run_id FROM calibration_runs WHERE underlying = ? AND source = 'live' ORDER BY {order} LIMIT 1",
             [underlying],
         ).fetchone()
     return str(row[0]) if row else None
+
+
+def change_marker(db_path: Path) -> tuple[Any, ...]:
+    """A cheap value that changes with every write to the history file (the app's cache key).
+
+    One read: the schema version, the newest run `seq` and run count (a new run),
+    the newest `applied_multipliers_log.change_id` (an apply: Force-Apply updates a
+    run and logs, it inserts none) and the backtest count. A missing file is ().
+    """
+    if not Path(db_path).exists():
+        return ()
+    with open_read_only(db_path) as con:
+        tables = table_names(con)
+        parts = []
+        if "schema_migrations" in tables:
+            parts.append("(SELECT max(version) FROM schema_migrations)")
+        if "calibration_runs" in tables:
+            newest = "max(seq)" if "seq" in _columns(con, "calibration_runs") else "max(created_at)::VARCHAR"
+            parts += [f"(SELECT {newest} FROM calibration_runs)", "(SELECT count(*) FROM calibration_runs)"]
+        if "applied_multipliers_log" in tables:
+            parts.append("(SELECT max(change_id) FROM applied_multipliers_log)")
+        elif "applied_multipliers" in tables:
+            parts.append("(SELECT max(updated_at)::VARCHAR FROM applied_multipliers)")
+        if "backtests" in tables:
+            parts.append("(SELECT count(*) FROM backtests)")
+        if not parts:
+            return (len(tables),)
+        row = con.execute("SELECT " + ", ".join(parts)).fetchone()
+    return tuple(row) if row else ()
 
 
 def dashboard_data(db_path: Path, underlying: str, *, history_limit: int = 50,
@@ -459,7 +492,7 @@ def dashboard_data(db_path: Path, underlying: str, *, history_limit: int = 50,
         return DashboardData(underlying=underlying, info=history_file_info(db_path), latest_live=None,
                              live_runs=empty, auto_history=empty, applied=applied_multipliers(db_path, underlying),
                              loaded_at=now)
-    with connect(db_path, read_only=True) as con:
+    with open_read_only(db_path) as con:
         info = _info(con, Path(db_path))
         applied = _applied(con, underlying)
         if not info.initialized:

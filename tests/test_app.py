@@ -264,15 +264,32 @@ def test_old_schema_rows_show_dashes(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_unreadable_file_shows_an_error_not_a_traceback(db_copy: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """While this process holds the file read-write, a read-only open fails: the page says so."""
-    writer = duckdb.connect(str(db_copy))
+    """While another process holds the file read-write past the retry time, the page says so."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("CALIB_LOCK_RETRY_S", "0.5")
+    writer = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('locked', flush=True); time.sleep(30)", str(db_copy)],
+                              stdout=subprocess.PIPE, text=True)
     try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "locked"
         at = run_app(db_copy, monkeypatch, tmp_path)
     finally:
-        writer.close()
-    assert any(f"Cannot read the history file `{db_copy}`" in e.value for e in at.error)
+        writer.kill()
+        writer.communicate()
+    assert any(f"Cannot read the history file `{db_copy}`" in e.value and "locked by another process" in e.value
+               for e in at.error)
     assert "press Refresh to try again" in texts(at)
     assert not at.header
+
+
+def test_zero_byte_file_is_reported_as_empty_not_as_locked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "history.duckdb"
+    db.touch()
+    at = run_app(db, monkeypatch, tmp_path)
+    assert any("is empty (0 bytes)" in e.value for e in at.error)
+    assert "press Refresh" not in texts(at) and "may hold" not in texts(at)
 
 
 # --------------------------------------------------------------------------- sections
@@ -522,7 +539,39 @@ def test_refresh_shows_runs_written_while_open(db_copy: Path, harvests: dict[str
     at = run_app(db_copy, monkeypatch, tmp_path)
     assert len(table(at, "auto-history")[1]) == 3
     _auto(db_copy, harvests["normal"], END - timedelta(hours=6))  # the CLI writes while the app is open
-    at.run()
-    assert len(table(at, "auto-history")[1]) == 3  # cached
+    at.run()  # the next page run shows it: the cache is keyed on the file's change marker
+    assert len(table(at, "auto-history")[1]) == 4
     at.sidebar.button(key="refresh_button").click().run()
     assert len(table(at, "auto-history")[1]) == 4
+
+
+def test_every_session_sees_a_cli_force_apply_at_once(db_copy: Path, harvests: dict[str, Path], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13, defect 2: the cache is shared by sessions; a write from anywhere shows on the next load."""
+    _live(db_copy, harvests["normal"])  # skipped by the policy (cooldown): Force-Apply has work to do
+    live = _live_run(db_copy)
+    first, second = run_app(db_copy, monkeypatch, tmp_path), run_app(db_copy, monkeypatch, tmp_path)
+    assert not first.button(key="force_apply").disabled
+    _cli("apply", "--force", "--underlying", "BTC", "--db", str(db_copy))
+    for at in (first.run(), second.run(), run_app(db_copy, monkeypatch, tmp_path)):
+        glob = next(r for r in table(at, "applied-multipliers")[1] if r["cells"][0] == "Global")
+        assert glob["cells"][1] == f"{live['smoothed_multiplier']:.4f}"
+        assert glob["attrs"]["data-run-id"] == live["run_id"]
+        card = {r["cells"][0]: r["cells"][1] for r in table(at, "latest-run")[1]}
+        assert card["Decision"] == "Applied" and card["Reason"] == "Forced by user"
+        assert at.button(key="force_apply").disabled
+
+
+def test_force_apply_confirmation_names_from_and_to_for_every_scope(
+        db_copy: Path, harvests: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _live(db_copy, harvests["normal"])
+    live = _live_run(db_copy)
+    before = _rows(db_copy, "SELECT scope, multiplier FROM applied_multipliers WHERE underlying = 'BTC'")
+    bands = {k: v for k, v in live["result"]["policy"]["smoothed_bands"].items() if v is not None}
+    assert bands  # the demo run smooths every band
+    at = run_app(db_copy, monkeypatch, tmp_path)
+    at.button(key="force_apply").click().run()
+    (warning,) = [w.value for w in at.warning if live["run_id"] in w.value]
+    old = {r["scope"]: r["multiplier"] for r in before}
+    for scope, new in {"global": live["smoothed_multiplier"], **bands}.items():
+        assert f"{scope.title()} {old[scope]:.4f} → **{new:.4f}**" in warning

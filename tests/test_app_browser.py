@@ -86,7 +86,7 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
                  "--db", str(db), "--json", env=env)
     assert bad.returncode == 3, bad.stderr
     return {"db": db, "env": env, "live": json.loads(live.stdout), "ok": json.loads(ok.stdout),
-            "failed": json.loads(bad.stdout)}
+            "failed": json.loads(bad.stdout), "normal": normal}
 
 
 @contextmanager
@@ -178,6 +178,39 @@ def test_dashboard_in_chromium(server: str, history: dict[str, object], tmp_path
             shot = tmp_path / "dashboard.png"
             _full_page_screenshot(page, shot)
             assert shot.stat().st_size > 50_000
+        finally:
+            browser.close()
+
+
+def test_reload_right_after_a_cli_force_apply_shows_the_new_global(history: dict[str, object],
+                                                                   tmp_path: Path) -> None:
+    """Issue 13, defect 2: load the page, apply from the CLI, reload at once: the new global, not a cached one."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright Python package")
+    db = tmp_path / "history.duckdb"
+    db.write_bytes(Path(history["db"]).read_bytes())  # type: ignore[arg-type]
+    env: dict[str, str] = {**history["env"], "CALIB_DB": str(db)}  # type: ignore[dict-item]
+    second = _calib("calibrate-live", "-u", "BTC", "--replay", str(history["normal"]), "--db", str(db), "--json",
+                    env=env)
+    assert second.returncode == 0, second.stderr
+    run = json.loads(second.stdout)
+    assert run["policy"]["decision"] == "skipped"  # in cooldown: the applied global is still the first run's
+    new = f"{run['policy']['smoothed_multiplier']:.4f}"
+    with streamlit_server(env) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page.goto(url)
+            page.wait_for_selector("#applied-multipliers", timeout=60_000)
+            glob = page.locator("#applied-multipliers tr.calib-row").filter(has_text="Global")
+            assert glob.get_attribute("data-run-id") != run["run_id"]
+            forced = _calib("apply", "--force", "-u", "BTC", "--db", str(db), env=env)
+            assert forced.returncode == 0, forced.stderr
+            page.reload()
+            page.wait_for_selector(f'#applied-multipliers tr.calib-row[data-run-id="{run["run_id"]}"]',
+                                   timeout=15_000)  # well under the old 30 s cache
+            glob = page.locator("#applied-multipliers tr.calib-row").filter(has_text="Global")
+            assert new in glob.inner_text()
+            assert page.get_by_role("button", name="Force-Apply Latest").is_disabled()
         finally:
             browser.close()
 

@@ -74,10 +74,12 @@ def test_json_failed_keeps_stdout_clean(tmp_path: Path, db_path: Path) -> None:
     ("args", "message"),
     [
         (["--underlying", "DOGE"], "DOGE"),
-        (["--underlying", "BTC", "--dte-min", "10", "--dte-max", "3"], "must not exceed"),
+        (["--underlying", "BTC", "--dte-min", "10", "--dte-max", "3"], "`--dte-min` (10.0) must not exceed `--dte-max`"),
+        (["--underlying", "BTC", "--dte-min", "-1"], "`--dte-min` must be >= 0"),
+        (["--underlying", "BTC", "--lookback-days", "0"], "`--lookback-days` must be positive"),
         (["--underlying", "BTC", "--data-dir", "/nonexistent/dir"], "does not exist"),
         (["--underlying", "BTC", "--as-of", "yesterday-ish"], "ISO-8601"),
-        (["--underlying", "BTC", "--option-types", "X"], "option_types"),
+        (["--underlying", "BTC", "--option-types", "X"], "`--option-types`"),
     ],
 )
 def test_usage_errors_one_line_exit_2(args: list[str], message: str, exact_harvest: Path, db_path: Path) -> None:

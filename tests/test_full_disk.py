@@ -116,3 +116,83 @@ def test_harvest_and_compact_on_a_full_volume(fake: FakeDeribit, tmp_path: Path)
     assert freed["compact"]["code"] == 0, freed["compact"]["out"]
     assert freed["old_day"] == ["compact_2026-01-05.parquet"]
     assert freed["rows"]["compact_2026-01-05.parquet"] == 36 and freed["hidden"] == []
+
+
+DB_DRIVER = textwrap.dedent('''
+    # Writes to a history file on a full volume, then frees it; prints each command's outcome as JSON.
+    import json, os, subprocess, sys
+    from pathlib import Path
+
+    vol, market, repo = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    db = str(vol / "history.duckdb")
+
+    def calib(*args):
+        r = subprocess.run([sys.executable, f"{repo}/cli.py", *args], capture_output=True, text=True)
+        return {"code": r.returncode, "out": r.stdout, "err": r.stderr}
+
+    live = ("calibrate-live", "-u", "BTC", "--replay", market, "--db", db, "--dte-min", "0", "--json")
+    auto = ("auto-calibrate", "-u", "BTC", "--data-dir", market, "--db", db, "--dte-min", "0",
+            "--lookback-days", "2", "--json")
+    force = ("apply", "--force", "-u", "BTC", "--db", db)
+    out = {"seed": [calib(*live), calib(*live)]}  # applied by the policy, then skipped (cooldown)
+    fd = os.open(vol / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"x" * 65536)
+    except OSError:
+        pass
+    os.close(fd)
+    out["full"] = {"live": calib(*live), "auto": calib(*auto), "force": calib(*force)}
+    out["full_history"] = calib("history", "--db", db, "--json", "--limit", "50")
+    out["full_state"] = calib("state", "-u", "BTC", "--db", db, "--json")
+    os.unlink(vol / "filler")
+    out["freed"] = {"history": calib("history", "--db", db, "--json", "--limit", "50"),
+                    "state": calib("state", "-u", "BTC", "--db", db, "--json"),
+                    "force": calib(*force), "live": calib(*live)}
+    out["after"] = {"history": calib("history", "--db", db, "--json", "--limit", "50"),
+                    "state": calib("state", "-u", "BTC", "--db", db, "--json")}
+    print(json.dumps(out))
+''')
+
+
+def test_history_writes_on_a_full_volume(tmp_path: Path) -> None:
+    """Issue 13, defect 5 (store): a failed COMMIT is one clear line, exit 1, and the file keeps its state."""
+    from tests.synth import exact_market
+
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    if not _unshare_tmpfs_works(vol):
+        pytest.skip("needs `unshare --user --mount` and tmpfs (user namespaces)")
+    market = tmp_path / "market"  # the harvest lives off the full volume; only the history file is on it
+    exact_market(market, m_by_dte=((0, 1000, 1.2),), days=9)
+    driver = tmp_path / "db_driver.py"
+    driver.write_text(DB_DRIVER)
+    proc = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+         'mount -t tmpfs -o size=4m tmpfs "$0" && exec "$@"', str(vol),
+         sys.executable, str(driver), str(vol), str(market), str(ROOT)],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "CALIB_CONFIG": str(tmp_path / "none.toml")})
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    first, second = (json.loads(r["out"]) for r in out["seed"])
+    assert (first["policy"]["decision"], second["policy"]["decision"]) == ("applied", "skipped")
+    faults = out["full"]
+    for name, r in faults.items():
+        assert r["code"] == 1, (name, r)
+        assert "Traceback" not in r["err"] + r["out"], (name, r["err"])
+        errors = [line for line in r["err"].splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and "the disk is full" in errors[0] and "No space left on device" in errors[0], r
+        assert "no transaction is active" not in r["err"]
+    # Reads still work on the full volume, and show the state before the failed writes.
+    before = json.loads(out["full_history"]["out"])
+    assert [r["run_id"] for r in before] == [second["run_id"], first["run_id"]]
+    assert json.loads(out["full_state"]["out"])["run_id"] == first["run_id"]
+    # Room again: the same file, nothing half-written; the same commands now work.
+    assert json.loads(out["freed"]["history"]["out"]) == before
+    assert out["freed"]["force"]["code"] == 0, out["freed"]["force"]
+    assert out["freed"]["live"]["code"] == 0, out["freed"]["live"]
+    after = json.loads(out["after"]["history"]["out"])
+    assert len(after) == 3
+    assert json.loads(out["after"]["state"]["out"])["global_multiplier"] == pytest.approx(
+        second["policy"]["smoothed_multiplier"])

@@ -145,8 +145,11 @@ def test_empty_and_unparsable_sql_are_usage_errors(db: Path) -> None:
 def test_results_polars_cannot_show_are_one_clear_line(db: Path, sql: str, json_out: bool) -> None:
     res = runner.invoke(app, ["sql", "--db", str(db), *(["--json"] if json_out else []), "--", sql])
     assert res.exit_code == 2, res.output
-    assert res.output.startswith("Error: ") and res.output.count("\n") == 1
-    assert "VARCHAR" in res.output
+    assert res.stderr.startswith("Error: ") and res.stderr.count("\n") == 1
+    assert "VARCHAR" in res.stderr
+    # with --json the error is also JSON on stdout (issue 13, defect 10); without, stdout stays empty
+    assert res.stdout == ("" if not json_out else
+                          json.dumps({"error": res.stderr.strip().removeprefix("Error: "), "exit_code": 2}) + "\n")
     assert res.exception is None or isinstance(res.exception, SystemExit)
 
 

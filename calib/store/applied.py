@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import duckdb
+
+
+def write_clock(con: duckdb.DuckDBPyConnection, *floors: datetime | None) -> datetime:
+    """The time a write transaction records, read while it holds the file.
+
+    Never before the newest `applied_multipliers_log.changed_at` (the log never
+    runs backwards, even if the wall clock steps back) nor before any of
+    `floors` (a run is never applied before it was created).
+    """
+    row = con.execute("SELECT max(changed_at) FROM applied_multipliers_log").fetchone()
+    candidates = [datetime.now(UTC), *(f for f in floors if f is not None)]
+    if row and row[0] is not None:
+        candidates.append(row[0])
+    return max(candidates)
 
 
 def write_applied(
@@ -16,8 +30,11 @@ def write_applied(
     run_id: str,
     at: datetime,
     reason: str,
-) -> None:
-    """Upsert global and per-band multipliers and log each change. Caller owns the transaction."""
+) -> int:
+    """Upsert global and per-band multipliers and log each change. Caller owns the transaction.
+
+    Returns the log's `change_id` of the global change: the run's `applied_seq`.
+    """
     values = {"global": float(global_multiplier), **{k: float(v) for k, v in band_multipliers.items()}}
     old = dict(
         con.execute(
@@ -26,6 +43,7 @@ def write_applied(
     )
     row = con.execute("SELECT coalesce(max(change_id), 0) FROM applied_multipliers_log").fetchone()
     next_id = int(row[0]) + 1 if row else 1
+    global_id = next_id  # "global" is the first scope written
     for scope, mult in values.items():
         con.execute(
             "INSERT OR REPLACE INTO applied_multipliers (underlying, scope, multiplier, updated_at, run_id) "
@@ -37,6 +55,7 @@ def write_applied(
             [next_id, at, underlying, scope, old.get(scope), mult, run_id, reason],
         )
         next_id += 1
+    return global_id
 
 
 def read_applied(con: duckdb.DuckDBPyConnection, underlying: str) -> dict[str, tuple[float, datetime, str | None]]:

@@ -11,9 +11,8 @@ import polars as pl
 
 from calib.backtest.run import STEP_FIELDS, BacktestResult
 from calib.engine.result import clean_json
-from calib.errors import StoreError
 from calib.store.catalog import has_table
-from calib.store.connection import connect
+from calib.store.connection import connect, write_transaction
 
 _STEP_SCHEMA: dict[str, Any] = {
     "as_of": pl.Datetime("us", "UTC"), "status": pl.String, "reason": pl.String,
@@ -40,17 +39,11 @@ def record_backtest(db_path: Path | str, result: BacktestResult) -> None:
            s["mean_oos_vmae_pct_best"], s["improvement_pct"], json.dumps(clean_json(asdict(cfg.policy))),
            json.dumps(clean_json(s), allow_nan=False)]
     cols = ", ".join(("backtest_id", "step_index", *STEP_FIELDS))
-    with connect(db_path, read_only=False) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute(f"INSERT INTO backtests VALUES ({', '.join('?' for _ in row)})", row)
-            con.register("new_backtest_steps", steps)
-            con.execute(f"INSERT INTO backtest_steps ({cols}) SELECT {cols} FROM new_backtest_steps")
-            con.unregister("new_backtest_steps")
-            con.execute("COMMIT")
-        except Exception as e:
-            con.execute("ROLLBACK")
-            raise StoreError(f"could not record backtest {result.backtest_id}: {e}") from e
+    with write_transaction(db_path, f"record backtest {result.backtest_id}") as con:
+        con.execute(f"INSERT INTO backtests VALUES ({', '.join('?' for _ in row)})", row)
+        con.register("new_backtest_steps", steps)
+        con.execute(f"INSERT INTO backtest_steps ({cols}) SELECT {cols} FROM new_backtest_steps")
+        con.unregister("new_backtest_steps")
 
 
 def newest_backtest(db_path: Path | str, underlying: str) -> tuple[dict[str, Any], pl.DataFrame] | None:

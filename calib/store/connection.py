@@ -8,18 +8,27 @@ retries with backoff for a bounded time before a clear StoreError.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import duckdb
 
-from calib.errors import StoreError, StoreLockedError
+from calib.errors import CalibError, StoreError, StoreLockedError
 
 # Files stay readable by the DuckDB 1.5 CLI (`pip install duckdb-cli==1.5.6`).
 STORAGE_COMPATIBILITY = "v1.5.0"
 LOCK_RETRY_SECONDS = 10.0
+
+
+def lock_retry_s() -> float:
+    """How long opens retry a lock held by another process: env CALIB_LOCK_RETRY_S, default 10 s."""
+    try:
+        return max(0.0, float(os.environ.get("CALIB_LOCK_RETRY_S", LOCK_RETRY_SECONDS)))
+    except ValueError:
+        return LOCK_RETRY_SECONDS
 
 
 def _is_lock_error(e: Exception) -> bool:
@@ -74,8 +83,8 @@ def connect(db_path: Path | str, *, read_only: bool, retry_s: float | None = Non
             ) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open `db_path` briefly; retry lock conflicts for up to `retry_s` seconds.
 
-    `retry_s` None: `LOCK_RETRY_SECONDS`, or the wait of an enclosing
-    `calib.store.read_retry.lock_wait` block.
+    `retry_s` None: `lock_retry_s()` (env CALIB_LOCK_RETRY_S, default 10 s), or the wait of
+    an enclosing `calib.store.read_retry.lock_wait` block.
 
     `settings` are extra DuckDB configuration options fixed at open time (the
     `calib sql` sandbox passes its own).
@@ -87,10 +96,13 @@ def connect(db_path: Path | str, *, read_only: bool, retry_s: float | None = Non
         from calib.store.read_retry import LOCK_WAIT_S
 
         wait_s = LOCK_WAIT_S.get()
-        retry_s = LOCK_RETRY_SECONDS if wait_s is None else wait_s
+        retry_s = lock_retry_s() if wait_s is None else wait_s
     path = Path(db_path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise StoreError(f"history file {path} is empty (0 bytes), not a DuckDB database: remove it, then record "
+                         "a run (or build a demo history with `calib demo-db`)")
     if read_only and not path.exists():
-        raise StoreError(f"history file {path} does not exist yet: run `calib auto-calibrate` or `calib demo-data` first")
+        raise StoreError(f"history file {path} does not exist yet: run `calib demo-db` for a demo history, or record a run with `calib auto-calibrate`")
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     # One DuckDB worker thread: history queries are tiny, and starting a pool of threads per
@@ -128,7 +140,82 @@ def connect(db_path: Path | str, *, read_only: bool, retry_s: float | None = Non
         if not read_only:
             from calib.store.migrations import migrate
 
-            migrate(con)
+            try:
+                migrate(con)
+            except duckdb.Error as e:
+                raise StoreError(f"could not bring {path} up to date: {_one_line(e)}") from e
         yield con
     finally:
         con.close()
+
+
+def rollback_quietly(con: duckdb.DuckDBPyConnection) -> None:
+    """ROLLBACK when a transaction is still open.
+
+    A failed COMMIT (a full disk) has already ended the transaction, so a plain
+    ROLLBACK would raise "no transaction is active" over the real error.
+    """
+    with suppress(duckdb.Error):
+        con.execute("ROLLBACK")
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    if "no space left" in text.lower() or getattr(e, "errno", None) == 28:
+        return f"the disk is full ({text})"
+    return text
+
+
+@contextmanager
+def write_transaction(db_path: Path | str, what: str) -> Iterator[duckdb.DuckDBPyConnection]:
+    """One write transaction on a short-lived connection: COMMIT on success, ROLLBACK otherwise.
+
+    calib's own errors pass through unchanged; a DuckDB or OS error (a failed
+    COMMIT on a full disk included) becomes one StoreError line "could not
+    <what>: ...". DuckDB discards an uncommitted transaction, so the file keeps
+    its last committed state.
+    """
+    with connect(db_path, read_only=False) as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            yield con
+            con.execute("COMMIT")
+        except CalibError:
+            rollback_quietly(con)
+            raise
+        except (duckdb.Error, OSError) as e:
+            rollback_quietly(con)
+            raise StoreError(f"could not {what}: {_one_line(e)}") from e
+        except BaseException:
+            rollback_quietly(con)
+            raise
+
+
+def check_writable(db_path: Path | str) -> None:
+    """Fail fast, before any calibration runs, when a write to `db_path` is bound to fail.
+
+    Raises StoreError when the file (or the directory that would hold a new
+    one) cannot be written, when it is empty or not a DuckDB file, or when a
+    newer calib wrote its schema (defect 6: never write a schema this code does
+    not know). A lock held by another writer is no reason: the write retries.
+    """
+    path = Path(db_path)
+    if path.exists():
+        if path.is_dir():
+            raise StoreError(f"history file {path} is a directory; give --db a file path")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise StoreError(f"history file {path} is not writable (permissions): choose another --db")
+    else:
+        parent = next((p for p in path.parents if p.exists()), None)
+        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise StoreError(f"cannot create history file {path}: {parent} is not a writable directory")
+        return
+    from calib.store.migrations import SCHEMA_VERSION, newer_schema_error
+
+    with connect(path, read_only=True) as con:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        if "schema_migrations" not in tables:
+            return
+        row = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    if row and row[0] is not None and int(row[0]) > SCHEMA_VERSION:
+        raise StoreError(newer_schema_error(path, int(row[0])))

@@ -10,9 +10,8 @@ from typing import Any
 import duckdb
 
 from calib.engine.result import CalibrationResult, clean_json
-from calib.errors import StoreError
 from calib.policy import PolicyOutcome
-from calib.store.connection import connect
+from calib.store.connection import write_transaction
 
 RUN_COLUMNS: tuple[str, ...] = (
     "run_id", "created_at", "source", "underlying", "dte_min", "dte_max", "lookback_days", "n_samples",
@@ -21,6 +20,9 @@ RUN_COLUMNS: tuple[str, ...] = (
     "result", "n_snapshots", "at_bound", "rv_7d_pct", "atm_iv_pct", "coverage_pct", "rows_scanned",
     "window_start", "window_end", "replay", "policy_decision", "policy_reason", "smoothed_band_multipliers",
 )
+
+# "Newest" run: the last one committed (`seq`, migration 4), wall time only for rows without it.
+NEWEST_FIRST = "seq DESC NULLS LAST, created_at DESC"
 
 
 def run_row(result: CalibrationResult, outcome: PolicyOutcome | None, applied_at: datetime | None) -> dict[str, Any]:
@@ -71,10 +73,19 @@ def run_row(result: CalibrationResult, outcome: PolicyOutcome | None, applied_at
     }
 
 
-def insert_run(con: duckdb.DuckDBPyConnection, row: dict[str, Any]) -> None:
-    cols = ", ".join(RUN_COLUMNS)
-    marks = ", ".join("?" for _ in RUN_COLUMNS)
-    con.execute(f"INSERT INTO calibration_runs ({cols}) VALUES ({marks})", [row[c] for c in RUN_COLUMNS])
+def insert_run(con: duckdb.DuckDBPyConnection, row: dict[str, Any], *, applied_seq: int | None = None) -> int:
+    """Insert one run inside the caller's write transaction; returns its `seq`.
+
+    `seq` is max + 1 read in the same transaction: one writer holds the file at a
+    time, so it numbers runs in commit order (the order "newest" means).
+    """
+    got = con.execute("SELECT coalesce(max(seq), 0) + 1 FROM calibration_runs").fetchone()
+    seq = int(got[0]) if got else 1
+    cols = ", ".join((*RUN_COLUMNS, "seq", "applied_seq"))
+    marks = ", ".join("?" for _ in range(len(RUN_COLUMNS) + 2))
+    con.execute(f"INSERT INTO calibration_runs ({cols}) VALUES ({marks})",
+                [*(row[c] for c in RUN_COLUMNS), seq, applied_seq])
+    return seq
 
 
 def record_run(db_path: Path | str, result: CalibrationResult) -> None:
@@ -84,11 +95,5 @@ def record_run(db_path: Path | str, result: CalibrationResult) -> None:
     `calib.live.record_live_run`, which decides and writes in one transaction.
     """
     row = run_row(result, None, None)
-    with connect(db_path, read_only=False) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            insert_run(con, row)
-            con.execute("COMMIT")
-        except Exception as e:
-            con.execute("ROLLBACK")
-            raise StoreError(f"could not record run {result.run_id}: {e}") from e
+    with write_transaction(db_path, f"record run {result.run_id}") as con:
+        insert_run(con, row)

@@ -9,7 +9,9 @@ from datetime import UTC, datetime
 
 import duckdb
 
+from calib.errors import StoreError
 from calib.store.catalog import has_table
+from calib.store.connection import rollback_quietly
 
 MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (
@@ -145,8 +147,35 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        4,
+        "run_and_apply_sequence",
+        (
+            # Issue 13: "newest" is the order of commits, never wall time (clocks step, and a run's
+            # created_at is taken before its writer holds the file). `seq` numbers runs in insert
+            # order; `applied_seq` is the `applied_multipliers_log.change_id` of the global change
+            # that applied the run, so the newest applied run and the log cannot disagree.
+            "ALTER TABLE calibration_runs ADD COLUMN IF NOT EXISTS seq BIGINT",
+            "ALTER TABLE calibration_runs ADD COLUMN IF NOT EXISTS applied_seq BIGINT",
+            """UPDATE calibration_runs SET seq = b.k
+               FROM (SELECT run_id, row_number() OVER (ORDER BY created_at, run_id) AS k FROM calibration_runs) b
+               WHERE calibration_runs.run_id = b.run_id""",
+            """UPDATE calibration_runs SET applied_seq = l.change_id
+               FROM (SELECT underlying, run_id, max(change_id) AS change_id FROM applied_multipliers_log
+                     WHERE scope = 'global' GROUP BY ALL) l
+               WHERE calibration_runs.applied AND calibration_runs.run_id = l.run_id
+                 AND calibration_runs.underlying = l.underlying""",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def newer_schema_error(path: object, version: int) -> str:
+    """The refusal to write a file whose schema a newer calib made (issue 13, defect 6)."""
+    return (f"history file {path} has schema v{version}, newer than this calib knows (v{SCHEMA_VERSION}): "
+            f"a calib that knows schema v{version} or later must write it (upgrade calib); "
+            "reading it with this one is still allowed")
 
 
 def current_version(con: duckdb.DuckDBPyConnection) -> int:
@@ -161,6 +190,9 @@ def migrate(con: duckdb.DuckDBPyConnection, *, upto: int | None = None) -> list[
     target = SCHEMA_VERSION if upto is None else upto
     try:  # the common case, a file already at the target version: one cheap query, no DDL
         row = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        if row and row[0] is not None and int(row[0]) > SCHEMA_VERSION:
+            # A newer calib's columns and rules are unknown here: writing could break them.
+            raise StoreError(newer_schema_error(con.execute("PRAGMA database_list").fetchone()[2], int(row[0])))  # type: ignore[index]
         if row and row[0] is not None and int(row[0]) >= target:
             return []
     except duckdb.CatalogException:  # no schema_migrations table yet
@@ -181,7 +213,7 @@ def migrate(con: duckdb.DuckDBPyConnection, *, upto: int | None = None) -> list[
             con.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, name, datetime.now(UTC)])
             con.execute("COMMIT")
         except Exception:
-            con.execute("ROLLBACK")
+            rollback_quietly(con)
             raise
         applied.append(version)
     return applied

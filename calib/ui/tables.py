@@ -504,3 +504,33 @@ def run_options(live_runs: pl.DataFrame, history: pl.DataFrame) -> list[tuple[st
     live_first = [i for i in items if i[3] == "live"][:1]
     rest = [i for i in items if i not in live_first]
     return [(i[1], i[2]) for i in live_first + rest]
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeChange:
+    scope: str
+    old: float | None  # None: nothing applied for this scope yet
+    new: float
+
+
+def force_apply_changes(applied: pl.DataFrame, run: dict[str, Any], result: dict[str, Any]) -> list[ScopeChange]:
+    """What Force-Apply of `run` writes: each scope's applied value now -> the run's smoothed value.
+
+    Global first, then the bands in their stored order; the values are the ones
+    `force_apply_latest` writes (its smoothed global and non-null smoothed bands).
+    """
+    new: dict[str, float] = {}
+    g = fmt.as_number(run.get("smoothed_multiplier"))
+    if g is not None:
+        new["global"] = g
+    bands = ((result.get("policy") or {}).get("smoothed_bands") or {}) if isinstance(result, dict) else {}
+    new.update({str(k): float(v) for k, v in bands.items() if fmt.as_number(v) is not None})
+    old = {str(r["scope"]): fmt.as_number(r.get("multiplier")) for r in applied.iter_rows(named=True)} \
+        if applied.height else {}
+    return [ScopeChange(scope=k, old=old.get(k), new=v) for k, v in new.items()]
+
+
+def force_apply_text(changes: list[ScopeChange]) -> str:
+    """"Global 1.0367 → 1.0671, Weekly (none) → 1.0500, ..." for the confirmation."""
+    return ", ".join(f"{c.scope.title()} {fmt.fmt_mult(c.old) if c.old is not None else '(none)'} → "
+                     f"**{fmt.fmt_mult(c.new)}**" for c in changes)

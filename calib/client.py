@@ -21,7 +21,7 @@ from typing import Any
 
 from calib._typing import UNDERLYINGS
 from calib.config import DEFAULT_DB
-from calib.errors import InvalidInputError
+from calib.errors import InvalidInputError, StoreError
 from calib.queries import (
     AppliedMultipliers,
     SkewInForce,
@@ -71,12 +71,16 @@ def applied_multipliers(underlying: str, *, db: Path | str | None = None,
                         retry_s: float = DEFAULT_RETRY_S) -> AppliedMultipliers:
     """The multipliers in force for `underlying`: global, per band, updated_at, run_id and skew.
 
-    `global_multiplier` is None (and `bands` empty) when nothing was ever applied,
-    or the file does not exist yet: the engine then uses 1.0. `to_dict()` is
-    exactly what `calib state --json` prints.
+    `global_multiplier` is None (and `bands` empty) when nothing was ever applied:
+    the engine then uses 1.0. `to_dict()` is exactly what `calib state --json`
+    prints. A history file that does not exist raises StoreError, as `calib state`
+    exits 2 and `calib serve` answers 503: a wrong path must not read as "nothing applied".
     """
     und = check_underlying(underlying)
     path = resolve_db(db)
+    if not path.exists():
+        raise StoreError(f"history file {path} does not exist: run `calib demo-db` for a demo history, "
+                         "or record a run with `calib calibrate-live` or `calib auto-calibrate`")
     return read_retrying(lambda: applied_state(path, und), retry_s=retry_s, what=f"history file {path}")
 
 

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from calib import client
 from calib.config import AlertsConfig, load_settings
-from calib.errors import InvalidInputError, StoreLockedError
+from calib.errors import InvalidInputError, StoreError, StoreLockedError
 from calib.queries import list_runs, run_result
 from calib.server import is_loopback
 from calib.store.connection import connect
@@ -148,8 +148,11 @@ def test_client_rejects_bad_arguments(demo_db: Path) -> None:
     assert client.get_run("no-such-run", db=demo_db) is None
     # No file yet: nothing applied, as `calib state --json` says.
     missing = demo_db.parent / "none.duckdb"
-    assert client.applied_multipliers("BTC", db=missing).to_dict() == _cli_json(
-        "state", "--underlying", "BTC", "--db", str(missing), "--json")
+    with pytest.raises(StoreError, match="does not exist"):  # as `calib state` (exit 2) and HTTP (503)
+        client.applied_multipliers("BTC", db=missing)
+    res = subprocess.run([*CLI, "state", "--underlying", "BTC", "--db", str(missing), "--json"],
+                         capture_output=True, text=True, env=_env(), timeout=120)
+    assert res.returncode == 2 and "does not exist" in json.loads(res.stdout)["error"]
 
 
 # ------------------------------------------------------------------ HTTP errors, read-only

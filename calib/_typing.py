@@ -15,7 +15,9 @@ OptionType = Literal["C", "P"]
 Status = Literal["ok", "degraded", "failed"]
 Severity = Literal["info", "warning", "error"]
 RunSource = Literal["harvested", "live"]
+Extrapolation = Literal["flat", "linear"]  # the skew beyond the outer anchors
 
 UNDERLYINGS: tuple[str, ...] = ("BTC", "ETH")
 OPTION_TYPES: tuple[str, ...] = ("C", "P")
 STATUSES: tuple[str, ...] = ("ok", "degraded", "failed")
+EXTRAPOLATIONS: tuple[str, ...] = ("flat", "linear")

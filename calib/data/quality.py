@@ -266,6 +266,9 @@ def grade(issues: list[DataQualityIssue], *, coverage_pct: float | None, invalid
         degraded = True
     if files_skipped:
         degraded = True
+    # Quotes beyond the outer skew anchors above the configured vega share (the issue is a warning then).
+    if any(i.code == "wings_beyond_anchors" and i.severity == "warning" for i in out):
+        degraded = True
     if invalid_pct > th.degraded_invalid_pct:
         out.append(DataQualityIssue(
             code="invalid_rows", severity="warning",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from calib._typing import FloatArray
+from calib._typing import Extrapolation, FloatArray
 from calib.config import DAYS_PER_YEAR
 from calib.engine.model import FitInputs, skew_ratio
 
@@ -60,6 +60,7 @@ def multiplier_interval(
     level: float = CI_LEVEL,
     n_resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
+    extrapolation: Extrapolation = "flat",
 ) -> tuple[float | None, float | None]:
     """Percentile bootstrap interval `(low, high)` around `multiplier`, fitted on `g` with skew `ratios`.
 
@@ -99,7 +100,7 @@ def multiplier_interval(
     # Cell sums as (snapshot, expiry x grid), A and B side by side: one product per resample chunk.
     sums = np.empty((n_s, n_e, 2, grid.size))
     for k, m in enumerate(grid):
-        b = skew_ratio(g.z1 / m, anchors_z, ratios)
+        b = skew_ratio(g.z1 / m, anchors_z, ratios, extrapolation)
         b *= g.rv
         vb = g.vega_coin * b
         sums[:, :, 0, k] = np.bincount(cell, weights=vb * g.iv, minlength=n_s * n_e).reshape(n_s, n_e)

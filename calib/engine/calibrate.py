@@ -476,7 +476,8 @@ def _joint_fit(sample: FitInputs, s_snap: np.ndarray, fit: MultiplierFit, anchor
     if sugg.size == anchors.size:
         return joint, replace(skew, suggested_anchors_z=tuple(anchors.tolist()),
                               suggested_anchors_ratios=skew.recommended, suggested_iv_multiplier=m_star)
-    sugg_current = skew_ratio(sugg, anchors, current, extrapolation)  # today's curve read on the wider grid
+    # The recommended curve read on the wider grid: an added anchor without data keeps that value.
+    sugg_current = skew_ratio(sugg, anchors, np.asarray(skew.recommended), extrapolation)
     m_sugg, _, _ = _profile_minimum(sample, sugg, sugg_current, bounds, extrapolation)
     sfit = fit_skew(sample, m_sugg, anchors_z=sugg, current=sugg_current, snapshot_us=s_snap,
                     extrapolation=extrapolation)
@@ -508,8 +509,9 @@ def suggest_anchors(z: FloatArray, anchors: np.ndarray, *, quantile: float = SUG
         return anchors.copy()
     z_lo, z_hi = np.quantile(z, [quantile, 1.0 - quantile])
     h_lo, h_hi = anchors[1] - anchors[0], anchors[-1] - anchors[-2]
-    n_lo = int(min(max(np.ceil((anchors[0] - z_lo) / h_lo - 1e-9), 0), SUGGEST_MAX_EXTRA))
-    n_hi = int(min(max(np.ceil((z_hi - anchors[-1]) / h_hi - 1e-9), 0), SUGGEST_MAX_EXTRA))
+    # A twentieth of a step of slack: strikes on a round grid land a hair beyond an anchor.
+    n_lo = int(min(max(np.ceil((anchors[0] - z_lo) / h_lo - 0.05), 0), SUGGEST_MAX_EXTRA))
+    n_hi = int(min(max(np.ceil((z_hi - anchors[-1]) / h_hi - 0.05), 0), SUGGEST_MAX_EXTRA))
     left = anchors[0] - h_lo * np.arange(n_lo, 0, -1)
     right = anchors[-1] + h_hi * np.arange(1, n_hi + 1)
     return np.concatenate((left, anchors, right))

@@ -399,33 +399,45 @@ class _Profile:
         a = self.anchors
         na = a.size
         pos = np.searchsorted(self.z1, a * m, side="left")  # quotes with z >= a_i start at pos[i]
-        if self.linear:  # the outer segments' lines continue: their ranges take in the quotes beyond
-            pos[0], pos[-1] = 0, self.z1.size
-        cuts = np.concatenate(([0], pos, [self.z1.size]))
-        s0, s1, s2 = (np.diff(c[cuts]) for c in self.s)  # per range: below a_0, [a_i, a_i+1), above a_last
-        t0, t1 = (np.diff(c[cuts]) for c in self.t)
         h = np.diff(a)
         alpha, beta = 1.0 / (h * m), -a[:-1] / h  # hat weight f = alpha z1 + beta inside [a_l, a_l+1)
         inner = slice(1, na)
-        sf = alpha * s1[inner] + beta * s0[inner]
+
+        def range_sums(cuts: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
+            s_k = [np.diff(c[cuts]) for c in self.s]  # per range: below a_0, [a_i, a_i+1), above a_last
+            t_k = [np.diff(c[cuts]) for c in self.t]
+            sf = alpha * s_k[1][inner] + beta * s_k[0][inner]
+            support = np.zeros(na)
+            support[:-1] += s_k[0][inner] - sf
+            support[1:] += sf
+            # Clipped outside the outer anchors: all weight on the nearest one.
+            support[0] += s_k[0][0]
+            support[-1] += s_k[0][-1]
+            return s_k, t_k, sf, support
+
+        flat_cuts = np.concatenate(([0], pos, [self.z1.size]))
+        (s0, s1, s2), (t0, t1), sf, support = range_sums(flat_cuts)
+        if self.linear:
+            # The outer segments' lines continue: their ranges take in the quotes beyond. The support
+            # (does an anchor have data near it?) stays the clipped one: extended hat weights go negative.
+            lin = pos.copy()
+            lin[0], lin[-1] = 0, self.z1.size
+            cuts = np.concatenate(([0], lin, [self.z1.size]))
+            (s0, s1, s2), (t0, t1), sf, _ = range_sums(cuts)
+        else:
+            cuts = flat_cuts
         sff = alpha * alpha * s2[inner] + 2.0 * alpha * beta * s1[inner] + beta * beta * s0[inner]
         tf = (alpha * t1[inner] + beta * t0[inner]) / m
         diag = np.zeros(na)
         rhs = np.zeros(na)
-        support = np.zeros(na)
         diag[:-1] += s0[inner] - 2.0 * sf + sff
         diag[1:] += sff
         rhs[:-1] += t0[inner] / m - tf
         rhs[1:] += tf
-        support[:-1] += s0[inner] - sf
-        support[1:] += sf
-        # Clipped outside the outer anchors: all weight on the nearest one.
         diag[0] += s0[0]
         rhs[0] += t0[0] / m
-        support[0] += s0[0]
         diag[-1] += s0[-1]
         rhs[-1] += t0[-1] / m
-        support[-1] += s0[-1]
         ratios, _ = solve_from_sums(diag, sf - sff, rhs, support, a, self.current)
         # J quote by quote: the curve is linear in z1 within each range.
         slope = np.diff(ratios) / (h * m)

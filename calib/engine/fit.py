@@ -44,6 +44,7 @@ class SortedQuotes:
         self.p = [np.concatenate((zero, np.cumsum(v))) for v in (wr2, wr2 * self.z1, wr2 * self.z1 * self.z1)]
         self.q = [np.concatenate((zero, np.cumsum(v))) for v in (wri, wri * self.z1)]
         self.r = float(np.dot(w, iv * iv))
+        self.w, self.rv, self.iv = w, rv, iv
 
     def __len__(self) -> int:
         return int(self.z1.size)
@@ -67,6 +68,61 @@ class SortedQuotes:
         return float(np.dot(c, q0 - s * p1)) / den if den > 0 else m
 
 
+    def bracket_minimum(self, a: float, b: float, pieces: tuple[FloatArray, FloatArray, FloatArray]) -> float:
+        """The exact minimizer of ``f`` on ``[a, b]``: a sweep over the cells where no quote changes piece.
+
+        Quote i crosses knot k at ``m = z1_i / k``; sorted, these crossings
+        cut ``[a, b]`` into cells on which ``f = A2 m^2 + A1 m + A0``. Each
+        crossing moves one quote to the neighbouring piece, so the cells'
+        coefficients are a cumulative sum of per-crossing changes; each cell's
+        minimum is its vertex clipped to the cell. O(crossings log crossings).
+        """
+        knots, c, s = pieces
+        z1, w, rv, iv = self.z1, self.w, self.rv, self.iv
+
+        def coefs(idx: np.ndarray, piece: np.ndarray) -> tuple[FloatArray, FloatArray, FloatArray]:
+            """This quote's terms on that piece: w (rv c m + rv s z1 - iv)^2 = a2 m^2 + a1 m + a0."""
+            alpha = rv[idx] * c[piece]
+            beta = rv[idx] * s[piece] * z1[idx] - iv[idx]
+            wi = w[idx]
+            return wi * alpha * alpha, 2.0 * wi * alpha * beta, wi * beta * beta
+
+        start = np.searchsorted(knots, z1 / a, side="right")  # each quote's piece at m = a
+        a2, a1, a0 = (float(v.sum()) for v in coefs(np.arange(z1.size), start))
+        m_cross, d2, d1, d0 = [np.zeros(0)], [np.zeros(0)], [np.zeros(0)], [np.zeros(0)]
+        for j, k in enumerate(knots):
+            if k == 0.0:
+                continue
+            lo_z, hi_z = sorted((a * k, b * k))
+            i0, i1 = np.searchsorted(z1, [lo_z, hi_z], side="left")
+            idx = np.arange(i0, i1)
+            idx = idx[(z1[idx] / k > a) & (z1[idx] / k <= b)]
+            if idx.size == 0:
+                continue
+            # As m grows |z| shrinks: a quote above a positive knot drops to piece j, one below a negative rises to j + 1.
+            old, new = (np.full(idx.size, j + 1), np.full(idx.size, j)) if k > 0 else (
+                np.full(idx.size, j), np.full(idx.size, j + 1))
+            n2, n1, n0 = coefs(idx, new)
+            o2, o1, o0 = coefs(idx, old)
+            m_cross.append(z1[idx] / k)
+            d2.append(n2 - o2)
+            d1.append(n1 - o1)
+            d0.append(n0 - o0)
+        mc = np.concatenate(m_cross)
+        order = np.argsort(mc, kind="stable")
+        mc = mc.take(order)
+        c2 = a2 + np.concatenate(([0.0], np.cumsum(np.concatenate(d2).take(order))))
+        c1 = a1 + np.concatenate(([0.0], np.cumsum(np.concatenate(d1).take(order))))
+        c0 = a0 + np.concatenate(([0.0], np.cumsum(np.concatenate(d0).take(order))))
+        left = np.concatenate(([a], mc))
+        right = np.concatenate((mc, [b]))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            vertex = np.where(c2 > 0, -c1 / (2.0 * c2), left)
+        x = np.clip(vertex, left, right)
+        fx = (c2 * x + c1) * x + c0
+        return float(x[int(np.argmin(fx))])
+
+
 def fit_multiplier(
     q: QuoteArrays | ModelInputs | FitInputs | SortedQuotes,
     *,
@@ -82,9 +138,10 @@ def fit_multiplier(
     The documented objective, minimized exactly: ``z = z1 / m`` moves with m,
     so the closed form ``sum v b IV / sum v b^2`` (b = RV skew at a fixed z)
     is not its minimizer. ``f`` is piecewise quadratic in m (`SortedQuotes`):
-    a log grid over the whole of ``bounds``, Brent in the best cells, then the
-    exact minimizer of the quadratic piece it lands on
-    (`calib.numerics.optimize.minimize_on_grid`). ``at_bound`` holds only when
+    a log grid over the whole of ``bounds``, then the exact minimum in the
+    best grid cells by a sweep over the quadratic pieces there
+    (`SortedQuotes.bracket_minimum`; the bracket moves while the optimum sits
+    on an inner edge, `calib.numerics.optimize.minimize_on_grid`). ``at_bound`` holds only when
     the optimum is on a bound itself. Weights ``v`` are Black-76 vegas at the
     market IV, which makes the vol error a first-order proxy for the price
     error.
@@ -97,7 +154,8 @@ def fit_multiplier(
     pieces = curve_pieces(anchors_z, ratios, extrapolation)
     lo, hi = bounds
     best = minimize_on_grid(lambda m: sq.objective(m, pieces), lo, hi,
-                            polish=lambda m: _polish(sq, m, pieces))
+                            polish=lambda m: _polish(sq, m, pieces),
+                            bracket_solver=lambda a, b: sq.bracket_minimum(a, b, pieces))
     m = best.x
     return MultiplierFit(multiplier=m, unclipped=sq.local_minimizer(m, pieces) if best.at_bound else m,
                          at_bound=best.at_bound, iterations=best.evaluations)

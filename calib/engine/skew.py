@@ -157,7 +157,11 @@ def skew_sums(
     diag = by_left(wl - wl_frac) + by_right(wr * frac)
     off = by_left(wl_frac)[: a - 1]
     rhs = by_left(wl * ratio) + by_right(wr * ratio)
-    support = by_left(wl) + by_right(wr)
+    if extrapolation == "linear":  # support counts data near an anchor: the clipped weights (extended ones go negative)
+        wr_c = w * np.clip(frac, 0.0, 1.0)
+        support = by_left(w - wr_c) + by_right(wr_c)
+    else:
+        support = by_left(wl) + by_right(wr)
     counts = nearest_anchor_counts(left, frac, a) if with_counts else None
     return diag, off, rhs, support, counts
 

@@ -135,6 +135,7 @@ class BoundedMinimum:
 
 def minimize_on_grid(func: Callable[[float], float], lo: float, hi: float, *, n_grid: int = GRID_POINTS,
                      xatol_rel: float = 1e-10, polish: Callable[[float], float] | None = None,
+                     bracket_solver: Callable[[float, float], float] | None = None,
                      maxiter: int = 500) -> BoundedMinimum:
     """Minimize `func` on ``[lo, hi]`` (``0 < lo < hi``): a log grid, then Brent in the best grid cell pair.
 
@@ -150,6 +151,10 @@ def minimize_on_grid(func: Callable[[float], float], lo: float, hi: float, *, n_
     3. `polish(x)` (optional) proposes an exact refinement, e.g. the
        minimizer of a piecewise quadratic in the cell holding ``x``; it is
        kept only when inside the bracket and not worse.
+
+    `bracket_solver(a, b)` (optional) replaces Brent in step 2 by an exact
+    minimizer on ``[a, b]``, e.g. a sweep over a piecewise quadratic's cells
+    (Brent finds a local minimum, and such a function can have many).
 
     `at_lower` / `at_upper` hold only when the optimum is within
     ``1e-7`` (relative) of ``lo`` / ``hi`` themselves. Non-finite values of
@@ -175,7 +180,10 @@ def minimize_on_grid(func: Callable[[float], float], lo: float, hi: float, *, n_
         seen.add(k)
         i, j = max(k - 1, 0), min(k + 1, last)
         a, b = float(grid[i]), float(grid[j])
-        x = minimize_bounded(f, a, b, xatol=xatol_rel * b, maxiter=maxiter)
+        if bracket_solver is not None:
+            x = float(bracket_solver(a, b))
+        else:
+            x = minimize_bounded(f, a, b, xatol=xatol_rel * b, maxiter=maxiter)
         fx = f(x)
         if fx > values[k]:  # Brent never evaluates the grid point itself: keep it when it is better
             x, fx = float(grid[k]), float(values[k])

@@ -19,7 +19,13 @@ from scipy.optimize import minimize_scalar
 from typer.testing import CliRunner
 
 from calib.calibration import run_historical_calibration_from_harvest
-from calib.config import CalibrationConfig, HarvestConfig, QualityThresholds, SkewConfig, load_settings
+from calib.config import (
+    CalibrationConfig,
+    HarvestConfig,
+    QualityThresholds,
+    SkewConfig,
+    load_settings,
+)
 from calib.engine.calibrate import calibrate_quotes, suggest_anchors
 from calib.engine.fit import SortedQuotes, fit_multiplier
 from calib.engine.model import FitInputs, QuoteArrays, curve_pieces, skew_ratio
@@ -269,7 +275,7 @@ def test_every_reported_multiplier_minimizes_its_documented_objective(ext: str) 
 
 def test_the_old_closed_form_fixed_point_is_not_the_optimum() -> None:
     """Why the fit changed: sum v b IV / sum v b^2 at b = RV skew(z1 / m) ignores that z moves with m."""
-    q, plain, dte = _random_quotes(3)
+    _q, plain, dte = _random_quotes(3)
     anchors, current = np.array(SkewConfig().anchors_z), np.array(SkewConfig().current_ratios)
     g = plain.take(np.flatnonzero((dte >= 3) & (dte <= 10)))
     m = 1.0

@@ -484,7 +484,7 @@ def _joint_fit(sample: FitInputs, s_snap: np.ndarray, fit: MultiplierFit, anchor
     joint = MultiplierFit(multiplier=m_star, unclipped=m_star, at_bound=at_bound or fit.at_bound, iterations=n_eval)
     skew = fit_skew(sample, m_star, anchors_z=anchors, current=current, snapshot_us=s_snap,
                     smile_from=smile_from, extrapolation=extrapolation)
-    sugg = suggest_anchors(sample.z1 / m_star, anchors)
+    sugg = suggest_anchors(sample.z1 / m_star, anchors, sample.vega_coin)
     if sugg.size == anchors.size:
         return joint, replace(skew, suggested_anchors_z=tuple(anchors.tolist()),
                               suggested_anchors_ratios=skew.recommended, suggested_iv_multiplier=m_star)
@@ -506,20 +506,30 @@ def _profile_minimum(sample: FitInputs, anchors: np.ndarray, current: np.ndarray
     return best.x, best.at_bound, best.evaluations
 
 
-SUGGEST_QUANTILE = 0.005  # the suggested grid covers the sample's z from this quantile to 1 - it
+SUGGEST_QUANTILE = 0.005  # the suggested grid covers the sample's vega from this quantile of z to 1 - it
 SUGGEST_MAX_EXTRA = 6  # anchors added per side at most
 
 
-def suggest_anchors(z: FloatArray, anchors: np.ndarray, *, quantile: float = SUGGEST_QUANTILE) -> np.ndarray:
+def suggest_anchors(z: FloatArray, anchors: np.ndarray, weights: FloatArray | None = None, *,
+                    quantile: float = SUGGEST_QUANTILE) -> np.ndarray:
     """The anchors, extended outward in steps of the outer spacing until they cover the bulk of `z`.
 
     Each side gets anchors ``a_0 - h_0, a_0 - 2 h_0, ...`` (``h_0`` the outer
-    segment's width) until one lies at or beyond the `quantile` of `z` (at
-    most `SUGGEST_MAX_EXTRA`); a side already covered is unchanged.
+    segment's width) until one lies at or beyond the `quantile` of `z`
+    weighted by `weights` (the fit's vegas: deep wings at the tick floor carry
+    no information), at most `SUGGEST_MAX_EXTRA`; a side already covered is unchanged.
     """
     if z.size == 0:
         return anchors.copy()
-    z_lo, z_hi = np.quantile(z, [quantile, 1.0 - quantile])
+    order = np.argsort(z)
+    zs = z.take(order)
+    w = np.ones(z.size) if weights is None else np.asarray(weights, dtype=np.float64).take(order)
+    cum = np.cumsum(w)
+    if not cum[-1] > 0:
+        return anchors.copy()
+    cum /= cum[-1]
+    z_lo = zs[min(int(np.searchsorted(cum, quantile, side="left")), zs.size - 1)]
+    z_hi = zs[min(int(np.searchsorted(cum, 1.0 - quantile, side="left")), zs.size - 1)]
     h_lo, h_hi = anchors[1] - anchors[0], anchors[-1] - anchors[-2]
     # A twentieth of a step of slack: strikes on a round grid land a hair beyond an anchor.
     n_lo = int(min(max(np.ceil((anchors[0] - z_lo) / h_lo - 0.05), 0), SUGGEST_MAX_EXTRA))

@@ -236,7 +236,7 @@ def _random_quotes(seed: int) -> tuple[QuoteArrays, FitInputs, np.ndarray]:
 def test_every_reported_multiplier_minimizes_its_documented_objective(ext: str) -> None:
     """Current-skew (what the policy applies), recommended (joint), and each band's, both skews.
 
-    Before: the current-skew multiplier was the closed form's fixed point, 0.5-2 % off its objective's minimum.
+    Before: the current-skew multiplier was the closed form's fixed point, ~0.2-0.3 % off its objective's minimum.
     """
     q, plain, dte = _random_quotes(7)
     skew = SkewConfig(extrapolation=ext)  # type: ignore[arg-type]

@@ -139,7 +139,7 @@ def render_live_summary(db: Path, data: queries.DashboardData) -> None:
         st.code(commands(db, data.underlying, auto=False), language="bash")
         return
     run, result = latest.run, latest.result
-    show_html(tables.run_line(run, "Latest live run"))
+    show_html(tables.run_line(run, "Latest live run", chain_time=(result.get("window") or {}).get("newest_snapshot")))
     outage = live_feed_outage(data.live_runs)
     if outage is not None:
         last = fmt.fmt_ts(outage.last_reached) + " UTC" if outage.last_reached is not None else "none recorded"

@@ -123,6 +123,26 @@ def _ci(m: dict[str, Any]) -> str:
     return "" if lo is None or hi is None else f" [{lo:.4f}-{hi:.4f}]"
 
 
+_BAND_GUARD = {"ok": "ok", "too_few_samples": "too few samples: not applied", "failed": "FAILED"}
+
+
+def _age(created: datetime, data_time: datetime) -> str:
+    minutes = (created - data_time).total_seconds() / 60
+    return (f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.1f} h" if minutes < 2880
+            else f"{minutes / 1440:.1f} days")
+
+
+def _chain_time_lines(d: dict[str, Any]) -> list[str]:
+    """The data's time beside the run's: a stale chain is visible (issue 12)."""
+    newest = (d.get("window") or {}).get("newest_snapshot")
+    created = d.get("created_at")
+    if not newest or not created:
+        return []
+    n, c = datetime.fromisoformat(newest), datetime.fromisoformat(created)
+    label = "Chain time" if d["source"] == "live" else "Newest snap"
+    return [f"{label:12}{n:%Y-%m-%d %H:%M}Z  (age {_age(c, n)} at run time {c:%Y-%m-%d %H:%M}Z)"]
+
+
 def _render_summary(d: dict[str, Any], db: Path) -> str:
     gm, dq = d["global_metrics"], d["data_quality"]
     w = d.get("window") or {}
@@ -134,8 +154,12 @@ def _render_summary(d: dict[str, Any], db: Path) -> str:
         f"from {d['n_snapshots']:,} snapshots    rows scanned {dq['rows_scanned']:,}",
         f"RV_7d       {_fmt(gm['rv_7d_pct'], '.1f', '%')}    ATM IV {_fmt(gm['atm_iv_pct'], '.1f', '%')}"
         f"    IV/RV {_fmt(gm.get('iv_rv_ratio'), '.3f')}",
+        *_chain_time_lines(d),
         f"Multiplier  tested {_fmt(gm['multiplier_tested'], '.4f')}    recommended "
-        f"{_fmt(gm['recommended_iv_multiplier'], '.4f')}{_ci(gm)}" + ("  (AT BOUND)" if gm["at_bound"] else ""),
+        f"{_fmt(gm['recommended_iv_multiplier'], '.4f')}{_ci(gm)}" + ("  (AT BOUND)" if gm["at_bound"] else "")
+        + f"    current-skew {_fmt(gm.get('recommended_iv_multiplier_current_skew'), '.4f')}",
+        "            (Recommended goes with the recommended skew below; current-skew is the multiplier fitted with",
+        "            your current skew, the value the live policy smooths and applies until you change the skew)",
         "",
         f"{'':16}{'MAE %':>10}{'vMAE %':>10}{'bias %':>10}{'MAE volpt':>11}",
     ]
@@ -145,13 +169,15 @@ def _render_summary(d: dict[str, Any], db: Path) -> str:
     lines.append(f"{'at recommended':16}{_fmt(gm['mae_pct']):>10}{_fmt(gm['vega_weighted_mae_pct']):>10}"
                  f"{_fmt(gm['bias_pct']):>10}{_fmt(gm['mae_vol_points']):>11}")
     if d["bands"]:
-        lines += ["", f"{'Band':12}{'DTE':>10}{'samples':>10}{'Rec. IV Mult':>14}{'90% CI':>18}{'vMAE %':>10}"
-                      f"{'MAE %':>10}"]
+        lines += ["", f"{'Band':12}{'DTE':>10}{'samples':>10}{'Rec. IV Mult':>14}{'90% CI':>18}{'Cur. skew':>11}"
+                      f"{'vMAE %':>10}{'MAE %':>10}  Guard"]
         for b in d["bands"]:
             rng = f"{b['dte_min']:g}-{b['dte_max']:g}"
             lines.append(f"{b['name']:12}{rng:>10}{b['n_samples']:>10,}"
                          f"{_fmt(b['recommended_iv_multiplier'], '.4f'):>14}{_ci(b).strip() or '-':>18}"
-                         f"{_fmt(b['vega_weighted_mae_pct']):>10}{_fmt(b['mae_pct']):>10}")
+                         f"{_fmt(b.get('recommended_iv_multiplier_current_skew'), '.4f'):>11}"
+                         f"{_fmt(b['vega_weighted_mae_pct']):>10}{_fmt(b['mae_pct']):>10}  "
+                         + _BAND_GUARD.get(b.get("status", "ok"), str(b.get("status"))))
     sk = d.get("skew")
     if sk and sk.get("misfit") is not None:
         lines += ["", f"Skew misfit {sk['misfit']:.4f}  (max |diff| {sk['max_abs_diff']:.4f} at z = "
@@ -199,6 +225,15 @@ def _emit(d: dict[str, Any], db: Path, json_out: bool) -> None:
         typer.echo(_render_summary(d, db))
         if d["status"] == "failed":
             typer.echo("\n" + _warning_block(d))
+
+
+def _alert(settings: Any, d: dict[str, Any]) -> None:
+    """After the run is recorded and shown: the `[alerts]` webhook, if due. Never changes the exit code."""
+    if not settings.alerts.enabled or d.get("status") not in settings.alerts.on:
+        return
+    from calib.alerts import notify_run
+
+    notify_run(settings.alerts, d, log=lambda line: typer.echo(line, err=True))
 
 
 def _option_types(text: str) -> tuple[str, ...]:
@@ -253,6 +288,7 @@ def auto_calibrate(
     _emit(d, db, json_out)
     if not json_out:
         typer.echo(f"({elapsed:.2f} s)", err=True)
+    _alert(settings, d)
     raise typer.Exit(code=EXIT_FAILED if result.status == "failed" else EXIT_OK)
 
 
@@ -307,6 +343,7 @@ def calibrate_live(
     d["policy"] = {"decision": o.decision, "reason": o.reason, "smoothed_multiplier": o.smoothed_multiplier,
                    "smoothed_bands": o.smoothed_bands}
     _emit(d, db, json_out)
+    _alert(settings, d)
     raise typer.Exit(code=EXIT_FAILED if rec.result.status == "failed" else EXIT_OK)
 
 
@@ -364,6 +401,9 @@ def state_cmd(underlying: UndOpt, db: DbOpt = DEFAULT_DB, json_out: JsonOpt = Fa
     typer.echo(f"  global     {st.global_multiplier:.4f}")
     for k, v in st.bands.items():
         typer.echo(f"  {k:10} {v:.4f}")
+    if st.skew is not None:
+        typer.echo("  skew       " + "  ".join(f"z={z:+g}: {r:.3f}" for z, r in zip(st.skew.anchors_z, st.skew.ratios,
+                                                                                    strict=True)))
 
 
 def _print_frame(df: Any, json_out: bool) -> None:
@@ -388,7 +428,7 @@ def history_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """List recent calibration runs, newest first."""
-    from calib.queries import list_runs
+    from calib.queries import json_records, list_runs
 
     try:
         df = list_runs(db, underlying=underlying.value if underlying else None,
@@ -398,8 +438,8 @@ def history_cmd(
     if df.height == 0 and not json_out:
         typer.echo("No runs recorded yet: run `calib auto-calibrate --underlying BTC`.")
         return
-    if json_out:
-        _print_frame(df, json_out)
+    if json_out:  # the same records as GET /api/calibration/history
+        typer.echo(json.dumps(json_records(df), allow_nan=False))
         return
     typer.echo(f"{'created (UTC)':17} {'und':4} {'source':9} {'status':9} {'rec':>7} {'smoothed':>8} "
                f"{'vMAE %':>7} {'MAE %':>7} {'samples':>8} {'applied':8} reason")
@@ -471,6 +511,30 @@ def backtest_cmd(
         typer.echo(json.dumps(result.to_dict(), allow_nan=False))
     else:
         typer.echo(format_backtest(result, str(db)))
+
+
+@app.command("serve")
+def serve_cmd(
+    host: Annotated[str, typer.Option(help="Bind address; anything but loopback needs CALIB_API_TOKEN.")] = (
+        "127.0.0.1"),
+    port: Annotated[int, typer.Option(help="TCP port (0: any free port).")] = 8765,
+    db: DbOpt = DEFAULT_DB,
+    retry_s: Annotated[float, typer.Option(min=0.0, help="Seconds a read retries while a writer holds the file "
+                                                         "before answering 503.")] = 5.0,
+) -> None:
+    """Read-only HTTP JSON API: /api/calibration/state, /history, /runs/{run_id}, /healthz (GET only)."""
+    from calib.server import TOKEN_ENV, ServeConfig, serve
+
+    try:
+        config = ServeConfig(db=db, host=host, port=port, token=os.environ.get(TOKEN_ENV) or None, retry_s=retry_s)
+    except CalibError as e:
+        _fail(e)
+    auth = " (bearer token required)" if config.token else ""
+    try:
+        serve(config, on_ready=lambda url: typer.echo(
+            f"calib serve: {url}/api/calibration/state?underlying=BTC reading {db}{auth}", err=True))
+    except CalibError as e:  # the port is taken, the address is not this machine's
+        _fail(e)
 
 
 @app.command("demo-data")

@@ -6,7 +6,9 @@ Public API (imported lazily so `calib --help` stays fast):
   return a `CalibrationResult` through one engine;
 - `assess_calibration_realism(...)` grades a calibration ok / degraded / failed;
 - `CalibrationConfig`, `HarvestConfig`, `PolicyConfig`, `load_settings` configure it;
-- `force_apply_latest(db, underlying)` is the Force-Apply Latest action.
+- `force_apply_latest(db, underlying)` is the Force-Apply Latest action;
+- `calib.client.applied_multipliers(underlying, db=...)`, `latest_runs`, `get_run` are the
+  read API for other processes (what `calib serve` answers over HTTP).
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from calib.data.quality import (
     check_schema,
     check_units,
     grade,
+    mark_iv_issue,
     row_reason_code_expr,
 )
 from calib.data.reader import (
@@ -58,11 +59,18 @@ from calib.data.reader import (
     window_snapshots,
     without_corrupt_files,
 )
-from calib.engine.calibrate import EngineOutput, calibrate_quotes
-from calib.engine.guardrails import assess_calibration_realism
+from calib.engine.calibrate import EngineOutput, calibrate_quotes, recommended_surface
+from calib.engine.guardrails import (
+    BAND_FAILED,
+    BAND_OK,
+    BAND_TOO_FEW,
+    assess_calibration_realism,
+    band_problems,
+)
 from calib.engine.metrics import EMPTY
 from calib.engine.model import ROW_FIELDS, SNAP_DTYPE, QuoteArrays, SnapshotTable
 from calib.engine.result import CalibrationResult, GlobalMetrics, OptionTypeMetrics
+from calib.numerics.black76 import black76_price_coin
 from calib.numerics.implied_vol import implied_vol
 from calib.numerics.realized_vol import trailing_realized_vol
 from calib.numerics.stats import distinct, median
@@ -405,7 +413,16 @@ def build_result(
         coverage = 100.0
     if rows_scanned:
         issues += tally.unit_issues(config)
+        mm = mark_iv_issue(tally.iv_checked, tally.iv_mismatch, config.quality)
+        if mm is not None:
+            issues.append(mm)
+    if any(i.code == "rv_fallback" for i in rv_issues):  # one rv_fallback, with the snapshot count
+        issues = [i for i in issues if i.code != "rv_fallback"]
     issues += rv_issues
+    if config.source == "live":
+        stale = stale_chain_issue(tally.newest_snapshot(), config)
+        if stale is not None:
+            issues.append(stale)
     excluded = dict(tally.excluded) if required_ok else {}
     if required_ok and rows_scanned:
         rv_span = tally.rv_span_median_days()
@@ -414,6 +431,10 @@ def build_result(
                 code="rv_short_history", severity="warning",
                 message=(f"RV_7d warm-up incomplete: median history {rv_span:.1f} d of 7 d "
                          "(harvest the week before the window for a full estimate)")))
+    drift = next((j for j, i in enumerate(issues) if i.code == "schema_drift" and i.severity == "warning"), None)
+    if drift is not None and excluded.get("missing_value"):
+        i = issues[drift]
+        issues[drift] = replace(i, message=f"{i.message}: {excluded['missing_value']:,} rows excluded (missing_value)")
     if excluded.get("no_rv"):
         issues.append(DataQualityIssue(
             code="rv_unavailable", severity="warning",
@@ -441,8 +462,9 @@ def build_result(
     n_global = engine.n_samples if engine else 0
     if engine is not None and engine.beyond_anchors is not None:
         issues += wings_issue(engine.beyond_anchors, config)
-    status_dq, issues = grade(issues, coverage_pct=coverage, invalid_pct=invalid_pct, rows_used=n_global,
-                              files_skipped=len(skipped), th=config.quality)
+    status_dq, issues, deciding = grade(issues, coverage_pct=coverage, invalid_pct=invalid_pct, rows_used=n_global,
+                                        files_skipped=len(skipped), th=config.quality, excluded=excluded,
+                                        rows_scanned=rows_scanned)
     dq = DataQuality(
         status=status_dq, issues=tuple(issues), rows_scanned=rows_scanned, rows_used=n_global,
         excluded=excluded, coverage_pct=coverage, snapshots_expected=expected, snapshots_present=present,
@@ -450,15 +472,43 @@ def build_result(
         files_skipped=len(skipped), invalid_pct=invalid_pct,
         extra={"iv_source": "mark_iv" if has_mark_iv else "inverted",
                "rv_source": _rv_source(index),
-               "skipped_files": [s.path for s in skipped], **extra_dq},
+               "skipped_files": [s.path for s in skipped], "mark_iv_checked": tally.iv_checked, **extra_dq},
     )
     gm = engine.global_metrics if engine else GlobalMetrics(
         multiplier_tested=config.tested_multiplier, recommended_iv_multiplier=None, at_bound=False,
         at_recommended=EMPTY, tested=EMPTY, rv_7d_pct=None, atm_iv_pct=None)
-    failed_codes = [i.code for i in issues if i.severity == "error"]
+    bands = engine.bands if engine else ()
+    skew_fit = engine.skew if engine else None
+    surface = engine.recommended_surface if engine else None
+    if status_dq == "failed":
+        # Numbers fitted on data that failed its checks mean nothing: stored as NULL, shown as a dash.
+        gm = replace(gm, recommended_iv_multiplier=None, recommended_iv_multiplier_current_skew=None,
+                     at_bound=False, at_recommended=EMPTY, tested=EMPTY, ci_low=None, ci_high=None, atm_iv_pct=None)
+        bands = tuple(replace(b, recommended_iv_multiplier=None, recommended_iv_multiplier_current_skew=None,
+                              at_bound=False, metrics=EMPTY, tested=EMPTY, ci_low=None, ci_high=None,
+                              status=BAND_TOO_FEW if b.n_samples < config.realism.min_band_samples else BAND_FAILED)
+                      for b in bands)
+        skew_fit, surface = None, None
+    else:
+        bands = tuple(replace(b, status=band_problems(b, config.realism)[0]) for b in bands)
+        if surface is not None and any(b.status != BAND_OK for b in bands):
+            # A band that is never applied does not shape the recommended surface either: its tenors
+            # take the global multiplier.
+            surface = recommended_surface(
+                surface["rv_7d_pct"] / 100, surface["global_multiplier"],
+                {b.name: b.recommended_iv_multiplier if b.status == BAND_OK else None for b in bands}, config,
+                np.asarray(surface["moneyness_z"], dtype=np.float64), np.asarray(surface["skew_ratios"]))
+    # The deciding issues first: the reason names the root cause, then any other error.
+    failed_codes = list(dict.fromkeys([*(i.code for i in deciding if status_dq == "failed"),
+                                       *(i.code for i in issues if i.severity == "error")]))
+    dq_cause = (deciding[0].message if status_dq == "failed" and deciding
+                else "; ".join(dict.fromkeys(i.code for i in deciding)) if deciding else None)
     status, reason = assess_calibration_realism(
         gm.recommended_iv_multiplier, gm.at_recommended.mae_pct, gm.at_recommended.vega_weighted_mae_pct,
-        status_dq, at_bound=gm.at_bound, data_quality_issues=failed_codes, thresholds=config.realism)
+        status_dq, at_bound=gm.at_bound, data_quality_issues=failed_codes, thresholds=config.realism,
+        n_samples=n_global, n_snapshots=engine.n_snapshots if engine else 0, source=config.source,
+        multiplier_current_skew=gm.recommended_iv_multiplier_current_skew, bands=bands,
+        data_quality_reason=dq_cause)
     if gm.at_bound and status == "failed":
         reason += f" ({bound_cause(gm, config)})"
     timings["data_quality"] = timings.get("data_quality", 0.0) + time.perf_counter() - t
@@ -469,16 +519,39 @@ def build_result(
         dte_min=config.min_dte, dte_max=config.max_dte,
         lookback_days=config.lookback_days if config.source == "harvested" else None,
         n_samples=n_global, n_snapshots=engine.n_snapshots if engine else 0, global_metrics=gm,
-        bands=engine.bands if engine else (),
-        option_type_metrics=engine.option_type_metrics if engine else tuple(
+        bands=bands,
+        option_type_metrics=engine.option_type_metrics if engine and status_dq != "failed" else tuple(
             OptionTypeMetrics(option_type=t, metrics=EMPTY) for t in config.option_types),
-        skew=engine.skew if engine else None,
-        recommended_surface=engine.recommended_surface if engine else None,
+        skew=skew_fit,
+        recommended_surface=surface,
         data_quality=dq,
         window={"start": window_start, "end": window_end,
                 "newest_snapshot": tally.newest_snapshot(), "data_root": str(config.harvest.data_root)},
         timings_s=timings, replay=config.replay,
     )
+
+
+def stale_chain_issue(newest: datetime | None, config: CalibrationConfig,
+                      now: datetime | None = None) -> DataQualityIssue | None:
+    """`stale_chain` for a live run whose chain is older than `realism.max_chain_age_minutes`."""
+    if newest is None:
+        return None
+    age_min = ((now or datetime.now(UTC)) - newest).total_seconds() / 60.0
+    limit = config.realism.max_chain_age_minutes
+    if age_min <= limit:
+        return None
+    return DataQualityIssue(
+        code="stale_chain", severity="warning",
+        message=(f"chain time {newest:%Y-%m-%d %H:%M}Z is {_age_text(age_min)} old "
+                 f"(live runs allow {_age_text(limit)})" + ("; replay of a harvested snapshot" if config.replay else "")))
+
+
+def _age_text(minutes: float) -> str:
+    if minutes < 120:
+        return f"{minutes:.0f} min"
+    if minutes < 48 * 60:
+        return f"{minutes / 60:.1f} h"
+    return f"{minutes / 1440:.1f} days"
 
 
 def _rv_source(index: pl.DataFrame) -> str:
@@ -542,6 +615,8 @@ class QuoteTally:
     rows: int = 0
     excluded: dict[str, int] = field(default_factory=dict)
     inverted: int = 0
+    iv_checked: int = 0  # usable rows whose mark was repriced from their own mark_iv
+    iv_mismatch: int = 0  # of those, off by more than the tolerance (`mark_iv_mismatches`)
     snapshots_us: list[np.ndarray] = field(default_factory=list)
     mark_medians: list[tuple[float, int]] = field(default_factory=list)  # (median, positive values) per chunk
     iv_medians: list[tuple[float, int]] = field(default_factory=list)
@@ -553,6 +628,8 @@ class QuoteTally:
         for k, v in other.excluded.items():
             self.excluded[k] = self.excluded.get(k, 0) + v
         self.inverted += other.inverted
+        self.iv_checked += other.iv_checked
+        self.iv_mismatch += other.iv_mismatch
         self.snapshots_us.extend(other.snapshots_us)
         self.mark_medians.extend(other.mark_medians)
         self.iv_medians.extend(other.iv_medians)
@@ -773,6 +850,10 @@ def process_quote_frame(
     if has_mark_iv:
         _take_rows(frame["mark_iv"], rows, dst["iv"])
         dst["iv"] /= 100.0
+        if count:
+            tally.iv_checked = m
+            tally.iv_mismatch = mark_iv_mismatches(dst["mark_coin"], dst["k_rel"], dst["t_years"], dst["iv"],
+                                                   dst["is_call"], config)
     del frame
     timings["data_quality"] = timings.get("data_quality", 0.0) + time.perf_counter() - t
 
@@ -808,6 +889,27 @@ def process_quote_frame(
         arrays = _compact_in_place(arrays, ok)
     timings["pricing"] = timings.get("pricing", 0.0) + time.perf_counter() - t
     return tally, arrays
+
+
+def mark_iv_mismatches(mark_coin: FloatArray, k_rel: FloatArray, t_years: FloatArray, iv: FloatArray,
+                       is_call: np.ndarray, config: CalibrationConfig) -> int:
+    """Rows whose mark is not the Black-76 coin price of their own mark_iv.
+
+    Off by more than max(`mark_iv_tolerance_ticks` ticks, `mark_iv_tolerance_pct` % of the
+    mark): USD marks, scaled marks or an IV column from another row all show here while
+    each value alone looks plausible. Coin prices depend on K and F only through K/F,
+    so the reprice is on a unit forward (as the IV inversion).
+    """
+    q = config.quality
+    n = mark_coin.size
+
+    def off(s: slice) -> FloatArray:
+        with np.errstate(invalid="ignore"):
+            model = black76_price_coin(1.0, k_rel[s], t_years[s], iv[s], is_call[s])
+            tol = np.maximum(q.mark_iv_tolerance_ticks * config.min_tick_coin, q.mark_iv_tolerance_pct / 100 * mark_coin[s])
+            return (np.abs(model - mark_coin[s]) > tol).astype(np.float64)
+
+    return int(_blocked(off, n).sum()) if n else 0
 
 
 def _take_rows(column: pl.Series, rows: np.ndarray, out: np.ndarray) -> None:

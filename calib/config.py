@@ -88,6 +88,12 @@ class QualityThresholds:
     min_hours_to_expiry: float = 2.0
     # Above this share of the fit's vega beyond the outer skew anchors, `wings_beyond_anchors` degrades the run.
     wings_beyond_anchors_vega_pct: float = 25.0
+    # Marks that their own mark_iv does not reprice (Black-76, coin) within max(2 ticks, 1 % of the mark):
+    # share of the usable rows above which the run is degraded / failed (issue mark_iv_mismatch).
+    degraded_mark_iv_mismatch_pct: float = 5.0
+    failed_mark_iv_mismatch_pct: float = 25.0
+    mark_iv_tolerance_ticks: float = 2.0
+    mark_iv_tolerance_pct: float = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,6 +104,28 @@ class RealismThresholds:
     max_mult: float = 1.6  # guardrails.MAX_MULT
     max_mae_pct: float | None = 400.0  # guardrails.MAX_MAE
     max_vega_mae_pct: float | None = 200.0  # guardrails.MAX_VEGA_MAE
+    # Fewer quotes / snapshots than this and the fit is noise: failed, with that as the reason.
+    min_samples: int = 200  # harvested runs
+    min_samples_live: int = 50  # a live run is one chain (3-10 DTE: ~50-300 quotes); as the policy's min_samples
+    min_snapshots: int = 3  # harvested runs only
+    # A band fitted on fewer quotes is reported and never applied; with more, it is guarded like the global.
+    min_band_samples: int = 100
+    # Live runs: a chain older than this (Deribit API or --replay) is degraded, with its age in the reason.
+    max_chain_age_minutes: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("min_mult", "max_mult", "max_mae_pct", "max_vega_mae_pct", "max_chain_age_minutes"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)):
+                raise InvalidInputError(f"realism `{name}` must be a finite number; got {v!r}")
+        if not 0 < self.min_mult < self.max_mult:
+            raise InvalidInputError(f"realism: 0 < min_mult < max_mult required; got {self.min_mult}, {self.max_mult}")
+        for name in ("min_samples", "min_samples_live", "min_snapshots", "min_band_samples"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise InvalidInputError(f"realism `{name}` must be a non-negative integer; got {v!r}")
+        if self.max_chain_age_minutes <= 0:
+            raise InvalidInputError(f"realism `max_chain_age_minutes` must be positive; got {self.max_chain_age_minutes}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -218,6 +246,41 @@ class PolicyConfig:
             raise InvalidInputError("policy: 0 < min_multiplier < max_multiplier required")
 
 
+ALERT_STATUSES: tuple[str, ...] = ("ok", "degraded", "failed")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertsConfig:
+    """`[alerts]`: POST a JSON payload to a webhook after a run with one of these statuses is recorded."""
+
+    webhook_url: str | None = None  # None: no alerts
+    on: tuple[str, ...] = ("failed", "degraded")
+    timeout_s: float = 5.0  # per attempt
+    retries: int = 2  # further attempts after the first (connection errors, timeouts, 429 and 5xx)
+    backoff_s: float = 1.0  # wait before the first retry, doubled for each next one
+
+    def __post_init__(self) -> None:
+        if self.webhook_url == "":  # an empty URL means "off", as leaving it out does
+            object.__setattr__(self, "webhook_url", None)
+        on = (self.on,) if isinstance(self.on, str) else self.on
+        object.__setattr__(self, "on", tuple(str(s).lower() for s in on))
+        bad = [s for s in self.on if s not in ALERT_STATUSES]
+        if bad:
+            raise InvalidInputError(f"alerts `on` must hold statuses from {', '.join(ALERT_STATUSES)}; got {bad}")
+        if self.webhook_url is not None and not str(self.webhook_url).startswith(("http://", "https://")):
+            raise InvalidInputError(f"alerts `webhook_url` must be an http:// or https:// URL; got {self.webhook_url!r}")
+        if not (isinstance(self.timeout_s, int | float) and math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise InvalidInputError(f"alerts `timeout_s` must be a positive number of seconds; got {self.timeout_s!r}")
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or not 0 <= self.retries <= 10:
+            raise InvalidInputError(f"alerts `retries` must be an integer from 0 to 10; got {self.retries!r}")
+        if not (isinstance(self.backoff_s, int | float) and 0 <= self.backoff_s <= 60):
+            raise InvalidInputError(f"alerts `backoff_s` must be 0-60 seconds; got {self.backoff_s!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhook_url) and bool(self.on)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """User-tunable settings loaded from `calib.toml` (all optional)."""
@@ -228,6 +291,7 @@ class Settings:
     realism: RealismThresholds = field(default_factory=RealismThresholds)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     multiplier_bounds: tuple[float, float] = (0.25, 4.0)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     source_path: str | None = None
 
 
@@ -262,7 +326,7 @@ def load_settings(path: Path | None = None) -> Settings:
         bands = tuple(_build(Band, b, f"{path} [[bands]]") for b in doc["bands"])
         s = replace(s, bands=bands)
     for key, cls in (("skew", SkewConfig), ("quality", QualityThresholds),
-                     ("realism", RealismThresholds), ("policy", PolicyConfig)):
+                     ("realism", RealismThresholds), ("policy", PolicyConfig), ("alerts", AlertsConfig)):
         if key in doc:
             s = replace(s, **{key: _build(cls, doc[key], f"{path} [{key}]")})
     if "multiplier_bounds" in doc:

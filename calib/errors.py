@@ -19,6 +19,10 @@ class StoreError(CalibError):
     """History store unavailable, locked or corrupt."""
 
 
+class StoreLockedError(StoreError):
+    """Another process held the history file's lock for longer than the bounded retry."""
+
+
 class SourceError(CalibError):
     """The market-data source (Deribit) could not be reached or answered badly."""
 

@@ -74,6 +74,8 @@ def decide(result: CalibrationResult, state: PolicyState, cfg: PolicyConfig, now
     ewma_bands: dict[str, float] = {}
     bands: dict[str, float] = {}
     for b in result.bands:
+        if b.status != "ok":  # too few samples or failed its guardrail: never applied (issue 12)
+            continue
         b_rec = b.recommended_iv_multiplier_current_skew
         if b_rec is None:
             b_rec = b.recommended_iv_multiplier

@@ -67,14 +67,30 @@ def list_runs(db_path: Path, *, underlying: str | None = None, source: str | Non
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class AppliedState:
-    """Current applied multipliers of one underlying (from `applied_multipliers` only)."""
+class SkewInForce:
+    """The skew curve the applied multiplier was fitted with: the applied run's `skew.current`."""
+
+    anchors_z: tuple[float, ...]
+    ratios: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"anchors_z": list(self.anchors_z), "ratios": list(self.ratios)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppliedMultipliers:
+    """Current applied multipliers of one underlying (from `applied_multipliers` only).
+
+    `calib state --json`, `GET /api/calibration/state` and `calib.client.applied_multipliers`
+    all return this object (or its `to_dict()`), built by `applied_state` alone.
+    """
 
     underlying: str
     global_multiplier: float | None
     bands: dict[str, float] = field(default_factory=dict)
     updated_at: datetime | None = None
     run_id: str | None = None
+    skew: SkewInForce | None = None  # None until a run is applied (or its result holds no skew)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,38 +99,92 @@ class AppliedState:
             "bands": dict(self.bands),
             "updated_at": self.updated_at.isoformat() if self.updated_at else None,
             "run_id": self.run_id,
+            "skew": self.skew.to_dict() if self.skew else None,
         }
 
 
-def applied_state(db_path: Path, underlying: str) -> AppliedState:
-    """Read the view `current_applied_multipliers` for one underlying.
+AppliedState = AppliedMultipliers  # the name callers used before the read API
+
+
+def _skew_of_run(con: duckdb.DuckDBPyConnection, run_id: str | None) -> SkewInForce | None:
+    """`skew.anchors` / `skew.current` of the stored result of `run_id` (None if absent)."""
+    if run_id is None or not _has_table(con, "calibration_runs"):
+        return None
+    row = con.execute(
+        "SELECT json_extract(result, '$.skew.anchors')::VARCHAR, json_extract(result, '$.skew.current')::VARCHAR "
+        "FROM calibration_runs WHERE run_id = ?", [run_id],
+    ).fetchone()
+    if not row or row[0] is None or row[1] is None:
+        return None
+    anchors, ratios = json.loads(row[0]), json.loads(row[1])
+    if not isinstance(anchors, list) or not isinstance(ratios, list) or len(anchors) != len(ratios):
+        return None
+    return SkewInForce(anchors_z=tuple(float(a) for a in anchors), ratios=tuple(float(r) for r in ratios))
+
+
+def applied_state(db_path: Path, underlying: str) -> AppliedMultipliers:
+    """Read the view `current_applied_multipliers` for one underlying, and the skew applied with it.
 
     A file from before schema 2 has no view yet (readers never migrate): read its
-    `applied_multipliers` table, the same store the view shows.
+    `applied_multipliers` table, the same store the view shows. The skew is the
+    `current` curve stored in the result of the run that set the global multiplier.
     """
     if not Path(db_path).exists():
-        return AppliedState(underlying=underlying, global_multiplier=None)
+        return AppliedMultipliers(underlying=underlying, global_multiplier=None)
     with connect(db_path, read_only=True) as con:
         if _has_table(con, "current_applied_multipliers"):
             source = "current_applied_multipliers"
         elif _has_table(con, "applied_multipliers"):
             source = "applied_multipliers"
         else:
-            return AppliedState(underlying=underlying, global_multiplier=None)
+            return AppliedMultipliers(underlying=underlying, global_multiplier=None)
         rows = con.execute(
             f"SELECT scope, multiplier, updated_at, run_id FROM {source} WHERE underlying = ?",
             [underlying],
         ).fetchall()
-    g = next((r for r in rows if r[0] == "global"), None)
+        g = next((r for r in rows if r[0] == "global"), None)
+        skew = _skew_of_run(con, g[3] if g else None)
     newest = max(rows, key=lambda r: r[2]) if rows else None
     id_row = g if g is not None else newest
-    return AppliedState(
+    return AppliedMultipliers(
         underlying=underlying,
         global_multiplier=float(g[1]) if g else None,
         bands={r[0]: float(r[1]) for r in rows if r[0] != "global"},
         updated_at=newest[2] if newest else None,
         run_id=id_row[3] if id_row is not None else None,
+        skew=skew,
     )
+
+
+def history_records(db_path: Path, *, underlying: str | None = None, source: str | None = None,
+                    limit: int = 20) -> list[dict[str, Any]]:
+    """`list_runs` as JSON-ready dicts: what `calib history --json` prints and the HTTP API serves."""
+    df = list_runs(db_path, underlying=underlying, source=source, limit=limit)
+    return json_records(df)
+
+
+def json_records(df: pl.DataFrame) -> list[dict[str, Any]]:
+    """Rows as plain JSON values: NaN -> null, dates and times as the CLI's JSON prints them."""
+    out: list[dict[str, Any]] = json_ready(df.to_dicts())
+    return out
+
+
+def json_ready(obj: Any) -> Any:
+    """`obj` as `json.loads` would give it back from the CLI's `--json` output."""
+    from calib.engine.result import clean_json
+
+    return json.loads(json.dumps(clean_json(obj), default=str, allow_nan=False))
+
+
+def run_by_id(db_path: Path, run_id: str) -> RunDetail | None:
+    """One run by id, any underlying: its history columns and its stored result JSON."""
+    with connect(db_path, read_only=True) as con:
+        if "calibration_runs" not in _tables(con):
+            return None
+        row = con.execute("SELECT underlying FROM calibration_runs WHERE run_id = ?", [run_id]).fetchone()
+        if row is None:
+            return None
+        return _detail(_runs(con, underlying=str(row[0]), run_id=run_id, limit=1, with_result=True))
 
 
 def run_result(db_path: Path, run_id: str) -> dict[str, Any] | None:

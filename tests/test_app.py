@@ -305,6 +305,11 @@ def test_calibration_vs_deribit_matches_latest_live_run(populated: Path, tmp_pat
     run_line = next(h.value for h in at.html if "calib-run-line" in h.value)
     assert live["run_id"] in run_line
     assert f'data-status="{live["status"]}"' in run_line
+    # issue 12: the chain's time and age beside the run time; the current-skew multiplier the policy applies
+    newest = datetime.fromisoformat(live["result"]["window"]["newest_snapshot"])
+    assert f'chain {newest.astimezone(UTC):%Y-%m-%d %H:%M} UTC (age ' in run_line
+    cs = gm["recommended_iv_multiplier_current_skew"]
+    assert metrics["Current-skew multiplier"] == (f"{cs:.4f}" if cs is not None else "-")
     _, errors = table(at, "live-errors")
     assert errors[1]["cells"][1:4] == [f"{gm['recommended_iv_multiplier']:.4f}", f"{gm['mae_pct']:.2f}",
                                        f"{gm['vega_weighted_mae_pct']:.2f}"]
@@ -333,6 +338,7 @@ def test_term_structure(populated: Path, tmp_path: Path, monkeypatch: pytest.Mon
         assert row["cells"][2] == f"{b['n_samples']:,}"
         assert row["cells"][4] == f"{b['vega_weighted_mae_pct']:.2f}"
         assert row["cells"][6] == f"{b['recommended_iv_multiplier']:.4f}"
+        assert row["cells"][8] == {"ok": "ok", "too_few_samples": "too few samples: not applied"}[b["status"]]
 
 
 def test_skew_fit_analysis(populated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -414,7 +420,8 @@ def test_history_badges_reasons_and_dimmed_failed_row(populated: Path, tmp_path:
         assert row["badges"] == [run["status"]]
         assert row["attrs"]["data-status"] == run["status"]
         assert row["cells"][8] == run["reason"]
-        assert row["cells"][4] == f"{run['m']:.4f}"
+        # a run whose data quality failed has no multiplier: NULL in the store, a dash here (issue 12)
+        assert row["cells"][4] == ("-" if run["m"] is None else f"{run['m']:.4f}")
         assert row["cells"][7] == f"{run['n_samples']:,}"
     failed = [r for r in body if r["attrs"]["data-status"] == "failed"]
     assert len(failed) == 1
@@ -422,6 +429,7 @@ def test_history_badges_reasons_and_dimmed_failed_row(populated: Path, tmp_path:
     assert "opacity:0.55" in failed[0]["attrs"]["style"]
     assert failed[0]["cells"][1] == "⚠ Failed"
     assert "marks_not_in_coin" in failed[0]["cells"][8]
+    assert failed[0]["cells"][4:7] == ["-", "-", "-"]
     ok = [r for r in body if r["attrs"]["data-status"] == "ok"]
     assert len(ok) == 2 and all("opacity" not in r["attrs"]["style"] for r in ok)
     # Badge colours: OK green, Failed red.
@@ -493,6 +501,20 @@ def test_force_apply_refused_for_failed_latest_run(db_copy: Path, harvests: dict
     assert at.button(key="force_apply").disabled
     assert "Force-Apply refuses failed runs" in texts(at)
     assert any("The latest live run failed" in w.value for w in at.warning)
+
+
+def test_failed_data_quality_live_run_shows_dashes(db_copy: Path, harvests: dict[str, Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # issue 12 defect 10: USD marks fail data quality; no fitted number is stored or shown (was 1.1924, 100.00)
+    _live(db_copy, harvests["usd_marks"], code=3)
+    live = _live_run(db_copy)
+    assert live["result"]["global_metrics"]["recommended_iv_multiplier"] is None
+    at = run_app(db_copy, monkeypatch, tmp_path)
+    metrics = {m.label: m.value for m in at.metric}
+    for label in ("Recommended multiplier", "Current-skew multiplier", "MAE %", "vMAE %", "Bias %"):
+        assert metrics[label] == "-", label
+    _, errors = table(at, "live-errors")
+    assert errors[1]["cells"][1:4] == ["-", "-", "-"]
 
 
 def test_refresh_shows_runs_written_while_open(db_copy: Path, harvests: dict[str, Path], tmp_path: Path,

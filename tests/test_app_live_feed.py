@@ -22,7 +22,7 @@ runner = CliRunner()
 
 def test_live_feed_down_banner(exact_harvest: Path, fake: FakeDeribit, db_path: Path, tmp_path: Path,
                                monkeypatch: pytest.MonkeyPatch) -> None:
-    res = runner.invoke(cli_app, ["calibrate-live", "-u", "BTC", "--replay", str(exact_harvest), "--db", str(db_path)])
+    res = runner.invoke(cli_app, ["calibrate-live", "-u", "BTC", "--replay", str(exact_harvest), "--dte-min", "0", "--db", str(db_path)])
     assert res.exit_code == 0, res.output
     fake.script("public/get_book_summary_by_currency", [Fail.rpc_error(11044, "not_open")] * 2)
     for _ in range(2):

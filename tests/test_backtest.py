@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from calib.backtest import BacktestConfig, parse_duration, run_backtest
 from calib.backtest.replay import initial_state, replay_policy
-from calib.config import CalibrationConfig, HarvestConfig, PolicyConfig
+from calib.config import CalibrationConfig, HarvestConfig, PolicyConfig, RealismThresholds
 from calib.data.demo import DemoSpec, generate_demo_harvest, true_multiplier
 from calib.engine.bootstrap import multiplier_interval, resampling_units
 from calib.engine.fit import fit_multiplier
@@ -47,8 +47,9 @@ def drift_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _config(root: Path, *, start_days: float = 8, end_days: float = 11, step: str = "1d",
             policy: PolicyConfig | None = None) -> BacktestConfig:
+    # The drift demo is kept small for speed (~120 quotes per 3-day window): below the 200-quote default.
     cal = CalibrationConfig(underlying="BTC", source="harvested", lookback_days=3,
-                            harvest=HarvestConfig(data_root=root))
+                            harvest=HarvestConfig(data_root=root), realism=RealismThresholds(min_samples=100))
     return BacktestConfig(calibration=cal, start=FIRST + timedelta(days=start_days),
                           end=FIRST + timedelta(days=end_days), step=parse_duration(step, name="--step"),
                           policy=policy or PolicyConfig())

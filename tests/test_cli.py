@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from calib.data.layout import atomic_write_parquet
 from calib.queries import list_runs
 from cli import app
 from tests.synth import END, exact_market
@@ -144,3 +146,48 @@ def test_exit_code_matches_sys_exit(code: object, want: int, capsys: pytest.Capt
 
     assert _exit_code(code) == want
     assert ("boom" in capsys.readouterr().err) == (code == "boom")
+
+
+# --- issue 12: the text output says what the numbers mean ---------------------------------------
+
+def test_text_output_explains_current_skew_and_shows_data_time(exact_harvest: Path, db_path: Path) -> None:
+    res = _auto(exact_harvest, db_path)
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("Multiplier"))
+    # Flat truth, the default skew is not; 1.1124 is the exact minimum of the current-skew objective
+    # (the closed form's fixed point was 1.1101: issue 12 defect 2).
+    assert "recommended 1.2000" in line and "current-skew 1.1124" in line
+    assert "the value the live policy smooths and applies" in res.stdout
+    assert "Newest snap 2026-03-01 00:00Z  (age " in res.stdout
+
+
+def test_live_text_shows_chain_time_and_stale_reason(exact_harvest: Path, db_path: Path) -> None:
+    res = runner.invoke(app, ["calibrate-live", "--underlying", "BTC", "--replay", str(exact_harvest),
+                              "--dte-min", "0", "--db", str(db_path)])
+    assert res.exit_code == 0, res.output
+    assert "Chain time  2026-03-01 00:00Z  (age " in res.stdout
+    assert "[warning] stale_chain: chain time 2026-03-01 00:00Z is" in res.stdout
+    assert "Status: DEGRADED - Data quality degraded (stale_chain); use with caution" in res.stdout
+
+
+def test_failed_data_quality_shows_dashes_and_the_dropped_file(exact_harvest: Path, db_path: Path) -> None:
+    _usd = sorted((exact_harvest / "BTC").rglob("*.parquet"))
+    for f in _usd:
+        df = pl.read_parquet(f)
+        atomic_write_parquet(df.with_columns(pl.col("mark_price") * pl.col("underlying_price")), f)
+    res = _auto(exact_harvest, db_path)
+    assert res.exit_code == 3
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("Multiplier"))
+    assert "recommended -" in line and "current-skew -" in line
+    at_rec = next(ln for ln in res.stdout.splitlines() if ln.startswith("at recommended"))
+    assert at_rec.split()[2:] == ["-", "-", "-", "-"]
+    assert list_runs(db_path)["recommended_multiplier"].to_list() == [None]
+
+
+def test_partially_dropped_file_is_visible_in_text(exact_harvest: Path, db_path: Path) -> None:
+    f = sorted((exact_harvest / "BTC").rglob("*.parquet"))[-2]
+    atomic_write_parquet(pl.read_parquet(f).drop("mark_price"), f)
+    res = _auto(exact_harvest, db_path)
+    assert "[warning] schema_drift: column(s) present in some files only: mark_price" in res.stdout
+    assert "rows excluded (missing_value)" in res.stdout
+    assert "Status: DEGRADED" in res.stdout or "Status: FAILED" in res.stdout

@@ -115,8 +115,8 @@ def _wings(w: float) -> tuple[float, ...]:
     return (w, (1 + w) / 2, 1.0, (1 + w) / 2, w)
 
 
-@pytest.mark.parametrize("wings", [2.5, 3.0])
-def test_joint_fit_recovers_the_truth_whatever_the_current_skew(flat_115: Path, wings: float) -> None:
+@pytest.mark.parametrize(("wings", "m_cs"), [(2.5, 0.5451), (3.0, 0.4407)])
+def test_joint_fit_recovers_the_truth_whatever_the_current_skew(flat_115: Path, wings: float, m_cs: float) -> None:
     """Before: the search stopped at 2 x the current-skew fit (2.5x wings: 1.1069 'ok'; 3x: 0.8787 'ok')."""
     r = run_historical_calibration_from_harvest(_config(flat_115, SkewConfig(anchors_z=A5,
                                                                              current_ratios=_wings(wings))))
@@ -125,7 +125,11 @@ def test_joint_fit_recovers_the_truth_whatever_the_current_skew(flat_115: Path, 
     assert r.skew is not None
     np.testing.assert_allclose(r.skew.recommended, FLAT5, atol=1e-6)
     assert gm.at_bound is False
-    assert r.status == "ok", r.reason
+    # With that skew the multiplier the policy would apply is absurd, and the guardrails say so.
+    assert gm.recommended_iv_multiplier_current_skew == pytest.approx(m_cs, abs=1e-4)
+    assert r.status == "failed"
+    assert f"current-skew multiplier {m_cs:.4f} < 0.7" in r.reason
+    assert "pinned" not in r.reason
 
 
 def test_five_x_wings_recover_or_fail_naming_the_pinned_multiplier(flat_115: Path) -> None:

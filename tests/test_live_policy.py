@@ -15,7 +15,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from typer.testing import CliRunner
 
 from calib.calibration import run_historical_calibration_from_harvest
-from calib.config import CalibrationConfig, HarvestConfig, PolicyConfig, SkewConfig
+from calib.config import (
+    CalibrationConfig,
+    HarvestConfig,
+    PolicyConfig,
+    RealismThresholds,
+    SkewConfig,
+)
 from calib.errors import CalibError
 from calib.live import calibrate_live_and_record, force_apply_latest
 from calib.policy import PolicyState, decide
@@ -30,8 +36,10 @@ LOOSE = PolicyConfig(min_samples=10, cooldown_minutes=0, deadband=0.0, max_step=
 
 
 def _live_config(root: Path) -> CalibrationConfig:
+    # The replayed test chains are small and old: thin bands and stale chains are tested in test_issue12_guards.
     return CalibrationConfig(underlying="BTC", source="live", min_dte=0.0, max_dte=10.0, replay=True, skew=FLAT,
-                             harvest=HarvestConfig(data_root=root))
+                             harvest=HarvestConfig(data_root=root),
+                             realism=RealismThresholds(min_band_samples=10, max_chain_age_minutes=1e9))
 
 
 def _state_global(db: Path) -> float | None:

@@ -135,7 +135,7 @@ def test_empty_directory_fails_cleanly(tmp_path: Path) -> None:
     assert r.status == "failed"
     assert r.n_samples == 0
     assert _codes(r) == {"no_data_in_window"}
-    assert r.reason == "Data quality failed (no_data_in_window)"
+    assert r.reason.startswith("Data quality failed (no_data_in_window): no readable quotes for BTC")
 
 
 def test_corrupt_data_pages_are_skipped_not_fatal(exact_harvest: Path) -> None:

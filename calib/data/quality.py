@@ -170,9 +170,11 @@ def check_schema(columns_present: frozenset[str], missing_somewhere: frozenset[s
             message="column index_price absent: RV_7d computed from the nearest-expiry forward"))
     drift = sorted(missing_somewhere)
     if drift:
+        core = [c for c in drift if c in CORE_DRIFT_COLUMNS]
         issues.append(DataQualityIssue(
-            code="schema_drift", severity="info",
-            message=f"column(s) present in some files only: {', '.join(drift)} (null elsewhere)",
+            code="schema_drift", severity="warning" if core else "info",
+            message=f"column(s) present in some files only: {', '.join(drift)} (null elsewhere)"
+            + (f"; rows of those files lack {', '.join(core)}" if core else ""),
             count=len(drift)))
     return issues
 
@@ -239,39 +241,102 @@ def check_coverage(
     return coverage, expected, present, step_s / 60.0, largest_min, issues
 
 
+# Columns whose absence in some files drops or degrades rows there: drift in them is a warning
+# that degrades the run (in the others, e.g. bid/ask or greeks, it is a note).
+# (expiry_ts, strike, option_type are parsed from instrument_name where absent: no loss.)
+CORE_DRIFT_COLUMNS: frozenset[str] = frozenset({*REQUIRED_COLUMNS, "mark_iv", "index_price"})
+# Issues whose presence alone degrades a run (coverage, invalid share and mismatches are judged on values).
+DEGRADING_CODES: frozenset[str] = frozenset({"iv_inverted", "rv_fallback", "rv_short_history", "stale_chain",
+                                             "files_skipped"})
+FAILING_CODES: frozenset[str] = frozenset({"missing_required_column", "marks_not_in_coin", "iv_not_in_percent"})
+# What the exclusion reasons mean, for the root cause of an empty window.
+_REASON_TEXT: dict[str, str] = {
+    "no_rv": "no RV_7d (fewer than 12 index observations or < 6 h of history in the 7 days before the snapshot)",
+    "missing_value": "a missing mark, forward, strike or mark_iv",
+    "outside_dte_range": "outside the DTE range read",
+    "option_type_not_selected": "option type not selected",
+    "expired": "expired", "near_expiry": "within the last hours before expiry",
+    "min_tick": "at the 0.0001 coin floor", "zero_mark": "zero mark",
+    "unparsable_instrument": "instrument name not parsable", "iv_out_of_range": "mark_iv out of range",
+    "below_intrinsic": "mark below intrinsic", "non_positive": "non-positive forward, strike or mark",
+    "crossed_book": "bid above ask", "iv_inversion_failed": "no implied vol for the mark",
+}
+# The issue that carries an exclusion reason's details (named as the root cause instead of no_usable_rows).
+_REASON_ISSUE: dict[str, str] = {"no_rv": "rv_unavailable"}
+
+
+def mark_iv_issue(checked: int, mismatched: int, th: QualityThresholds) -> DataQualityIssue | None:
+    """`mark_iv_mismatch`: marks their own mark_iv does not reprice; severity by share of the checked rows."""
+    if not checked or not mismatched:
+        return None
+    pct = 100.0 * mismatched / checked
+    severity: Severity = ("error" if pct > th.failed_mark_iv_mismatch_pct
+                          else "warning" if pct > th.degraded_mark_iv_mismatch_pct else "info")
+    return DataQualityIssue(
+        code="mark_iv_mismatch", severity=severity, count=mismatched,
+        message=(f"{mismatched:,} of {checked:,} usable marks ({pct:.1f}%) differ from the Black-76 coin price of "
+                 f"their own mark_iv by more than max({th.mark_iv_tolerance_ticks:g} ticks, "
+                 f"{th.mark_iv_tolerance_pct:g}% of the mark) (degraded above {th.degraded_mark_iv_mismatch_pct:g}%, "
+                 f"failed above {th.failed_mark_iv_mismatch_pct:g}%)"))
+
+
 def grade(issues: list[DataQualityIssue], *, coverage_pct: float | None, invalid_pct: float,
-          rows_used: int, files_skipped: int, th: QualityThresholds) -> tuple[Status, list[DataQualityIssue]]:
-    """SPEC section 3 rules. Appends the issues that explain the verdict."""
+          rows_used: int, files_skipped: int, th: QualityThresholds,
+          excluded: Mapping[str, int] | None = None, rows_scanned: int = 0,
+          ) -> tuple[Status, list[DataQualityIssue], list[DataQualityIssue]]:
+    """SPEC section 3 rules. Appends the issues that explain the verdict.
+
+    Returns the status, the issues and the issue(s) that decided a failed or
+    degraded verdict, root cause first (empty when ok). With no
+    usable row left, the cause is the dominant exclusion reason with its count
+    (e.g. ``rv_unavailable``), not the bare ``no_usable_rows``.
+    """
     out = list(issues)
     codes = {i.code for i in out}
-    if "no_data_in_window" in codes:
-        return "failed", out  # one clear finding; coverage and row checks add nothing
-    failed = bool(codes & {"missing_required_column", "marks_not_in_coin", "iv_not_in_percent"})
+
+    if "no_data_in_window" in codes:  # one clear finding; coverage and row checks add nothing
+        return "failed", out, [i for i in out if i.code == "no_data_in_window"]
+    failing = [i for i in out if i.code in FAILING_CODES or (i.severity == "error" and i.code == "mark_iv_mismatch")]
     if rows_used == 0:
-        out.append(DataQualityIssue(code="no_usable_rows", severity="error",
-                                    message="no usable quotes remain after exclusions", count=0))
-        failed = True
+        excl = {k: v for k, v in (excluded or {}).items() if v}
+        msg = "no usable quotes remain after exclusions"
+        if excl:
+            top, n = max(excl.items(), key=lambda kv: kv[1])
+            total = rows_scanned or sum(excl.values())
+            msg += (f": dominant cause {top} ({n:,} of {total:,} rows, {_REASON_TEXT.get(top, top)}); "
+                    + ", ".join(f"{k}={v:,}" for k, v in sorted(excl.items(), key=lambda kv: -kv[1])))
+            carrier = _REASON_ISSUE.get(top)
+            for j, i in enumerate(out):
+                if i.code == carrier:  # the carrier becomes the named error (root cause first)
+                    out[j] = DataQualityIssue(code=i.code, severity="error", message=i.message, count=i.count)
+                    failing.insert(0, out[j])
+        nur = DataQualityIssue(code="no_usable_rows", severity="error", message=msg, count=0)
+        out.append(nur)
+        failing.append(nur)
     if coverage_pct is not None and coverage_pct < th.failed_coverage_pct:
-        out.append(DataQualityIssue(
+        low = DataQualityIssue(
             code="low_coverage", severity="error",
-            message=f"coverage {coverage_pct:.1f}% of the window is below {th.failed_coverage_pct:g}%"))
-        failed = True
-    if failed:
-        return "failed", out
-    degraded = bool(codes & {"iv_inverted", "rv_fallback", "rv_short_history"})
+            message=f"coverage {coverage_pct:.1f}% of the window is below {th.failed_coverage_pct:g}%")
+        out.append(low)
+        failing.append(low)
+    if failing:
+        return "failed", out, failing
+    degrading = [i for i in out if i.code in DEGRADING_CODES
+                 or (i.code in ("schema_drift", "mark_iv_mismatch", "wings_beyond_anchors")
+                     and i.severity == "warning")]
     if coverage_pct is not None and coverage_pct < th.degraded_coverage_pct:
-        out.append(DataQualityIssue(
+        low = DataQualityIssue(
             code="low_coverage", severity="warning",
-            message=f"coverage {coverage_pct:.1f}% of the window is below {th.degraded_coverage_pct:g}%"))
-        degraded = True
-    if files_skipped:
-        degraded = True
-    # Quotes beyond the outer skew anchors above the configured vega share (the issue is a warning then).
-    if any(i.code == "wings_beyond_anchors" and i.severity == "warning" for i in out):
-        degraded = True
+            message=f"coverage {coverage_pct:.1f}% of the window is below {th.degraded_coverage_pct:g}%")
+        out.append(low)
+        degrading.append(low)
+    if files_skipped and not any(i.code == "files_skipped" for i in degrading):
+        degrading.append(DataQualityIssue(code="files_skipped", severity="warning",
+                                          message=f"{files_skipped} file(s) skipped", count=files_skipped))
     if invalid_pct > th.degraded_invalid_pct:
-        out.append(DataQualityIssue(
+        inv = DataQualityIssue(
             code="invalid_rows", severity="warning",
-            message=f"{invalid_pct:.1f}% of rows were invalid (threshold {th.degraded_invalid_pct:g}%)"))
-        degraded = True
-    return ("degraded" if degraded else "ok"), out
+            message=f"{invalid_pct:.1f}% of rows were invalid (threshold {th.degraded_invalid_pct:g}%)")
+        out.append(inv)
+        degrading.append(inv)
+    return ("degraded" if degrading else "ok"), out, degrading

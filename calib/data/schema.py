@@ -53,8 +53,8 @@ HARVEST_SCHEMA: dict[str, pl.DataType] = {
     "theta": pl.Float64(),
 }
 
-# BTC-27DEC24-100000-C ; strikes may carry a 'd' decimal mark (ETH-1JAN25-2d5-C).
-INSTRUMENT_PATTERN = r"^([A-Z]+)-(\d{1,2}[A-Z]{3}\d{2})-([0-9]+(?:d[0-9]+)?)-([CP])$"
+# BTC-27DEC24-100000-C ; decimal strikes carry a 'd' or a '.' (ETH-1JAN25-2d5-C, ETH-3JAN25-3250.5-P).
+INSTRUMENT_PATTERN = r"^([A-Z]+)-(\d{1,2}[A-Z]{3}\d{2})-([0-9]+(?:[d.][0-9]+)?)-([CP])$"
 EXPIRY_HOUR_UTC = 8  # Deribit options expire at 08:00 UTC
 
 

@@ -41,10 +41,14 @@ class BandMetrics:
     recommended_iv_multiplier_current_skew: float | None = None
     ci_low: float | None = None  # bootstrap interval of `recommended_iv_multiplier` (by snapshot, 90 %)
     ci_high: float | None = None
+    # Guardrail verdict on this band (calib.engine.guardrails): "ok", "too_few_samples" (reported,
+    # never applied) or "failed" (the run fails naming it). The policy applies only "ok" bands.
+    status: str = "ok"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "status": self.status,
             "dte_min": self.dte_min,
             "dte_max": self.dte_max,
             "n_samples": self.n_samples,

@@ -7,7 +7,7 @@ value (None, NaN, a column an old file lacks) is shown as "-".
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 MISSING: Final = "-"
@@ -90,6 +90,14 @@ def fmt_ts(x: Any, *, seconds: bool = False) -> str:
     if ts is None:
         return MISSING
     return ts.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+
+
+def fmt_age(delta: timedelta) -> str:
+    """How old a chain is: 35 min, 5.2 h, 13.5 days."""
+    minutes = delta.total_seconds() / 60
+    if minutes < 120:
+        return f"{minutes:.0f} min"
+    return f"{minutes / 60:.1f} h" if minutes < 2880 else f"{minutes / 1440:.1f} days"
 
 
 def status_label(status: Any) -> str:

@@ -65,12 +65,20 @@ def decision_badge(decision: Any) -> Raw:
                f'style="{_BADGE}background:{colour};">{html.escape(fmt.decision_label(decision))}</span>')
 
 
-def run_line(run: Mapping[str, Any], label: str) -> str:
-    """One line: status badge, `label`, run id and time (UTC)."""
+def run_line(run: Mapping[str, Any], label: str, chain_time: Any = None) -> str:
+    """One line: status badge, `label`, run id and time (UTC); with `chain_time`, the data's time and age too.
+
+    The run time alone hides a stale chain (a replay days old looked current).
+    """
+    chain = ""
+    data_ts, run_ts = fmt.to_utc(chain_time), fmt.to_utc(run.get("created_at"))
+    if data_ts is not None:
+        age = f" (age {fmt.fmt_age(run_ts - data_ts)})" if run_ts is not None else ""
+        chain = f' · <span class="calib-chain-time">chain {html.escape(fmt.fmt_ts(data_ts))} UTC{age}</span>'
     return (f'<div class="calib-run-line" style="display:flex;gap:0.6rem;align-items:center;flex-wrap:wrap;">'
             f"{status_badge(run.get('status'))}<span>{html.escape(label)} "
             f"<code>{html.escape(fmt.text(run.get('run_id')))}</code> · "
-            f"{html.escape(fmt.fmt_ts(run.get('created_at')))} UTC</span></div>")
+            f"run {html.escape(fmt.fmt_ts(run.get('created_at')))} UTC{chain}</span></div>")
 
 
 def _cell(value: Any) -> str:
@@ -287,7 +295,10 @@ def live_metrics(run: Mapping[str, Any], result: Mapping[str, Any]) -> list[Metr
         Metric(label="Bias %", value=fmt.fmt_pct(tested.get("bias_pct"), unit=True),
                help="Mean signed price error at the tested multiplier (negative: model too cheap)"),
         Metric(label="Recommended multiplier", value=fmt.fmt_mult(m_rec),
-               delta=delta, help="Change vs the tested multiplier"),
+               delta=delta, help="Fitted together with the recommended skew; change vs the tested multiplier"),
+        Metric(label="Current-skew multiplier", value=fmt.fmt_mult(gm.get("recommended_iv_multiplier_current_skew")),
+               help="Fitted with your current skew: the value the update policy smooths and applies "
+                    "until you change the skew"),
         Metric(label="RV_7d", value=fmt.fmt_pct(gm.get("rv_7d_pct", run.get("rv_7d_pct")), unit=True),
                help="Trailing 7-day realized vol of the index, annualized"),
         Metric(label="ATM IV", value=fmt.fmt_pct(gm.get("atm_iv_pct", run.get("atm_iv_pct")), unit=True),
@@ -334,7 +345,9 @@ def option_type_frame(result: Mapping[str, Any]) -> pl.DataFrame:
 
 
 TERM_COLUMNS = ("Bucket", "DTE Range (days)", "Samples", "MAE %", "vMAE %", "Bias %", "Rec. IV Mult",
-                "vMAE % at tested", "_highlight")
+                "vMAE % at tested", "Guard", "_highlight")
+# A band's guardrail verdict (BandMetrics.status): only "ok" bands are ever applied.
+BAND_GUARD_LABELS = {"ok": "ok", "too_few_samples": "too few samples: not applied", "failed": "failed"}
 
 
 def term_structure_frame(result: Mapping[str, Any]) -> pl.DataFrame:
@@ -349,6 +362,7 @@ def term_structure_frame(result: Mapping[str, Any]) -> pl.DataFrame:
             "Rec. IV Mult": fmt.fmt_mult(gm.get("recommended_iv_multiplier"))
             + (" (at bound)" if gm.get("at_bound") else ""),
             "vMAE % at tested": fmt.fmt_pct(_get(gm, "tested", "vega_weighted_mae_pct")),
+            "Guard": fmt.MISSING,
             "_highlight": "1",
         })
     for b in result.get("bands") or []:
@@ -362,6 +376,7 @@ def term_structure_frame(result: Mapping[str, Any]) -> pl.DataFrame:
             "Rec. IV Mult": fmt.fmt_mult(b.get("recommended_iv_multiplier"))
             + (" (at bound)" if b.get("at_bound") else ""),
             "vMAE % at tested": fmt.fmt_pct(_get(b, "tested", "vega_weighted_mae_pct")),
+            "Guard": BAND_GUARD_LABELS.get(str(b.get("status", "ok")), fmt.text(b.get("status"))),
             "_highlight": None,
         })
     return _frame(rows, TERM_COLUMNS)
@@ -372,6 +387,7 @@ TERM_TITLES = {
     "MAE %": "At the bucket's recommended multiplier",
     "vMAE %": "Vega-weighted MAE at the bucket's recommended multiplier",
     "vMAE % at tested": "Vega-weighted MAE of today's model (tested multiplier, current skew)",
+    "Guard": "Band guardrail: a band with too few samples is never applied; one out of range fails the run",
 }
 
 SKEW_COLUMNS = ("Anchor z", "Current ratio", "Recommended ratio", "Diff", "Quotes", "_highlight")

@@ -223,6 +223,8 @@ def _render_summary(d: dict[str, Any], db: Path) -> str:
     if sk and sk.get("misfit") is not None:
         lines += ["", f"Skew misfit {sk['misfit']:.4f}  (max |diff| {sk['max_abs_diff']:.4f} at z = "
                       f"{sk['largest_diff_anchor']:+g})"]
+    if sk:
+        lines += _wings_lines(sk)
     cov = dq.get("coverage_pct")
     lines += ["", f"Data quality: {dq['status']}  (coverage {_fmt(cov, '.1f', '%')}, "
                   f"{dq['rows_used']:,} of {dq['rows_scanned']:,} rows used, {dq['files_skipped']} file(s) skipped)"]
@@ -235,6 +237,24 @@ def _render_summary(d: dict[str, Any], db: Path) -> str:
                      f"{_fmt(pol['smoothed_multiplier'], '.4f')})")
     lines += ["", _status_line(d["status"], d["reason"]), f"Recorded run {d['run_id']} in {db}"]
     return "\n".join(lines)
+
+
+def _wings_lines(sk: dict[str, Any]) -> list[str]:
+    """Quotes beyond the outer skew anchors: their shares, the error there and within, the suggested grid."""
+    b = sk.get("beyond_anchors")
+    if not b or not b.get("n_quotes"):
+        return []
+    a = sk["anchors"]
+    out = [f"Wings       beyond z {a[0]:+g} / {a[-1]:+g} ({sk.get('extrapolation', 'flat')}): "
+           f"{_fmt(b['quote_share_pct'], '.1f', '%')} of quotes, {_fmt(b['vega_share_pct'], '.1f', '%')} of vega;"
+           f"  vMAE there {_fmt(b['vmae_pct'])} %, within {_fmt(b['inside_vmae_pct'])} %"]
+    sugg = sk.get("suggested_anchors_z")
+    if sugg and len(sugg) != len(a):
+        ratios = sk.get("suggested_anchors_ratios") or []
+        grid = ", ".join(f"{z:+g}:{r:.3f}" for z, r in zip(sugg, ratios, strict=False))
+        out.append(f"            suggested anchors (z:ratio) {grid}"
+                   f"  (multiplier {_fmt(sk.get('suggested_iv_multiplier'), '.4f')})")
+    return out
 
 
 def _emit(d: dict[str, Any], db: Path, json_out: bool) -> None:

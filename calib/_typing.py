@@ -12,7 +12,9 @@ BoolArray = npt.NDArray[np.bool_]
 
 Status = Literal["ok", "degraded", "failed"]
 Severity = Literal["info", "warning", "error"]
+Extrapolation = Literal["flat", "linear"]  # the skew beyond the outer anchors
 
 UNDERLYINGS: tuple[str, ...] = ("BTC", "ETH")
 OPTION_TYPES: tuple[str, ...] = ("C", "P")
 STATUSES: tuple[str, ...] = ("ok", "degraded", "failed")
+EXTRAPOLATIONS: tuple[str, ...] = ("flat", "linear")

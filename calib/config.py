@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from calib._typing import OPTION_TYPES, UNDERLYINGS
+from calib._typing import EXTRAPOLATIONS, OPTION_TYPES, UNDERLYINGS, Extrapolation
 from calib.errors import InvalidInputError
 
 DEFAULT_DATA_DIR = Path("data/live_deribit")
@@ -59,8 +59,14 @@ class SkewConfig:
 
     anchors_z: tuple[float, ...] = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
     current_ratios: tuple[float, ...] = (1.30, 1.10, 1.03, 1.0, 1.01, 1.06, 1.20)
+    # Beyond the outer anchors: "flat" holds the outer ratio (what the agent does today),
+    # "linear" extends the outer segments' slopes (floored at `calib.engine.model.RATIO_FLOOR`).
+    extrapolation: Extrapolation = "flat"
 
     def __post_init__(self) -> None:
+        if self.extrapolation not in EXTRAPOLATIONS:
+            raise InvalidInputError(
+                f"skew: `extrapolation` must be one of {', '.join(EXTRAPOLATIONS)}; got {self.extrapolation!r}")
         if len(self.anchors_z) != len(self.current_ratios):
             raise InvalidInputError(
                 f"skew: {len(self.anchors_z)} anchors but {len(self.current_ratios)} ratios"
@@ -86,6 +92,8 @@ class QualityThresholds:
     fraction_iv_median: float = 3.0  # a median IV this small is a fraction, not percent
     # In the last hours Deribit marks sit at intrinsic (settlement TWAP, vega ~0): not a vol quote.
     min_hours_to_expiry: float = 2.0
+    # Above this share of the fit's vega beyond the outer skew anchors, `wings_beyond_anchors` degrades the run.
+    wings_beyond_anchors_vega_pct: float = 25.0
     # Marks that their own mark_iv does not reprice (Black-76, coin) within max(2 ticks, 1 % of the mark):
     # share of the usable rows above which the run is degraded / failed (issue mark_iv_mismatch).
     degraded_mark_iv_mismatch_pct: float = 5.0

@@ -121,6 +121,52 @@ class WindowFacts:
                    window_end=src.window_end, coverage_applies=coverage_applies)
 
 
+def wings_issue(beyond: dict[str, Any], config: CalibrationConfig) -> list[DataQualityIssue]:
+    """`wings_beyond_anchors`: quotes beyond the outer skew anchors (a warning, so degraded, above the vega share)."""
+    n, vega = beyond.get("n_quotes") or 0, beyond.get("vega_share_pct")
+    if not n or vega is None:
+        return []
+    limit = config.quality.wings_beyond_anchors_vega_pct
+    a = config.skew.anchors_z
+    errors = ""
+    if beyond.get("vmae_pct") is not None:
+        errors = f" (vMAE there {beyond['vmae_pct']:.2f}%"
+        if beyond.get("inside_vmae_pct") is not None:
+            errors += f", within the anchors {beyond['inside_vmae_pct']:.2f}%"
+        errors += ")"
+    message = (f"{n} quotes ({beyond['quote_share_pct']:.1f}% of quotes, {vega:.1f}% of vega) lie beyond the outer "
+               f"skew anchors z = {a[0]:g} / {a[-1]:g}, where the skew is extrapolated {config.skew.extrapolation}"
+               + errors)
+    if vega > limit:
+        message += f"; more than {limit:g}% of vega: widen the anchors (skew.suggested_anchors_z)"
+    return [DataQualityIssue(code="wings_beyond_anchors", severity="warning" if vega > limit else "info",
+                             message=message, count=int(n))]
+
+
+def bound_cause(gm: GlobalMetrics, config: CalibrationConfig) -> str:
+    """Which multiplier sits on which hard bound (`multiplier_bounds`), for the failed reason."""
+    lo, hi = config.multiplier_bounds
+
+    def edge(m: float | None) -> str | None:
+        if m is None:
+            return None
+        if m <= lo * (1 + 1e-6):
+            return f"lower bound {lo:g}"
+        if m >= hi * (1 - 1e-6):
+            return f"upper bound {hi:g}"
+        return None
+
+    rec, cs = gm.recommended_iv_multiplier, gm.recommended_iv_multiplier_current_skew
+    parts = []
+    if edge(rec):
+        parts.append(f"recommended multiplier {rec:.4f} at the hard {edge(rec)}")
+    if cs is not None and cs != rec and edge(cs):
+        parts.append(f"current-skew multiplier {cs:.4f} at the hard {edge(cs)}"
+                     + (f": the current skew is far from the market's (with the fitted skew, {rec:.4f})"
+                        if rec is not None and not edge(rec) else ""))
+    return "; ".join(parts) or "a multiplier at a hard bound"
+
+
 def build_result(
     tally: QuoteTally,
     engine: EngineOutput | None,
@@ -220,6 +266,8 @@ def build_result(
                                        message=f"invalid rows by reason: {detail}", count=invalid))
 
     n_global = engine.n_samples if engine else 0
+    if engine is not None and engine.beyond_anchors is not None:
+        issues += wings_issue(engine.beyond_anchors, config)
     status_dq, issues, deciding = grade(issues, coverage_pct=coverage, invalid_pct=invalid_pct, rows_used=n_global,
                                         files_skipped=len(skipped), th=config.quality, excluded=excluded,
                                         rows_scanned=rows_scanned)
@@ -267,6 +315,8 @@ def build_result(
         n_samples=n_global, n_snapshots=engine.n_snapshots if engine else 0, source=config.source,
         multiplier_current_skew=gm.recommended_iv_multiplier_current_skew, bands=bands,
         data_quality_reason=dq_cause)
+    if gm.at_bound and status == "failed":
+        reason += f" ({bound_cause(gm, config)})"
     timings["data_quality"] = timings.get("data_quality", 0.0) + time.perf_counter() - t
     now = datetime.now(UTC)
     return CalibrationResult(

@@ -34,8 +34,15 @@ def exact_market(
     seed: int = 1,
     spot: float = 60000.0,
     vol: float = 0.5,
+    width_z: float = 2.5,
+    extrapolation: str = "flat",
 ) -> pl.DataFrame:
-    """Write one file per day under `root/<UND>/date=.../` and return the frame."""
+    """Write one file per day under `root/<UND>/date=.../` and return the frame.
+
+    Strikes span z = +/- `width_z` at the true multiplier; beyond the outer
+    anchors the true skew is flat or (`extrapolation="linear"`) continues the
+    outer segments' lines.
+    """
     rng = np.random.default_rng(seed)
     n = int(days * 24 * 60 / step_minutes) + 1
     ts = [end - timedelta(minutes=step_minutes * (n - 1 - i)) for i in range(n)]
@@ -55,10 +62,10 @@ def exact_market(
             dte = t_years * 365
             m = next(mm for lo, hi, mm in m_by_dte if lo <= dte < hi)
             fwd = index[i] * np.exp(0.05 * t_years)
-            width = 2.5 * rv[i] * m * np.sqrt(t_years)
+            width = width_z * rv[i] * m * np.sqrt(t_years)
             strikes = np.round(fwd * np.exp(np.linspace(-width, width, n_strikes)), -1)
             z = np.log(strikes / fwd) / (rv[i] * m * np.sqrt(t_years))
-            iv = rv[i] * m * np.interp(z, anchors, ratios)
+            iv = rv[i] * m * _true_skew(z, anchors, ratios, extrapolation)
             for cp in ("C", "P"):
                 price = black76_price_coin(fwd, strikes, t_years, iv, cp == "C")
                 for k, p, v in zip(strikes, price, iv, strict=True):
@@ -71,3 +78,15 @@ def exact_market(
     for (day,), part in df.group_by(pl.col("snapshot_ts").dt.date()):
         atomic_write_parquet(part, root / underlying / f"date={day}" / "synth.parquet")
     return df
+
+
+def _true_skew(z: np.ndarray, anchors: tuple[float, ...], ratios: tuple[float, ...], extrapolation: str) -> np.ndarray:
+    """The market's ratio curve: `np.interp`, and with "linear" the outer lines continued (written out plainly)."""
+    out = np.interp(z, anchors, ratios)
+    if extrapolation == "linear":
+        lo, hi = z < anchors[0], z > anchors[-1]
+        s_lo = (ratios[1] - ratios[0]) / (anchors[1] - anchors[0])
+        s_hi = (ratios[-1] - ratios[-2]) / (anchors[-1] - anchors[-2])
+        out[lo] = ratios[0] + s_lo * (z[lo] - anchors[0])
+        out[hi] = ratios[-1] + s_hi * (z[hi] - anchors[-1])
+    return out

@@ -160,7 +160,9 @@ def test_text_output_explains_current_skew_and_shows_data_time(exact_harvest: Pa
     res = _auto(exact_harvest, db_path)
     assert res.exit_code == 0, res.output
     line = next(ln for ln in res.stdout.splitlines() if ln.startswith("Multiplier"))
-    assert "recommended 1.2000" in line and "current-skew 1.1101" in line  # flat truth, the default skew is not
+    # Flat truth, the default skew is not; 1.1124 is the exact minimum of the current-skew objective
+    # (the closed form's fixed point was 1.1101: issue 12 defect 2).
+    assert "recommended 1.2000" in line and "current-skew 1.1124" in line
     assert "the value the live policy smooths and applies" in res.stdout
     assert "Newest snap 2026-03-01 00:00Z  (age " in res.stdout
 

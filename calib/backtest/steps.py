@@ -16,11 +16,11 @@ import numpy as np
 from calib.calibration import run_historical_calibration_from_harvest
 from calib.config import CalibrationConfig, PolicyConfig
 from calib.data.reader import find_harvest_files, max_rows, partition_groups, reading, scan_quotes
-from calib.engine.calibrate import minimize_bounded
 from calib.engine.metrics import ErrorMetrics, quote_errors, summarize
 from calib.engine.model import model_inputs
 from calib.engine.result import CalibrationResult
 from calib.errors import InvalidInputError
+from calib.numerics.optimize import minimize_bounded
 from calib.stages import RvState, prepare_window
 
 MAX_STEPS = 5000  # a backtest longer than this is a typo in --step
@@ -122,7 +122,7 @@ def score_step(config: CalibrationConfig, as_of: datetime, horizon: timedelta, *
     current = np.asarray(config.skew.current_ratios, dtype=np.float64)
 
     def at(m: float) -> ErrorMetrics:
-        return summarize(quote_errors(mi, m, anchors, current), mi.vega_coin)
+        return summarize(quote_errors(mi, m, anchors, current, config.skew.extrapolation), mi.vega_coin)
 
     def vmae(m: float) -> float:
         v = at(m).vega_weighted_mae_pct

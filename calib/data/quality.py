@@ -274,7 +274,8 @@ def grade(issues: list[DataQualityIssue], *, coverage_pct: float | None, invalid
     if failing:
         return "failed", out, failing
     degrading = [i for i in out if i.code in DEGRADING_CODES
-                 or (i.code in ("schema_drift", "mark_iv_mismatch") and i.severity == "warning")]
+                 or (i.code in ("schema_drift", "mark_iv_mismatch", "wings_beyond_anchors")
+                     and i.severity == "warning")]
     if coverage_pct is not None and coverage_pct < th.degraded_coverage_pct:
         low = DataQualityIssue(
             code="low_coverage", severity="warning",

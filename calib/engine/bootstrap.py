@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from calib._typing import FloatArray
+from calib._typing import Extrapolation, FloatArray
 from calib.config import DAYS_PER_YEAR
-from calib.engine.model import FitInputs, skew_ratio
+from calib.engine.model import FitInputs, curve_pieces
 
 CI_LEVEL = 0.90
 BOOTSTRAP_RESAMPLES = 500  # the 5 % and 95 % quantiles to ~0.1 of the half-width; 1000 cost 2x the time
@@ -60,6 +60,7 @@ def multiplier_interval(
     level: float = CI_LEVEL,
     n_resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
+    extrapolation: Extrapolation = "flat",
 ) -> tuple[float | None, float | None]:
     """Percentile bootstrap interval `(low, high)` around `multiplier`, fitted on `g` with skew `ratios`.
 
@@ -72,8 +73,11 @@ def multiplier_interval(
 
     Notes
     -----
-    The fit's fixed point is ``m = A(m) / B(m)`` with ``A = sum v b IV``,
-    ``B = sum v b^2``, ``b = RV skew(z1 / m)`` (`calib.engine.fit`). Both sums
+    The fit minimizes ``f(m) = sum v (RV m skew(z1 / m) - IV)^2``; on the curve's
+    piece ``c + s z`` a quote's model vol is ``alpha m + beta`` with
+    ``alpha = RV c``, ``beta = RV s z1`` (`calib.engine.fit.SortedQuotes`), so
+    ``f'(m) = 0`` reads ``m = A(m) / B(m)`` with ``A = sum v alpha (IV - beta)``,
+    ``B = sum v alpha^2``, the pieces taken at m. Both sums
     split by (snapshot, expiry) cell, so cell sums ``A_se(m_k), B_se(m_k)`` at
     two multipliers bracketing the estimate are sufficient statistics:
     a resample with snapshot counts ``c`` and expiry counts ``d`` has
@@ -98,12 +102,15 @@ def multiplier_interval(
     cell = snaps * n_e + expiries
     # Cell sums as (snapshot, expiry x grid), A and B side by side: one product per resample chunk.
     sums = np.empty((n_s, n_e, 2, grid.size))
+    knots, c, s = curve_pieces(anchors_z, ratios, extrapolation)
     for k, m in enumerate(grid):
-        b = skew_ratio(g.z1 / m, anchors_z, ratios)
-        b *= g.rv
-        vb = g.vega_coin * b
-        sums[:, :, 0, k] = np.bincount(cell, weights=vb * g.iv, minlength=n_s * n_e).reshape(n_s, n_e)
-        sums[:, :, 1, k] = np.bincount(cell, weights=vb * b, minlength=n_s * n_e).reshape(n_s, n_e)
+        # Model vol RV (c m + s z1) on each quote's piece at m: the objective's stationarity sums.
+        piece = np.searchsorted(knots, g.z1 / m, side="right")
+        alpha = g.rv * c.take(piece)
+        va = g.vega_coin * alpha
+        sums[:, :, 0, k] = np.bincount(cell, weights=va * (g.iv - g.rv * s.take(piece) * g.z1),
+                                       minlength=n_s * n_e).reshape(n_s, n_e)
+        sums[:, :, 1, k] = np.bincount(cell, weights=va * alpha, minlength=n_s * n_e).reshape(n_s, n_e)
     total = sums.sum(axis=(0, 1))
     m_hat = _roots(total[0][None, :], total[1][None, :], grid)[0]
     if not np.isfinite(m_hat) or m_hat <= 0:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -15,10 +13,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from calib._typing import FloatArray
+from calib._typing import Extrapolation, FloatArray
 from calib.config import DAYS_PER_YEAR, CalibrationConfig
 from calib.engine.bootstrap import multiplier_interval, resampling_units
-from calib.engine.fit import MultiplierFit, fit_multiplier
+from calib.engine.fit import MultiplierFit, SortedQuotes, fit_multiplier
 from calib.engine.metrics import EMPTY, MetricSums, add_to_groups, quote_errors
 from calib.engine.model import (
     FitInputs,
@@ -35,7 +33,7 @@ from calib.engine.skew import (
     nearest_anchor_counts,
     solve_from_sums,
 )
-from calib.errors import ConvergenceWarning
+from calib.numerics.optimize import minimize_on_grid
 from calib.numerics.stats import distinct, median
 
 JOINT_FIT_SAMPLE = 100_000
@@ -54,6 +52,7 @@ class EngineOutput:
     n_samples: int
     n_snapshots: int
     timings_s: dict[str, float] = field(default_factory=dict)
+    beyond_anchors: dict[str, Any] | None = None  # `wings_summary` at the recommended multiplier
 
 
 def calibrate_quotes(q: QuoteArrays, config: CalibrationConfig) -> EngineOutput:
@@ -110,16 +109,20 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
     current = np.asarray(config.skew.current_ratios, dtype=np.float64)
     bounds = config.multiplier_bounds
     m_tested = config.multiplier_tested_value
+    ext = config.skew.extrapolation
 
     # Membership of every quote, computed block by block (no full-length DTE temporary).
     *band_masks, g_mask = _dte_masks(q, [(b.dte_min, b.dte_max, False) for b in config.bands]
                                      + [(config.min_dte, config.max_dte, True)])
 
-    def bands_current_skew() -> tuple[list[FitInputs], list[MultiplierFit], list[tuple[np.ndarray, np.ndarray]]]:
+    def bands_current_skew() -> tuple[list[FitInputs], list[SortedQuotes], list[MultiplierFit],
+                                      list[tuple[np.ndarray, np.ndarray]]]:
         positions = [_stride_positions(m, JOINT_FIT_SAMPLE) for m in band_masks]  # same sampling as the joint fit
         inputs = [fit_inputs(q, p) for p in positions]
-        return inputs, [fit_multiplier(bi, anchors_z=anchors, ratios=current, bounds=bounds, start=m_tested)
-                        for bi in inputs], [_units(q, p) for p in positions]
+        sorted_inputs = [SortedQuotes(bi) for bi in inputs]  # sorted once, fitted with both skews
+        return inputs, sorted_inputs, [
+            fit_multiplier(sq, anchors_z=anchors, ratios=current, bounds=bounds, extrapolation=ext)
+            for sq in sorted_inputs], [_units(q, p) for p in positions]
 
     # The band fits with the current skew do not depend on the joint fit: on a second
     # thread they run while it does (numpy releases the GIL in its kernels).
@@ -132,26 +135,29 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
         sample, s_snap = fit_inputs(q, s_pos), q.snapshots_at(s_pos)
         n_pos = _newest_positions(q.snap, g_mask)  # the table is in time order
         newest, n_snap = fit_inputs(q, n_pos), q.snapshots_at(n_pos)
-        fit = fit_multiplier(sample, anchors_z=anchors, ratios=current, bounds=bounds, start=m_tested)
+        fit = fit_multiplier(sample, anchors_z=anchors, ratios=current, bounds=bounds, extrapolation=ext)
         fit_current_skew = fit
         ratios = current
         skew: SkewFit | None = None
         if config.fit_skew and fit.multiplier is not None:
             smile = (newest, n_snap) if len(newest) >= SMILE_MIN_QUOTES else None
-            fit, skew = _joint_fit(sample, s_snap, fit, anchors, current, bounds, smile_from=smile)
+            fit, skew = _joint_fit(sample, s_snap, fit, anchors, current, bounds, smile_from=smile,
+                                   extrapolation=ext)
             ratios = np.asarray(skew.recommended, dtype=np.float64)
         t_fit = time.perf_counter()
-        b_inputs, band_fits_cs, b_units = pending.result() if pending is not None else bands_current_skew()
+        b_inputs, b_sorted, band_fits_cs, b_units = (pending.result() if pending is not None
+                                                     else bands_current_skew())
     m_rec = fit.multiplier
     if ratios is current:
         band_fits = list(band_fits_cs)
     else:
         band_fits = _parallel_map(
-            lambda bi: fit_multiplier(bi, anchors_z=anchors, ratios=ratios, bounds=bounds, start=m_rec or m_tested),
-            b_inputs, parallel=parallel)
+            lambda sq: fit_multiplier(sq, anchors_z=anchors, ratios=ratios, bounds=bounds, extrapolation=ext),
+            b_sorted, parallel=parallel)
     # Bootstrap intervals of the recommended multipliers (each with the skew it was fitted with).
     ci, *band_cis = _parallel_map(
-        lambda job: multiplier_interval(job[0], job[1], anchors_z=anchors, ratios=ratios, multiplier=job[2]),
+        lambda job: multiplier_interval(job[0], job[1], anchors_z=anchors, ratios=ratios, multiplier=job[2],
+                                        extrapolation=ext),
         [(sample, _units(q, s_pos), m_rec), *zip(b_inputs, b_units, [f.multiplier for f in band_fits], strict=True)],
         parallel=parallel)
     rv_now, atm_iv = _rv_and_atm(newest, n_snap, m_rec or m_tested)
@@ -176,6 +182,7 @@ class EngineScores:
     band_recommended: MetricSums
     anchor_counts: np.ndarray  # global quotes per nearest skew anchor at the recommended multiplier
     snapshots_us: list[np.ndarray]  # distinct snapshots of the global range, per chunk
+    wings: MetricSums  # global range at recommended: group 0 beyond the outer anchors, group 1 within
 
     @classmethod
     def zeros(cls, config: CalibrationConfig) -> EngineScores:
@@ -183,10 +190,10 @@ class EngineScores:
         return cls(tested=MetricSums.zeros(), at_recommended=MetricSums.zeros(),
                    by_type=MetricSums.zeros(len(config.option_types)), band_tested=MetricSums.zeros(nb),
                    band_recommended=MetricSums.zeros(nb), anchor_counts=np.zeros(len(config.skew.anchors_z), np.int64),
-                   snapshots_us=[])
+                   snapshots_us=[], wings=MetricSums.zeros(2))
 
     def merge(self, other: EngineScores) -> None:
-        for name in ("tested", "at_recommended", "by_type", "band_tested", "band_recommended"):
+        for name in ("tested", "at_recommended", "by_type", "band_tested", "band_recommended", "wings"):
             getattr(self, name).merge(getattr(other, name))
         self.anchor_counts += other.anchor_counts
         self.snapshots_us.extend(other.snapshots_us)
@@ -233,6 +240,7 @@ def _score_part(q: QuoteArrays, fit: EngineFit, config: CalibrationConfig, *, bl
     current = np.asarray(config.skew.current_ratios, dtype=np.float64)
     m_tested = config.multiplier_tested_value
     m_rec = fit.fit.multiplier
+    ext = config.skew.extrapolation
     out = EngineScores.zeros(config)
     bands = config.bands
     band_m = [f.multiplier for f in fit.band_fits]
@@ -244,7 +252,7 @@ def _score_part(q: QuoteArrays, fit: EngineFit, config: CalibrationConfig, *, bl
         mb = model_inputs(qb)
         dte = qb.dte_days
         in_b = [(dte >= b.dte_min) & (dte < b.dte_max) for b in bands]
-        err_tested = quote_errors(mb, m_tested, anchors, current)
+        err_tested = quote_errors(mb, m_tested, anchors, current, ext)
         add_to_groups(err_tested, mb.vega_coin, [(out.tested, [g_mask[i:i + block]]), (out.band_tested, in_b)])
         if disjoint:  # one pricing pass: each quote at its own band's multiplier
             m_quote = np.full(len(qb), m_tested)
@@ -252,14 +260,14 @@ def _score_part(q: QuoteArrays, fit: EngineFit, config: CalibrationConfig, *, bl
                 if m is not None:
                     m_quote[mask] = m
             # Bands without a multiplier are summed at the tested one but never reported.
-            out.band_recommended.add(quote_errors(mb, m_quote, anchors, fit.ratios), mb.vega_coin, in_b)
+            out.band_recommended.add(quote_errors(mb, m_quote, anchors, fit.ratios, ext), mb.vega_coin, in_b)
         else:
             for b, (mask, m) in enumerate(zip(in_b, band_m, strict=True)):
                 if m is not None and mask.any():
                     bq = mb.take(np.flatnonzero(mask))
                     masks: list[np.ndarray | None] = [np.zeros(len(bq), bool)] * len(bands)
                     masks[b] = np.ones(len(bq), bool)
-                    out.band_recommended.add(quote_errors(bq, m, anchors, fit.ratios), bq.vega_coin, masks)
+                    out.band_recommended.add(quote_errors(bq, m, anchors, fit.ratios, ext), bq.vega_coin, masks)
         gi = np.flatnonzero(g_mask[i:i + block])
         if gi.size == 0:
             continue
@@ -267,12 +275,14 @@ def _score_part(q: QuoteArrays, fit: EngineFit, config: CalibrationConfig, *, bl
         if m_rec is None:
             continue
         gm = mb.take(gi)
-        err_rec = quote_errors(gm, m_rec, anchors, fit.ratios)
-        out.at_recommended.add(err_rec, gm.vega_coin)
+        err_rec = quote_errors(gm, m_rec, anchors, fit.ratios, ext)
+        z_lim = (anchors[0] * m_rec, anchors[-1] * m_rec)  # z = z1 / m beyond the outer anchors
+        beyond = (gm.z1 < z_lim[0]) | (gm.z1 > z_lim[1])
+        add_to_groups(err_rec, gm.vega_coin, [(out.at_recommended, [None]), (out.wings, [beyond, ~beyond])])
         call = gm.omega > 0
         out.by_type.add(err_rec, gm.vega_coin, [call if t == "C" else ~call for t in types])
         if fit.skew is not None:
-            left, frac = _hat_weights(gm.z1 / m_rec, anchors)
+            left, frac = _hat_weights(gm.z1 / m_rec, anchors, ext)
             out.anchor_counts += nearest_anchor_counts(left, frac, anchors.size)
     return out
 
@@ -298,9 +308,10 @@ def assemble_engine(fit: EngineFit, scores: EngineScores, config: CalibrationCon
                     ci_high=fit.band_cis[b][1] if fit.band_cis else None)
         for b, (band, bfit) in enumerate(zip(config.bands, fit.band_fits, strict=True))
     )
+    beyond = wings_summary(scores.wings) if m_rec is not None else None
     skew = fit.skew
     if skew is not None:
-        skew = replace(skew, n_per_anchor=tuple(int(c) for c in scores.anchor_counts))
+        skew = replace(skew, n_per_anchor=tuple(int(c) for c in scores.anchor_counts), beyond_anchors=beyond)
     gm = GlobalMetrics(multiplier_tested=config.multiplier_tested_value, recommended_iv_multiplier=m_rec,
                        at_bound=fit.fit.at_bound, at_recommended=at_rec, tested=scores.tested.metrics(),
                        rv_7d_pct=fit.rv_7d_pct, atm_iv_pct=fit.atm_iv_pct, ci_low=fit.ci[0], ci_high=fit.ci[1],
@@ -309,8 +320,25 @@ def assemble_engine(fit: EngineFit, scores: EngineScores, config: CalibrationCon
     return EngineOutput(
         global_metrics=gm, bands=bands, option_type_metrics=type_metrics, skew=skew,
         recommended_surface=fit.recommended_surface, n_samples=int(scores.tested.n[0]),
-        n_snapshots=scores.n_snapshots(), timings_s=timings_s,
+        n_snapshots=scores.n_snapshots(), timings_s=timings_s, beyond_anchors=beyond,
     )
+
+
+def wings_summary(wings: MetricSums) -> dict[str, Any]:
+    """Share of quotes and of vega beyond the outer anchors, and the errors there and within, at recommended."""
+    n_out, n_in = (int(x) for x in wings.n)
+    w_out, w_in = (float(x) for x in wings.w)
+    out, inside = wings.metrics(0), wings.metrics(1)
+    n, w = n_out + n_in, w_out + w_in
+    return {
+        "n_quotes": n_out,
+        "quote_share_pct": 100.0 * n_out / n if n else None,
+        "vega_share_pct": 100.0 * w_out / w if w > 0 else None,
+        "vmae_pct": out.vega_weighted_mae_pct,
+        "mae_pct": out.mae_pct,
+        "inside_vmae_pct": inside.vega_weighted_mae_pct,
+        "inside_mae_pct": inside.mae_pct,
+    }
 
 
 def _units(q: QuoteArrays, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -352,7 +380,8 @@ class _Profile:
     quote by quote, so its value is exact (no cancellation between sums).
     """
 
-    def __init__(self, g: FitInputs, anchors: np.ndarray, current: np.ndarray) -> None:
+    def __init__(self, g: FitInputs, anchors: np.ndarray, current: np.ndarray,
+                 extrapolation: Extrapolation = "flat") -> None:
         # numpy's default (SIMD) sort: 1.5 ms for 100 k against 9.4 ms stable; still deterministic, and the
         # order of tied z1 only changes summation order.
         order = np.argsort(g.z1)
@@ -364,36 +393,51 @@ class _Profile:
         self.s = [np.concatenate((zero, np.cumsum(v))) for v in (self.w, wz, wz * self.z1)]
         self.t = [np.concatenate((zero, np.cumsum(v))) for v in (self.w * ivr, wz * ivr)]
         self.anchors, self.current = anchors, current
+        self.linear = extrapolation == "linear"
 
     def __call__(self, m: float) -> tuple[float, np.ndarray]:
         a = self.anchors
         na = a.size
         pos = np.searchsorted(self.z1, a * m, side="left")  # quotes with z >= a_i start at pos[i]
-        cuts = np.concatenate(([0], pos, [self.z1.size]))
-        s0, s1, s2 = (np.diff(c[cuts]) for c in self.s)  # per range: below a_0, [a_i, a_i+1), above a_last
-        t0, t1 = (np.diff(c[cuts]) for c in self.t)
         h = np.diff(a)
         alpha, beta = 1.0 / (h * m), -a[:-1] / h  # hat weight f = alpha z1 + beta inside [a_l, a_l+1)
         inner = slice(1, na)
-        sf = alpha * s1[inner] + beta * s0[inner]
+
+        def range_sums(cuts: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
+            s_k = [np.diff(c[cuts]) for c in self.s]  # per range: below a_0, [a_i, a_i+1), above a_last
+            t_k = [np.diff(c[cuts]) for c in self.t]
+            sf = alpha * s_k[1][inner] + beta * s_k[0][inner]
+            support = np.zeros(na)
+            support[:-1] += s_k[0][inner] - sf
+            support[1:] += sf
+            # Clipped outside the outer anchors: all weight on the nearest one.
+            support[0] += s_k[0][0]
+            support[-1] += s_k[0][-1]
+            return s_k, t_k, sf, support
+
+        flat_cuts = np.concatenate(([0], pos, [self.z1.size]))
+        (s0, s1, s2), (t0, t1), sf, support = range_sums(flat_cuts)
+        if self.linear:
+            # The outer segments' lines continue: their ranges take in the quotes beyond. The support
+            # (does an anchor have data near it?) stays the clipped one: extended hat weights go negative.
+            lin = pos.copy()
+            lin[0], lin[-1] = 0, self.z1.size
+            cuts = np.concatenate(([0], lin, [self.z1.size]))
+            (s0, s1, s2), (t0, t1), sf, _ = range_sums(cuts)
+        else:
+            cuts = flat_cuts
         sff = alpha * alpha * s2[inner] + 2.0 * alpha * beta * s1[inner] + beta * beta * s0[inner]
         tf = (alpha * t1[inner] + beta * t0[inner]) / m
         diag = np.zeros(na)
         rhs = np.zeros(na)
-        support = np.zeros(na)
         diag[:-1] += s0[inner] - 2.0 * sf + sff
         diag[1:] += sff
         rhs[:-1] += t0[inner] / m - tf
         rhs[1:] += tf
-        support[:-1] += s0[inner] - sf
-        support[1:] += sf
-        # Clipped outside the outer anchors: all weight on the nearest one.
         diag[0] += s0[0]
         rhs[0] += t0[0] / m
-        support[0] += s0[0]
         diag[-1] += s0[-1]
         rhs[-1] += t0[-1] / m
-        support[-1] += s0[-1]
         ratios, _ = solve_from_sums(diag, sf - sff, rhs, support, a, self.current)
         # J quote by quote: the curve is linear in z1 within each range.
         slope = np.diff(ratios) / (h * m)
@@ -410,117 +454,89 @@ class _Profile:
 
 def _joint_fit(sample: FitInputs, s_snap: np.ndarray, fit: MultiplierFit, anchors: np.ndarray,
                current: np.ndarray, bounds: tuple[float, float], *,
-               smile_from: tuple[FitInputs, np.ndarray] | None = None) -> tuple[MultiplierFit, SkewFit]:
-    """Multiplier and skew that fit together: minimize the profile J(m) over m.
+               smile_from: tuple[FitInputs, np.ndarray] | None = None,
+               extrapolation: Extrapolation = "flat") -> tuple[MultiplierFit, SkewFit]:
+    """Multiplier and skew that fit together: minimize the profile J(m) over all of `bounds`.
 
     Notes
     -----
     The skew's z depends on m and the level m depends on the skew. For a given
     m the best skew is a linear solve, so the joint least-squares problem is a
-    1-D minimization of the profile ``J(m)`` (bounded Brent). Fixed-point
-    iteration of "best m given skew, best skew given m" is not used: it can stop
-    at a stationary point that is not a minimum (seen on real ETH chains, where
-    thin ATM data lets a tiny m with inflated ratios satisfy both equations).
-    The search stays within a factor 2 of the multiplier fitted with the
-    current skew, and runs on a deterministic sample of at most
+    1-D minimization of the profile ``J(m)``. Fixed-point iteration of "best m
+    given skew, best skew given m" is not used: it can stop at a stationary
+    point that is not a minimum (seen on real ETH chains, where thin ATM data
+    lets a tiny m with inflated ratios satisfy both equations). The search
+    covers the hard bounds: a log grid, Brent in the best cells, moving the
+    bracket whenever the optimum sits on an inner edge
+    (`calib.numerics.optimize.minimize_on_grid`), so ``at_bound`` means the
+    hard bound and nothing else. It runs on a deterministic sample of at most
     `JOINT_FIT_SAMPLE` quotes (metrics afterwards use every quote); the
     recommended skew is the one solved on that sample at the chosen m, so the
     pair is the sample's joint optimum. `smile_from` (quotes, snapshots) is
-    what the smile diagnostic shows (default: the sample).
+    what the smile diagnostic shows (default: the sample). With "linear"
+    extrapolation the solve is the least squares of the unfloored lines
+    (the floor binds only where an outer line falls below `RATIO_FLOOR`).
+    The skew also carries a suggested anchor grid covering the sample
+    (`suggest_anchors`) with its own joint fit.
     """
+    m_star, at_bound, n_eval = _profile_minimum(sample, anchors, current, bounds, extrapolation)
+    # A pinned current-skew fit (the multiplier the policy applies) pins the run too.
+    joint = MultiplierFit(multiplier=m_star, unclipped=m_star, at_bound=at_bound or fit.at_bound, iterations=n_eval)
+    skew = fit_skew(sample, m_star, anchors_z=anchors, current=current, snapshot_us=s_snap,
+                    smile_from=smile_from, extrapolation=extrapolation)
+    sugg = suggest_anchors(sample.z1 / m_star, anchors, sample.vega_coin)
+    if sugg.size == anchors.size:
+        return joint, replace(skew, suggested_anchors_z=tuple(anchors.tolist()),
+                              suggested_anchors_ratios=skew.recommended, suggested_iv_multiplier=m_star)
+    # The recommended curve read on the wider grid: an added anchor without data keeps that value.
+    sugg_current = skew_ratio(sugg, anchors, np.asarray(skew.recommended), extrapolation)
+    m_sugg, _, _ = _profile_minimum(sample, sugg, sugg_current, bounds, extrapolation)
+    sfit = fit_skew(sample, m_sugg, anchors_z=sugg, current=sugg_current, snapshot_us=s_snap,
+                    extrapolation=extrapolation)
+    return joint, replace(skew, suggested_anchors_z=tuple(sugg.tolist()),
+                          suggested_anchors_ratios=sfit.recommended, suggested_iv_multiplier=m_sugg)
+
+
+def _profile_minimum(sample: FitInputs, anchors: np.ndarray, current: np.ndarray, bounds: tuple[float, float],
+                     extrapolation: Extrapolation) -> tuple[float, bool, int]:
+    """argmin of the profile J on `bounds`, whether it is on a bound, and the evaluations it took."""
     lo, hi = bounds
-    m_cs = float(fit.multiplier)  # type: ignore[arg-type]
-    a, b = max(lo, m_cs / 2), min(hi, m_cs * 2)
-    if b - a > 1e-9:
-        profile = _Profile(sample, anchors, current)
-        m_star = minimize_bounded(lambda m: profile(m)[0], a, b, xatol=1e-10)
-    else:
-        m_star = m_cs
-    at_bound = m_star <= lo * (1 + 1e-6) or m_star >= hi * (1 - 1e-6)
-    joint = MultiplierFit(multiplier=m_star, unclipped=m_star, at_bound=at_bound or fit.at_bound, iterations=0)
-    return joint, fit_skew(sample, m_star, anchors_z=anchors, current=current, snapshot_us=s_snap,
-                           smile_from=smile_from)
+    profile = _Profile(sample, anchors, current, extrapolation)
+    best = minimize_on_grid(lambda m: profile(m)[0], lo, hi)
+    return best.x, best.at_bound, best.evaluations
 
 
-def minimize_bounded(func: Callable[[float], float], lo: float, hi: float, *, xatol: float = 1e-5,
-                     maxiter: int = 500) -> float:
-    """Minimizer of a scalar function on ``[lo, hi]``: Brent's method (golden section + parabolic steps).
+SUGGEST_QUANTILE = 0.005  # the suggested grid covers the sample's vega from this quantile of z to 1 - it
+SUGGEST_MAX_EXTRA = 6  # anchors added per side at most
 
-    Notes
-    -----
-    A line-for-line port of ``scipy.optimize.minimize_scalar(method="bounded")``
-    (``fminbound``; Brent 1973, "Algorithms for Minimization without
-    Derivatives", ch. 5), giving the same iterates: importing scipy.optimize
-    costs more CLI start-up time than a whole 14-day calibration budget allows.
+
+def suggest_anchors(z: FloatArray, anchors: np.ndarray, weights: FloatArray | None = None, *,
+                    quantile: float = SUGGEST_QUANTILE) -> np.ndarray:
+    """The anchors, extended outward in steps of the outer spacing until they cover the bulk of `z`.
+
+    Each side gets anchors ``a_0 - h_0, a_0 - 2 h_0, ...`` (``h_0`` the outer
+    segment's width) until one lies at or beyond the `quantile` of `z`
+    weighted by `weights` (the fit's vegas: deep wings at the tick floor carry
+    no information), at most `SUGGEST_MAX_EXTRA`; a side already covered is unchanged.
     """
-    sqrt_eps = math.sqrt(2.2e-16)
-    golden_mean = 0.5 * (3.0 - math.sqrt(5.0))
-    a, b = lo, hi
-    fulc = a + golden_mean * (b - a)
-    nfc = xf = fulc
-    rat = e = 0.0
-    fx = float(func(xf))
-    num = 1
-    ffulc = fnfc = fx
-    xm = 0.5 * (a + b)
-    tol1 = sqrt_eps * abs(xf) + xatol / 3.0
-    tol2 = 2.0 * tol1
-    while abs(xf - xm) > (tol2 - 0.5 * (b - a)):
-        golden = True
-        if abs(e) > tol1:  # try a parabolic step through the three best points
-            golden = False
-            r = (xf - nfc) * (fx - ffulc)
-            q = (xf - fulc) * (fx - fnfc)
-            p = (xf - fulc) * q - (xf - nfc) * r
-            q = 2.0 * (q - r)
-            if q > 0.0:
-                p = -p
-            q = abs(q)
-            r = e
-            e = rat
-            if abs(p) < abs(0.5 * q * r) and p > q * (a - xf) and p < q * (b - xf):
-                rat = (p + 0.0) / q
-                x = xf + rat
-                if (x - a) < tol2 or (b - x) < tol2:
-                    rat = tol1 * (_sign(xm - xf) + (xm - xf == 0))
-            else:
-                golden = True
-        if golden:
-            e = a - xf if xf >= xm else b - xf
-            rat = golden_mean * e
-        x = xf + (_sign(rat) + (rat == 0)) * max(abs(rat), tol1)
-        fu = float(func(x))
-        num += 1
-        if fu <= fx:
-            if x >= xf:
-                a = xf
-            else:
-                b = xf
-            fulc, ffulc = nfc, fnfc
-            nfc, fnfc = xf, fx
-            xf, fx = x, fu
-        else:
-            if x < xf:
-                a = x
-            else:
-                b = x
-            if fu <= fnfc or nfc == xf:
-                fulc, ffulc = nfc, fnfc
-                nfc, fnfc = x, fu
-            elif fu <= ffulc or fulc == xf or fulc == nfc:
-                fulc, ffulc = x, fu
-        xm = 0.5 * (a + b)
-        tol1 = sqrt_eps * abs(xf) + xatol / 3.0
-        tol2 = 2.0 * tol1
-        if num >= maxiter:
-            warnings.warn(f"minimize_bounded: {maxiter} evaluations without convergence", ConvergenceWarning,
-                          stacklevel=2)
-            break
-    return float(xf)
-
-
-def _sign(x: float) -> float:
-    return 1.0 if x > 0 else (-1.0 if x < 0 else 0.0)
+    if z.size == 0:
+        return anchors.copy()
+    order = np.argsort(z)
+    zs = z.take(order)
+    w = np.ones(z.size) if weights is None else np.asarray(weights, dtype=np.float64).take(order)
+    cum = np.cumsum(w)
+    if not cum[-1] > 0:
+        return anchors.copy()
+    cum /= cum[-1]
+    z_lo = zs[min(int(np.searchsorted(cum, quantile, side="left")), zs.size - 1)]
+    z_hi = zs[min(int(np.searchsorted(cum, 1.0 - quantile, side="left")), zs.size - 1)]
+    h_lo, h_hi = anchors[1] - anchors[0], anchors[-1] - anchors[-2]
+    # A twentieth of a step of slack: strikes on a round grid land a hair beyond an anchor.
+    n_lo = int(min(max(np.ceil((anchors[0] - z_lo) / h_lo - 0.05), 0), SUGGEST_MAX_EXTRA))
+    n_hi = int(min(max(np.ceil((z_hi - anchors[-1]) / h_hi - 0.05), 0), SUGGEST_MAX_EXTRA))
+    left = anchors[0] - h_lo * np.arange(n_lo, 0, -1)
+    right = anchors[-1] + h_hi * np.arange(1, n_hi + 1)
+    return np.concatenate((left, anchors, right))
 
 
 def _stride_positions(mask: np.ndarray, k: int, block: int = SCORE_BLOCK) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from calib._typing import FloatArray
+from calib._typing import Extrapolation, FloatArray
 from calib.engine.model import ModelInputs, QuoteArrays, as_model_inputs, model_sigma_price
 
 
@@ -42,10 +42,10 @@ class QuoteErrors:
 
 
 def quote_errors(q: QuoteArrays | ModelInputs, multiplier: float | FloatArray, anchors_z: FloatArray,
-                 ratios: FloatArray) -> QuoteErrors:
+                 ratios: FloatArray, extrapolation: Extrapolation = "flat") -> QuoteErrors:
     """err_pct = (model - mark)/mark x 100; err_vol_points = (sigma_model - IV) x 100."""
     mi = as_model_inputs(q)
-    sigma, price = model_sigma_price(mi, multiplier, anchors_z, ratios)
+    sigma, price = model_sigma_price(mi, multiplier, anchors_z, ratios, extrapolation)
     price -= mi.mark_coin
     price /= mi.mark_coin
     price *= 100.0

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calib._typing import BoolArray, FloatArray
+from calib._typing import BoolArray, Extrapolation, FloatArray
 from calib.config import DAYS_PER_YEAR
 from calib.numerics.black76 import (
     black76_price_coin_at_total_vol,
@@ -111,12 +111,18 @@ class QuoteArrays:
 ROW_FIELDS: tuple[str, ...] = ("k_rel", "t_years", "is_call", "mark_coin", "iv", "snap")
 
 
-def skew_ratio(z: FloatArray, anchors_z: FloatArray, ratios: FloatArray) -> FloatArray:
-    """Piecewise-linear skew ratio in z, flat beyond the outer anchors (same values as `np.interp`).
+RATIO_FLOOR = 0.05  # "linear" extrapolation never takes the ratio below this (a vol is positive)
+
+
+def skew_ratio(z: FloatArray, anchors_z: FloatArray, ratios: FloatArray,
+               extrapolation: Extrapolation = "flat") -> FloatArray:
+    """Piecewise-linear skew ratio in z; beyond the outer anchors flat (same values as `np.interp`) or linear.
 
     Evaluated as the first segment's line plus one hinge ``max(z, a_i)`` per
     inner anchor: three array passes per anchor, about 3x faster than
     `np.interp` (a binary search per element) for a handful of anchors.
+    With ``extrapolation="linear"`` z is not clipped, so the outer segments'
+    lines continue; there the ratio is floored at `RATIO_FLOOR`.
     """
     a = np.asarray(anchors_z, dtype=np.float64)
     r = np.asarray(ratios, dtype=np.float64)
@@ -129,7 +135,8 @@ def skew_ratio(z: FloatArray, anchors_z: FloatArray, ratios: FloatArray) -> Floa
     # r(z) = r0 + s0 (z - a0) + sum_i k_i max(z - a_i, 0) on the clipped z; the constants fold into one
     # intercept so each inner anchor costs a maximum and a multiply-add.
     intercept = r[0] - slopes[0] * a[0] - float(np.dot(kinks, inner))
-    zc = np.clip(z, a[0], a[-1])
+    linear = extrapolation == "linear"
+    zc = z if linear else np.clip(z, a[0], a[-1])
     out = zc * slopes[0]
     out += intercept
     hinge = np.empty_like(zc)
@@ -137,7 +144,37 @@ def skew_ratio(z: FloatArray, anchors_z: FloatArray, ratios: FloatArray) -> Floa
         np.maximum(zc, ai, out=hinge)
         hinge *= kink
         out += hinge
+    if linear:
+        np.maximum(out, RATIO_FLOOR, out=out, where=(z < a[0]) | (z > a[-1]))
     return out
+
+
+def curve_pieces(anchors_z: FloatArray, ratios: FloatArray,
+                 extrapolation: Extrapolation = "flat") -> tuple[FloatArray, FloatArray, FloatArray]:
+    """The skew curve as lines between knots: ``(knots, c, s)``, ratio ``c[p] + s[p] z`` on piece ``p``.
+
+    Piece 0 is ``z < knots[0]``, piece ``p`` is ``knots[p-1] <= z < knots[p]``,
+    the last is ``z >= knots[-1]``: the same values as `skew_ratio` (up to
+    rounding). "flat": the knots are the anchors and the outer pieces are
+    constant; "linear": the outer segments' lines continue, with a knot where
+    they reach `RATIO_FLOOR` (the ratio is constant beyond it).
+    """
+    a = np.asarray(anchors_z, dtype=np.float64)
+    r = np.asarray(ratios, dtype=np.float64)
+    s_seg = np.diff(r) / np.diff(a)
+    c_seg = r[:-1] - s_seg * a[:-1]
+    if extrapolation == "flat":
+        return a.copy(), np.concatenate(([r[0]], c_seg, [r[-1]])), np.concatenate(([0.0], s_seg, [0.0]))
+    knots, c, s = list(a[1:-1]), list(c_seg), list(s_seg)
+    if s_seg[0] > 0:  # falls to the floor on the left
+        knots.insert(0, min((RATIO_FLOOR - c_seg[0]) / s_seg[0], a[0]))
+        c.insert(0, RATIO_FLOOR)
+        s.insert(0, 0.0)
+    if s_seg[-1] < 0:  # falls to the floor on the right
+        knots.append(max((RATIO_FLOOR - c_seg[-1]) / s_seg[-1], a[-1]))
+        c.append(RATIO_FLOOR)
+        s.append(0.0)
+    return np.asarray(knots, dtype=np.float64), np.asarray(c, dtype=np.float64), np.asarray(s, dtype=np.float64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,14 +259,14 @@ def as_fit_inputs(q: QuoteArrays | ModelInputs | FitInputs) -> ModelInputs | Fit
 
 
 def model_sigma_price(mi: ModelInputs, multiplier: float | FloatArray, anchors_z: FloatArray,
-                      ratios: FloatArray) -> tuple[FloatArray, FloatArray]:
+                      ratios: FloatArray, extrapolation: Extrapolation = "flat") -> tuple[FloatArray, FloatArray]:
     """sigma_model (fraction) and its Black-76 coin price, from precomputed inputs.
 
     ``sigma = RV m skew(z1 / m)``, priced as ``w (N(w d1) - k N(w d2))`` with
     ``d1 = -ln k / v + v / 2``, ``v = sigma sqrt(T)`` (the numerics kernel
     `black76_price_coin_at_total_vol`: `black76_price_coin`'s values to 1e-12).
     """
-    sk = skew_ratio(mi.z1 / multiplier, anchors_z, ratios)
+    sk = skew_ratio(mi.z1 / multiplier, anchors_z, ratios, extrapolation)
     sk *= multiplier
     sigma = mi.rv * sk
     tv = mi.s * sk

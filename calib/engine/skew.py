@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from calib._typing import FloatArray
+from calib._typing import Extrapolation, FloatArray
 from calib.engine.model import FitInputs, ModelInputs, QuoteArrays, as_fit_inputs, skew_ratio
 
 SKEW_BLOCK = 1 << 16  # quotes per block of the full skew fit's sums
@@ -24,6 +24,13 @@ class SkewFit:
     max_abs_diff: float | None
     largest_diff_anchor: float | None
     smile: dict[str, list[Any]]
+    extrapolation: str = "flat"
+    # Quotes beyond the outer anchors at the recommended multiplier (`wings_summary`): shares and errors.
+    beyond_anchors: dict[str, Any] | None = None
+    # An anchor grid covering the data (`calib.engine.calibrate.suggest_anchors`) and its joint fit.
+    suggested_anchors_z: tuple[float, ...] | None = None
+    suggested_anchors_ratios: tuple[float, ...] | None = None
+    suggested_iv_multiplier: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -35,16 +42,24 @@ class SkewFit:
             "max_abs_diff": self.max_abs_diff,
             "largest_diff_anchor": self.largest_diff_anchor,
             "smile": self.smile,
+            "extrapolation": self.extrapolation,
+            "beyond_anchors": self.beyond_anchors,
+            "suggested_anchors_z": list(self.suggested_anchors_z) if self.suggested_anchors_z else None,
+            "suggested_anchors_ratios": list(self.suggested_anchors_ratios) if self.suggested_anchors_ratios else None,
+            "suggested_iv_multiplier": self.suggested_iv_multiplier,
         }
 
 
-def _hat_weights(z: FloatArray, anchors: FloatArray) -> tuple[np.ndarray, FloatArray]:
+def _hat_weights(z: FloatArray, anchors: FloatArray,
+                 extrapolation: Extrapolation = "flat") -> tuple[np.ndarray, FloatArray]:
     """Linear-interpolation weights: each z splits between its two neighbouring anchors.
 
     `left` counts the inner anchors at or below the clipped z (a compare per
     inner anchor: faster than a binary search for a handful of anchors).
+    With "linear" extrapolation z is not clipped: beyond an outer anchor the
+    outer segment's weights continue (``frac`` below 0 or above 1).
     """
-    zc = np.clip(z, anchors[0], anchors[-1])
+    zc = z if extrapolation == "linear" else np.clip(z, anchors[0], anchors[-1])
     left = np.zeros(zc.shape, dtype=np.intp)
     for a in anchors[1:-1]:
         left += zc >= a
@@ -61,7 +76,7 @@ def nearest_anchor_counts(left: np.ndarray, frac: FloatArray, size: int) -> np.n
 def fit_skew(
     q: QuoteArrays | ModelInputs | FitInputs, multiplier: float, *, anchors_z: FloatArray, current: FloatArray,
     snapshot_us: np.ndarray | None = None, smile_bin: float = 0.25,
-    smile_from: tuple[ModelInputs | FitInputs, np.ndarray] | None = None,
+    smile_from: tuple[ModelInputs | FitInputs, np.ndarray] | None = None, extrapolation: Extrapolation = "flat",
 ) -> SkewFit:
     """Weighted least squares of the piecewise-linear ratio curve on observed IV / (RV m).
 
@@ -81,7 +96,8 @@ def fit_skew(
     if len(q) == 0:
         return SkewFit(anchors=tuple(anchors_z.tolist()), current=tuple(current.tolist()),
                        recommended=tuple(current.tolist()), n_per_anchor=(0,) * a, misfit=None,
-                       max_abs_diff=None, largest_diff_anchor=None, smile=_empty_smile())
+                       max_abs_diff=None, largest_diff_anchor=None, smile=_empty_smile(),
+                       extrapolation=extrapolation)
     mi = as_fit_inputs(q)
     snaps = q.snapshot_us if isinstance(q, QuoteArrays) else snapshot_us
     if snaps is None:
@@ -90,7 +106,8 @@ def fit_skew(
     totals: list[Any] = [np.zeros(a), np.zeros(a - 1), np.zeros(a), np.zeros(a), np.zeros(a, np.int64)]
     for i in range(0, len(mi), SKEW_BLOCK):
         b = slice(i, i + SKEW_BLOCK)
-        parts = skew_sums(mi.z1[b] / multiplier, mi.iv[b] / (mi.rv[b] * multiplier), mi.vega_coin[b], anchors_z)
+        parts = skew_sums(mi.z1[b] / multiplier, mi.iv[b] / (mi.rv[b] * multiplier), mi.vega_coin[b], anchors_z,
+                          extrapolation=extrapolation)
         for total, part in zip(totals, parts, strict=True):
             total += part
     diag, off, rhs, support, counts = totals
@@ -106,15 +123,17 @@ def fit_skew(
         k = int(np.flatnonzero(has_data)[np.argmax(d)])
         max_abs, largest = float(d.max()), float(anchors_z[k])
     smile_q, smile_snaps = smile_from if smile_from is not None else (mi, snaps)
-    smile = _smile(smile_q, smile_snaps, multiplier, anchors_z, current, rec, smile_bin)
+    smile = _smile(smile_q, smile_snaps, multiplier, anchors_z, current, rec, smile_bin, extrapolation)
     return SkewFit(anchors=tuple(anchors_z.tolist()), current=tuple(current.tolist()),
                    recommended=tuple(float(x) for x in rec), n_per_anchor=tuple(int(c) for c in counts),
-                   misfit=misfit, max_abs_diff=max_abs, largest_diff_anchor=largest, smile=smile)
+                   misfit=misfit, max_abs_diff=max_abs, largest_diff_anchor=largest, smile=smile,
+                   extrapolation=extrapolation)
 
 
 def skew_sums(
     z: FloatArray, ratio: FloatArray, w: FloatArray, anchors_z: FloatArray,
     *, hat: tuple[np.ndarray, FloatArray] | None = None, with_counts: bool = True,
+    extrapolation: Extrapolation = "flat",
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, np.ndarray | None]:
     """The hat-basis sums of the skew fit (Gram diagonal and off-diagonal, rhs, support, counts); additive over quotes.
 
@@ -124,7 +143,7 @@ def skew_sums(
     `hat` passes `_hat_weights(z, anchors_z)` already computed.
     """
     a = anchors_z.size
-    left, frac = _hat_weights(z, anchors_z) if hat is None else hat
+    left, frac = _hat_weights(z, anchors_z, extrapolation) if hat is None else hat
     wr = w * frac
     wl = w - wr
 
@@ -138,7 +157,11 @@ def skew_sums(
     diag = by_left(wl - wl_frac) + by_right(wr * frac)
     off = by_left(wl_frac)[: a - 1]
     rhs = by_left(wl * ratio) + by_right(wr * ratio)
-    support = by_left(wl) + by_right(wr)
+    if extrapolation == "linear":  # support counts data near an anchor: the clipped weights (extended ones go negative)
+        wr_c = w * np.clip(frac, 0.0, 1.0)
+        support = by_left(w - wr_c) + by_right(wr_c)
+    else:
+        support = by_left(wl) + by_right(wr)
     counts = nearest_anchor_counts(left, frac, a) if with_counts else None
     return diag, off, rhs, support, counts
 
@@ -173,7 +196,8 @@ def _empty_smile() -> dict[str, list[Any]]:
 
 
 def _smile(q: ModelInputs | FitInputs, snapshot_us: np.ndarray, m: float, anchors: FloatArray,
-           current: FloatArray, rec: FloatArray, width: float) -> dict[str, list[Any]]:
+           current: FloatArray, rec: FloatArray, width: float,
+           extrapolation: Extrapolation = "flat") -> dict[str, list[Any]]:
     """Market vs model IV by z bin, for the newest snapshot (all snapshots if it is thin)."""
     newest = snapshot_us == snapshot_us.max()
     sel = newest if newest.sum() >= 20 else np.ones_like(newest)
@@ -193,6 +217,6 @@ def _smile(q: ModelInputs | FitInputs, snapshot_us: np.ndarray, m: float, anchor
         "z": [float(x) for x in zc],
         "n": [int(x) for x in n],
         "market_iv_pct": [float(x) for x in mkt * 100],
-        "model_iv_pct": [float(x) for x in rv_b * m * skew_ratio(zc, anchors, current) * 100],
-        "recommended_iv_pct": [float(x) for x in rv_b * m * skew_ratio(zc, anchors, rec) * 100],
+        "model_iv_pct": [float(x) for x in rv_b * m * skew_ratio(zc, anchors, current, extrapolation) * 100],
+        "recommended_iv_pct": [float(x) for x in rv_b * m * skew_ratio(zc, anchors, rec, extrapolation) * 100],
     }

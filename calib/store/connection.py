@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 
 from calib.errors import CalibError, StoreError, StoreLockedError
+from calib.store.rollback import rollback_quietly
 
 # Files stay readable by the DuckDB 1.5 CLI (`pip install duckdb-cli==1.5.6`).
 STORAGE_COMPATIBILITY = "v1.5.0"
@@ -147,16 +148,6 @@ def connect(db_path: Path | str, *, read_only: bool, retry_s: float | None = Non
         yield con
     finally:
         con.close()
-
-
-def rollback_quietly(con: duckdb.DuckDBPyConnection) -> None:
-    """ROLLBACK when a transaction is still open.
-
-    A failed COMMIT (a full disk) has already ended the transaction, so a plain
-    ROLLBACK would raise "no transaction is active" over the real error.
-    """
-    with suppress(duckdb.Error):
-        con.execute("ROLLBACK")
 
 
 def _one_line(e: BaseException) -> str:

@@ -11,7 +11,7 @@ import duckdb
 
 from calib.errors import StoreError
 from calib.store.catalog import has_table
-from calib.store.connection import rollback_quietly
+from calib.store.rollback import rollback_quietly
 
 MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (

@@ -53,8 +53,8 @@ HARVEST_SCHEMA: dict[str, pl.DataType] = {
     "theta": pl.Float64(),
 }
 
-# BTC-27DEC24-100000-C ; strikes may carry a 'd' decimal mark (ETH-1JAN25-2d5-C).
-INSTRUMENT_PATTERN = r"^([A-Z]+)-(\d{1,2}[A-Z]{3}\d{2})-([0-9]+(?:d[0-9]+)?)-([CP])$"
+# BTC-27DEC24-100000-C ; strikes may carry a decimal mark, 'd' (ETH-1JAN25-2d5-C) or '.' (ETH-3JAN25-3250.5-P).
+INSTRUMENT_PATTERN = r"^([A-Z]+)-(\d{1,2}[A-Z]{3}\d{2})-([0-9]+(?:[d.][0-9]+)?)-([CP])$"
 EXPIRY_HOUR_UTC = 8  # Deribit options expire at 08:00 UTC
 
 
@@ -75,3 +75,21 @@ def parse_instrument_exprs(name: pl.Expr) -> dict[str, pl.Expr]:
         "strike": strike,
         "option_type": parts.struct.field("4"),
     }
+
+
+PARSED_COLUMNS: tuple[str, ...] = ("expiry_ts", "strike", "option_type")
+
+
+def parse_instrument_names(names: pl.Series) -> pl.DataFrame:
+    """`expiry_ts` (ms UTC), `strike`, `option_type` for every element of `names`, row for row.
+
+    Each distinct name is parsed once (`parse_instrument_exprs`) and the rows
+    take their values through an Enum of the distinct names: two hash passes
+    over the rows instead of a regex per row (a harvest repeats ~1,500 names
+    ~2,000 times a day). Null or unparsable names give nulls.
+    """
+    distinct = names.drop_nulls().unique()
+    parsed = pl.DataFrame({"n": distinct}).select(
+        **{c: e for c, e in parse_instrument_exprs(pl.col("n")).items() if c in PARSED_COLUMNS})
+    codes = names.cast(pl.Enum(distinct)).to_physical()
+    return parsed.select(pl.all().gather(codes))

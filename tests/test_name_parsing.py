@@ -1,0 +1,92 @@
+"""Instrument names parsed once per distinct name; both harvest layouts give the results recorded before."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from calib.data.layout import atomic_write_parquet
+from calib.data.schema import parse_instrument_exprs, parse_instrument_names
+from tests.golden_results import BUNDLE, bench_spec_harvest, cases, run_case
+
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden_results.json"
+
+
+def _per_row(names: pl.Series) -> pl.DataFrame:
+    """The reference: the regex on every row."""
+    return pl.DataFrame({"n": names}).select(
+        **{c: e for c, e in parse_instrument_exprs(pl.col("n")).items() if c != "currency"})
+
+
+def test_decimal_strikes_parse() -> None:
+    got = parse_instrument_names(pl.Series(["ETH-3JAN25-3250.5-P", "ETH-1JAN25-2d5-C", "BTC-27DEC24-100000-C"]))
+    assert got["strike"].to_list() == [3250.5, 2.5, 100000.0]
+    assert got["option_type"].to_list() == ["P", "C", "C"]
+    assert [t.isoformat() for t in got["expiry_ts"]] == [
+        "2025-01-03T08:00:00+00:00", "2025-01-01T08:00:00+00:00", "2024-12-27T08:00:00+00:00"]
+
+
+def test_unparsable_names_give_nulls() -> None:
+    got = parse_instrument_names(pl.Series(["BTC-27DEC24-1.2.3-C", "BTC-27DEC24-100000-X", "", None, "ETH-3JAN25-.5-P"],
+                                           dtype=pl.String))
+    assert got.null_count().row(0) == (5, 5, 5)
+
+
+_NAME = st.builds(
+    lambda und, day, mon, yy, strike, frac, kind: f"{und}-{day}{mon}{yy:02d}-{strike}{frac}-{kind}",
+    st.sampled_from(["BTC", "ETH", "btc"]), st.integers(1, 31), st.sampled_from(["JAN", "FEB", "DEC", "XYZ"]),
+    st.integers(0, 99), st.integers(0, 200_000), st.sampled_from(["", ".5", "d25", ".", "d"]),
+    st.sampled_from(["C", "P", "Q"]))
+
+
+@given(st.lists(st.one_of(_NAME, st.none(), st.text(max_size=12)), max_size=60), st.integers(1, 5))
+def test_distinct_parse_equals_per_row_regex(names: list[str | None], repeat: int) -> None:
+    series = pl.Series(names * repeat, dtype=pl.String)
+    assert parse_instrument_names(series).equals(_per_row(series))
+
+
+def _minimal(src: Path, dst: Path) -> Path:
+    """`src` without expiry_ts, strike, option_type (SPEC section 2's minimal layout), same footers."""
+    for f in sorted(src.rglob("*.parquet")):
+        atomic_write_parquet(pl.read_parquet(f).drop("expiry_ts", "strike", "option_type"), dst / f.relative_to(src))
+    return dst
+
+
+def _assert_same(got: dict[str, Any], want: dict[str, Any], where: str) -> None:
+    assert got.keys() == want.keys(), where
+    for k, w in want.items():
+        g = got[k]
+        if isinstance(w, float) and isinstance(g, float) and not (math.isnan(w) and math.isnan(g)):
+            assert g == pytest.approx(w, rel=1e-9, abs=1e-300), f"{where}: {k}"
+        else:
+            assert g == w, f"{where}: {k}"
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
+    if not BUNDLE.is_dir():
+        pytest.skip("bundled data set not present")
+    tmp = tmp_path_factory.mktemp("layouts")
+    bench = bench_spec_harvest(tmp / "bench")
+    full = {name: root for name, root, *_ in cases(bench)}
+    minimal = {"bundle_BTC": _minimal(BUNDLE, tmp / "bundle_min"), "bench_BTC_2d": _minimal(bench, tmp / "bench_min")}
+    minimal["bundle_ETH"] = minimal["bundle_BTC"]
+    return {"full": full, "minimal": minimal}
+
+
+@pytest.mark.parametrize("layout", ["full", "minimal"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["in_memory", "chunked"])
+def test_results_equal_those_recorded_before(layouts: dict[str, dict[str, Path]], layout: str,
+                                             chunked: bool) -> None:
+    golden = json.loads(GOLDEN.read_text())
+    for name, _, und, end, days in cases(Path()):
+        got = run_case(layouts[layout][name], und, end, days, chunk_threshold_rows=1 if chunked else None)
+        key = name + ("_chunked" if chunked else "")
+        _assert_same(got, golden[key], f"{layout} {key}")

@@ -90,3 +90,37 @@ def test_results_equal_those_recorded_before(layouts: dict[str, dict[str, Path]]
         got = run_case(layouts[layout][name], und, end, days, chunk_threshold_rows=1 if chunked else None)
         key = name + ("_chunked" if chunked else "")
         _assert_same(got, golden[key], f"{layout} {key}")
+
+
+def test_compaction_writes_the_parsed_columns(tmp_path: Path) -> None:
+    """A day written by another tool in the minimal layout comes out of `calib compact` with expiry, strike, type."""
+    from calib.data.compact import compact_day
+    from calib.data.demo import DemoSpec, generate_demo_harvest
+    from calib.data.layout import list_parquet_files
+    from tests.golden_results import BENCH_END
+
+    full = tmp_path / "full"
+    generate_demo_harvest(full, DemoSpec(underlyings=("BTC",), end=BENCH_END, days=0.5, step_minutes=60,
+                                         files_per="snapshot", max_instruments=50))
+    minimal = _minimal(full, tmp_path / "minimal")
+    day = BENCH_END.date()
+    assert "strike" not in pl.read_parquet_schema(list_parquet_files(minimal, "BTC")[0])
+    compact_day(minimal, "BTC", day)
+    (compacted,) = list_parquet_files(minimal, "BTC", days=(day, day))
+    got = pl.read_parquet(compacted)
+    want = pl.concat([pl.read_parquet(f) for f in list_parquet_files(full, "BTC", days=(day, day))])
+    key = ["snapshot_ts", "instrument_name"]
+    cols = [*key, "expiry_ts", "strike", "option_type"]
+    assert got.height == want.height > 0
+    assert got.select(cols).sort(key).equals(want.select(cols).sort(key))
+
+
+def test_live_chain_frames_carry_the_parsed_columns(fake) -> None:  # type: ignore[no-untyped-def]
+    """What the harvester writes (`DeribitClient.option_chain`) has expiry, strike and type for every row."""
+    from calib.sources.deribit import DeribitClient
+
+    with DeribitClient(base_url=fake.base_url, timeout_s=2.0, max_retries=1, backoff_s=0.001) as client:
+        chain = client.option_chain("BTC")
+    assert chain.height > 0
+    assert chain.select(pl.col("expiry_ts", "strike", "option_type").null_count()).row(0) == (0, 0, 0)
+    assert chain.select("expiry_ts", "strike", "option_type").equals(parse_instrument_names(chain["instrument_name"]))

@@ -93,3 +93,18 @@ def parse_instrument_names(names: pl.Series) -> pl.DataFrame:
         **{c: e for c, e in parse_instrument_exprs(pl.col("n")).items() if c in PARSED_COLUMNS})
     codes = names.cast(pl.Enum(distinct)).to_physical()
     return parsed.select(pl.all().gather(codes))
+
+
+def with_parsed_columns(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` with `expiry_ts`, `strike`, `option_type` parsed from `instrument_name` where those columns are absent.
+
+    What calib's own writers store, so the files they write never need the
+    reader's name parsing (SPEC section 2 lets other tools omit those columns).
+    Columns already there are kept as written (the reader fills their nulls);
+    frames without `instrument_name` come back unchanged.
+    """
+    absent = [c for c in PARSED_COLUMNS if c not in frame.columns]
+    if not absent or "instrument_name" not in frame.columns:
+        return frame
+    parsed = parse_instrument_names(frame["instrument_name"].cast(pl.String, strict=False))
+    return frame.with_columns(parsed[c].cast(HARVEST_SCHEMA[c]).alias(c) for c in absent)

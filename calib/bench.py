@@ -20,9 +20,7 @@ benchmark to read, not a test to pass.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
-import io
 import json
 import math
 import os
@@ -166,6 +164,36 @@ def ensure_harvest(
     return root
 
 
+MINIMAL_DROPPED: tuple[str, ...] = ("expiry_ts", "strike", "option_type")  # parsed from instrument_name
+
+
+def ensure_minimal_layout(root: Path, *, progress: Progress | None = None) -> Path:
+    """`root`'s harvest rewritten in the minimal layout SPEC section 2 allows, cached next to it.
+
+    Same files, rows and footers (the index series stays in each footer), minus
+    `expiry_ts`, `strike` and `option_type`: the reader parses them from
+    `instrument_name`. A marker file is written last, so an interrupted copy is redone.
+    """
+    import polars as pl
+
+    from calib.data.layout import atomic_write_parquet
+
+    root = Path(root)
+    out = root.with_name(root.name + "_minimal")
+    if (out / ".complete.json").is_file():
+        return out
+    if progress:
+        progress(f"writing the minimal layout of {root.name} into {out} (cached for next time)")
+    files = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith("."))
+    for path in files:
+        frame = pl.read_parquet(path)
+        atomic_write_parquet(frame.drop([c for c in MINIMAL_DROPPED if c in frame.columns]),
+                             out / path.relative_to(root))
+    (out / ".complete.json").write_text(json.dumps({"source": root.name, "files": len(files),
+                                                    "dropped": list(MINIMAL_DROPPED)}))
+    return out
+
+
 def _project_root() -> Path:
     """Directory holding the `calib` package (and `cli.py`) this process imported."""
     return Path(__file__).resolve().parent.parent
@@ -217,41 +245,25 @@ def _cli_args(data_dir: Path, window_days: float, db: Path) -> list[str]:
 
 
 def worker(data_dir: Path, window_days: float, db: Path) -> dict[str, Any]:
-    """In a fresh process: `calib auto-calibrate --json` in process, with the store timed.
+    """In a fresh process: the library call behind `calib auto-calibrate` (`calib.auto.auto_calibrate`).
 
-    Runs the Typer command itself (`cli.app`), so the calibration, the
-    history write and the process settings are exactly the CLI's.
+    The same configuration (settings file included), calibration, history write
+    and process settings as the command (`python -m calib.bench` applies
+    `tune_process` before anything imports numpy), without the CLI framework.
     """
-    sys.path.insert(0, str(_cli_path().parent))
-    # cli first: it applies its process settings before numpy loads.
-    import cli  # noqa: I001
-    import calib.calibration
-    import calib.store.history
+    from calib.auto import auto_calibrate, auto_calibration_config
+    from calib.config import load_settings
 
-    seen: dict[str, float] = {}
-
-    def timed(fn: Callable[..., Any], key: str) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                seen[key] = time.perf_counter() - t0
-        return call
-
-    calib.calibration.run_historical_calibration_from_harvest = timed(  # type: ignore[assignment]
-        calib.calibration.run_historical_calibration_from_harvest, "calibration")
-    calib.store.history.record_run = timed(calib.store.history.record_run, "store")  # type: ignore[assignment]
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        code = cli.app(_cli_args(data_dir, window_days, db), standalone_mode=False)
-    d = json.loads(stdout.getvalue())
+    config = auto_calibration_config("BTC", data_dir=data_dir, settings=load_settings(), as_of=BENCH_END,
+                                     lookback_days=window_days)
+    run = auto_calibrate(config, db)
+    d = run.result.to_dict()
     dq = d["data_quality"]
     return {
-        "exit_code": code or 0, "status": d["status"], "timings_s": d["timings_s"],
+        "exit_code": 3 if d["status"] == "failed" else 0, "status": d["status"], "timings_s": d["timings_s"],
         "rows_scanned": dq["rows_scanned"], "rows_used": dq["rows_used"],
         "engine_path": dq.get("engine_path", "?"), "fit_sample_size": dq.get("fit_sample_size"),
-        "calibration_s": seen.get("calibration", float("nan")), "store_s": seen.get("store", float("nan")),
+        "calibration_s": run.calibration_s, "store_s": run.store_s,
     }
 
 
@@ -464,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
-        print(json.dumps(worker(Path(spec["data_dir"]), float(spec["window_days"]), Path(spec["db"]))))
+        print(json.dumps(worker(Path(spec["data_dir"]), float(spec["window_days"]), Path(spec["db"])), default=str))
         return 0
 
     def say(msg: str) -> None:

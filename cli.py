@@ -584,12 +584,21 @@ def bench_cmd(
     sizes: Annotated[str, typer.Option(help="Window lengths, e.g. 1d,14d,90d,365d.")] = "1d,14d,90d,365d",
     repeat: Annotated[int, typer.Option(min=1, help="Runs per size; the fastest is shown.")] = 1,
     cache_dir: Annotated[Path, typer.Option(help="Where generated harvests are cached.")] = Path("data/bench"),
+    layouts: Annotated[str, typer.Option(
+        help="Harvest layouts: columns (expiry/strike/type stored), minimal (parsed from the name).")] = (
+        "columns,minimal"),
+    peers: Annotated[bool, typer.Option(
+        "--peers", help="Also time the floor (python + polars read of the window) and the DuckDB SQL + scipy peer.")
+    ] = False,
+    peer_size: Annotated[str, typer.Option(help="Window of the peer comparison.")] = "14d",
+    peer_rounds: Annotated[int, typer.Option(min=1, help="Interleaved rounds of the peer comparison.")] = 3,
     json_out: JsonOpt = False,
 ) -> None:
-    """Benchmark auto-calibration end to end: rows/s, time per stage, peak memory."""
+    """Benchmark auto-calibration end to end: rows/s, time per stage, peak memory; --peers adds the floor and DuckDB."""
     from calib.bench import main as bench_main
 
-    argv = ["--sizes", sizes, "--repeat", str(repeat), "--cache-dir", str(cache_dir)]
+    argv = ["--sizes", sizes, "--repeat", str(repeat), "--cache-dir", str(cache_dir), "--layouts", layouts,
+            *(["--peers", "--peer-size", peer_size, "--peer-rounds", str(peer_rounds)] if peers else [])]
     raise typer.Exit(code=bench_main([*argv, "--json"] if json_out else argv))
 
 

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
+    FloatArray = npt.NDArray[np.float64]
+    BoolArray = npt.NDArray[np.bool_]
+else:
+    def __getattr__(name: str) -> Any:
+        """The array aliases import numpy only when evaluated: `calib.config` (and `calib --help`) need no numpy."""
+        if name in ("FloatArray", "BoolArray"):
+            import numpy as np
+            import numpy.typing as npt
+
+            value = npt.NDArray[np.float64 if name == "FloatArray" else np.bool_]
+            globals()[name] = value
+            return value
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 Status = Literal["ok", "degraded", "failed"]
 Severity = Literal["info", "warning", "error"]

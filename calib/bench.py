@@ -20,9 +20,7 @@ benchmark to read, not a test to pass.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
-import io
 import json
 import math
 import os
@@ -69,6 +67,33 @@ class BenchRow:
     cli_s: float | None = None  # `calib auto-calibrate` as a subprocess, interpreter start included
     cli_peak_rss_mb: float | None = None
     fit_sample_size: int | None = None
+    layout: str = "columns"  # "columns": expiry_ts, strike, option_type stored; "minimal": parsed from the name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerRow:
+    """One layout of the peer comparison: medians over interleaved rounds, each run a fresh process."""
+
+    layout: str
+    size: str
+    rows_scanned: int
+    rounds: int
+    calib_e2e_s: float  # `calib auto-calibrate` as a subprocess
+    calib_rss_mb: float
+    floor_s: float  # python + import polars + read and filter the needed columns of the window
+    floor_rss_mb: float
+    duckdb_s: float  # the DuckDB SQL + scipy minimize_scalar pipeline (calib.bench_peers)
+    duckdb_rss_mb: float
+    duckdb_rows_used: int
+    load_avg: tuple[float, float, float]  # 1/5/15-minute load average when the rounds ended
+
+    @property
+    def calib_over_floor(self) -> float:
+        return self.calib_e2e_s / self.floor_s
+
+    @property
+    def duckdb_over_calib(self) -> float:
+        return self.duckdb_s / self.calib_e2e_s
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,6 +191,36 @@ def ensure_harvest(
     return root
 
 
+MINIMAL_DROPPED: tuple[str, ...] = ("expiry_ts", "strike", "option_type")  # parsed from instrument_name
+
+
+def ensure_minimal_layout(root: Path, *, progress: Progress | None = None) -> Path:
+    """`root`'s harvest rewritten in the minimal layout SPEC section 2 allows, cached next to it.
+
+    Same files, rows and footers (the index series stays in each footer), minus
+    `expiry_ts`, `strike` and `option_type`: the reader parses them from
+    `instrument_name`. A marker file is written last, so an interrupted copy is redone.
+    """
+    import polars as pl
+
+    from calib.data.layout import atomic_write_parquet
+
+    root = Path(root)
+    out = root.with_name(root.name + "_minimal")
+    if (out / ".complete.json").is_file():
+        return out
+    if progress:
+        progress(f"writing the minimal layout of {root.name} into {out} (cached for next time)")
+    files = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith("."))
+    for path in files:
+        frame = pl.read_parquet(path)
+        atomic_write_parquet(frame.drop([c for c in MINIMAL_DROPPED if c in frame.columns]),
+                             out / path.relative_to(root))
+    (out / ".complete.json").write_text(json.dumps({"source": root.name, "files": len(files),
+                                                    "dropped": list(MINIMAL_DROPPED)}))
+    return out
+
+
 def _project_root() -> Path:
     """Directory holding the `calib` package (and `cli.py`) this process imported."""
     return Path(__file__).resolve().parent.parent
@@ -188,15 +243,24 @@ def _child_env() -> dict[str, str]:
 
 
 def _run_measured(cmd: list[str], *, timeout: float | None = None) -> tuple[int, str, str, float, float]:
-    """Run `cmd`; returns (exit code, stdout, stderr, wall s, peak RSS MB of that process alone)."""
+    """Run `cmd`; returns (exit code, stdout, stderr, wall s, peak RSS MB of that process alone).
+
+    The peak is the child's own `VmHWM` (polled from /proc while it runs, once it
+    has exec'd): Linux carries the parent's high-water mark into a forked child's
+    `ru_maxrss`, so a benchmark process that has loaded data would report its own
+    size for every child. `ru_maxrss` is the fallback where /proc is missing.
+    """
+    argv = "\0".join(cmd).encode() + b"\0"
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=_child_env())
         deadline = None if timeout is None else t0 + timeout
+        hwm_kb = 0
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
+            hwm_kb = max(hwm_kb, _vm_hwm_kb(proc.pid, argv))
             if deadline is not None and time.perf_counter() > deadline:
                 proc.kill()
                 _, status, usage = os.wait4(proc.pid, 0)
@@ -207,7 +271,22 @@ def _run_measured(cmd: list[str], *, timeout: float | None = None) -> tuple[int,
         out.seek(0)
         err.seek(0)
         return (proc.returncode, out.read().decode(), err.read().decode(), wall,
-                usage.ru_maxrss / 1024.0)  # Linux reports KiB
+                (hwm_kb or usage.ru_maxrss) / 1024.0)  # Linux reports KiB
+
+
+def _vm_hwm_kb(pid: int, argv: bytes) -> int:
+    """`VmHWM` of `pid` in KiB once it runs `argv` (0 before its exec, or without /proc)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            if fh.read() != argv:
+                return 0
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return 0
 
 
 def _cli_args(data_dir: Path, window_days: float, db: Path) -> list[str]:
@@ -217,41 +296,25 @@ def _cli_args(data_dir: Path, window_days: float, db: Path) -> list[str]:
 
 
 def worker(data_dir: Path, window_days: float, db: Path) -> dict[str, Any]:
-    """In a fresh process: `calib auto-calibrate --json` in process, with the store timed.
+    """In a fresh process: the library call behind `calib auto-calibrate` (`calib.auto.auto_calibrate`).
 
-    Runs the Typer command itself (`cli.app`), so the calibration, the
-    history write and the process settings are exactly the CLI's.
+    The same configuration (settings file included), calibration, history write
+    and process settings as the command (`python -m calib.bench` applies
+    `tune_process` before anything imports numpy), without the CLI framework.
     """
-    sys.path.insert(0, str(_cli_path().parent))
-    # cli first: it applies its process settings before numpy loads.
-    import cli  # noqa: I001
-    import calib.calibration
-    import calib.store.history
+    from calib.auto import auto_calibrate, auto_calibration_config
+    from calib.config import load_settings
 
-    seen: dict[str, float] = {}
-
-    def timed(fn: Callable[..., Any], key: str) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                seen[key] = time.perf_counter() - t0
-        return call
-
-    calib.calibration.run_historical_calibration_from_harvest = timed(  # type: ignore[assignment]
-        calib.calibration.run_historical_calibration_from_harvest, "calibration")
-    calib.store.history.record_run = timed(calib.store.history.record_run, "store")  # type: ignore[assignment]
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        code = cli.app(_cli_args(data_dir, window_days, db), standalone_mode=False)
-    d = json.loads(stdout.getvalue())
+    config = auto_calibration_config("BTC", data_dir=data_dir, settings=load_settings(), as_of=BENCH_END,
+                                     lookback_days=window_days)
+    run = auto_calibrate(config, db)
+    d = run.result.to_dict()
     dq = d["data_quality"]
     return {
-        "exit_code": code or 0, "status": d["status"], "timings_s": d["timings_s"],
+        "exit_code": 3 if d["status"] == "failed" else 0, "status": d["status"], "timings_s": d["timings_s"],
         "rows_scanned": dq["rows_scanned"], "rows_used": dq["rows_used"],
         "engine_path": dq.get("engine_path", "?"), "fit_sample_size": dq.get("fit_sample_size"),
-        "calibration_s": seen.get("calibration", float("nan")), "store_s": seen.get("store", float("nan")),
+        "calibration_s": run.calibration_s, "store_s": run.store_s,
     }
 
 
@@ -263,7 +326,7 @@ def _create_history(db: Path) -> None:
         pass
 
 
-def bench_size(size: str | float, data_dir: Path, *, cli: bool = True) -> BenchRow:
+def bench_size(size: str | float, data_dir: Path, *, cli: bool = True, layout: str = "columns") -> BenchRow:
     """Run one size in a fresh worker process (and, with `cli`, once more as a plain CLI subprocess)."""
     window_days = parse_size(size)
     with tempfile.TemporaryDirectory(prefix="calib-bench-") as tmp:
@@ -288,7 +351,7 @@ def bench_size(size: str | float, data_dir: Path, *, cli: bool = True) -> BenchR
         size=_size_label(size), window_days=window_days, rows_scanned=w["rows_scanned"], rows_used=w["rows_used"],
         engine_path=w["engine_path"], status=w["status"], stages_s=stages, calib_s=calib_s,
         rows_per_s=w["rows_scanned"] / calib_s if calib_s > 0 else 0.0, peak_rss_mb=rss, cli_s=cli_s,
-        cli_peak_rss_mb=cli_rss, fit_sample_size=w.get("fit_sample_size"),
+        cli_peak_rss_mb=cli_rss, fit_sample_size=w.get("fit_sample_size"), layout=layout,
     )
 
 
@@ -301,6 +364,7 @@ def run_benchmark(
     warmup_days: float = RV_WARMUP_DAYS,
     cli: bool = True,
     repeat: int = 1,
+    layouts: Sequence[str] = ("columns",),
     progress: Progress | None = None,
 ) -> list[BenchRow]:
     """Benchmark the real auto-calibration on cached demo harvests, one row per size.
@@ -314,6 +378,8 @@ def run_benchmark(
     warmup_days : days harvested before the window (RV_7d needs 7).
     cli : also time ``calib auto-calibrate`` as a subprocess, end to end.
     repeat : runs per size; the row with the fastest calibration is kept.
+    layouts : ``"columns"`` (files carry expiry_ts, strike, option_type) and/or ``"minimal"``
+        (the same files without them: `ensure_minimal_layout`); runs alternate between layouts.
     progress : called with one-line status messages.
 
     Returns
@@ -327,13 +393,114 @@ def run_benchmark(
         return []
     data_dir = ensure_harvest(Path(cache_dir), max(days.values()) + warmup_days, max_instruments=max_instruments,
                               step_minutes=step_minutes, progress=progress)
+    roots = {lay: layout_root(data_dir, lay, progress=progress) for lay in layouts}
     rows = []
     for s in sizes:
         if progress:
-            progress(f"benchmarking {_size_label(s)} ({repeat} run(s))")
-        runs = [bench_size(s, data_dir, cli=cli) for _ in range(repeat)]
-        rows.append(min(runs, key=lambda r: r.calib_s))
+            progress(f"benchmarking {_size_label(s)} ({repeat} run(s) per layout: {', '.join(layouts)})")
+        runs: dict[str, list[BenchRow]] = {lay: [] for lay in layouts}
+        for _ in range(repeat):  # layouts alternate, so a change in machine load touches both
+            for lay in layouts:
+                runs[lay].append(bench_size(s, roots[lay], cli=cli, layout=lay))
+        rows += [min(runs[lay], key=lambda r: r.calib_s) for lay in layouts]
     return rows
+
+
+LAYOUTS: tuple[str, ...] = ("columns", "minimal")
+
+
+def layout_root(data_dir: Path, layout: str, *, progress: Progress | None = None) -> Path:
+    """The harvest in `layout`: `data_dir` itself for "columns", its cached minimal copy for "minimal"."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+    return data_dir if layout == "columns" else ensure_minimal_layout(data_dir, progress=progress)
+
+
+def _median(values: Sequence[float]) -> float:
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2.0
+
+
+def bench_peers(
+    size: str | float = "14d",
+    *,
+    cache_dir: Path = DEFAULT_CACHE_DIR,
+    rounds: int = 3,
+    max_instruments: int | None = 800,
+    step_minutes: float = 5.0,
+    progress: Progress | None = None,
+) -> list[PeerRow]:
+    """calib end to end against the floor and the DuckDB peer, per layout, on one window.
+
+    Every run is a fresh process; each round runs, for each layout, `calib
+    auto-calibrate`, the floor (`calib.bench_peers.FLOOR_CODE`) and the DuckDB
+    peer (`calib.bench_peers.duckdb_peer`), so the load of a shared machine
+    touches all of them alike. Medians over `rounds`.
+    """
+    from calib.bench_peers import FLOOR_CODE, FLOOR_COLUMNS, window_files
+
+    window_days = parse_size(size)
+    data_dir = ensure_harvest(Path(cache_dir), window_days + RV_WARMUP_DAYS, max_instruments=max_instruments,
+                              step_minutes=step_minutes, progress=progress)
+    start = BENCH_END - timedelta(days=window_days)
+    seen: dict[str, dict[str, list[float]]] = {lay: {} for lay in LAYOUTS}
+    rows_scanned: dict[str, int] = {}
+    peer_rows: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="calib-peers-") as tmp:
+        for r in range(rounds):
+            for lay in LAYOUTS:
+                root = layout_root(data_dir, lay, progress=progress)
+                if progress:
+                    progress(f"peers {_size_label(size)} {lay}: round {r + 1} of {rounds}")
+                db = Path(tmp) / f"{lay}.duckdb"
+                if not db.exists():
+                    _create_history(db)
+                code, out, err, wall, rss = _run_measured(
+                    [sys.executable, str(_cli_path()), *_cli_args(root, window_days, db)])
+                if code not in (0, 3):
+                    raise RuntimeError(f"calib auto-calibrate failed (exit {code}): {err.strip()[-2000:]}")
+                rows_scanned[lay] = json.loads(out)["data_quality"]["rows_scanned"]
+                files = window_files(root, "BTC", start, BENCH_END)
+                code, out, err, fwall, frss = _run_measured(
+                    [sys.executable, "-c", FLOOR_CODE, json.dumps(files), start.isoformat(), BENCH_END.isoformat(),
+                     json.dumps(list(FLOOR_COLUMNS[lay]))])
+                if code != 0:
+                    raise RuntimeError(f"floor read failed (exit {code}): {err.strip()[-2000:]}")
+                spec = json.dumps({"data_dir": str(root), "start": start.isoformat(), "end": BENCH_END.isoformat(),
+                                   "db": str(Path(tmp) / f"peer_{lay}.duckdb")})
+                code, out, err, dwall, drss = _run_measured([sys.executable, "-m", "calib.bench_peers", "duckdb", spec])
+                if code != 0:
+                    raise RuntimeError(f"DuckDB peer failed (exit {code}): {err.strip()[-2000:]}")
+                peer_rows[lay] = json.loads(out.strip().splitlines()[-1])["rows_used"]
+                for key, v in (("calib", wall), ("calib_rss", rss), ("floor", fwall), ("floor_rss", frss),
+                               ("duckdb", dwall), ("duckdb_rss", drss)):
+                    seen[lay].setdefault(key, []).append(v)
+    load = os.getloadavg()
+    return [PeerRow(layout=lay, size=_size_label(size), rows_scanned=rows_scanned[lay], rounds=rounds,
+                    calib_e2e_s=_median(m["calib"]), calib_rss_mb=_median(m["calib_rss"]),
+                    floor_s=_median(m["floor"]), floor_rss_mb=_median(m["floor_rss"]),
+                    duckdb_s=_median(m["duckdb"]), duckdb_rss_mb=_median(m["duckdb_rss"]),
+                    duckdb_rows_used=peer_rows[lay], load_avg=(load[0], load[1], load[2]))
+            for lay, m in seen.items()]
+
+
+def format_peers(rows: Sequence[PeerRow]) -> str:
+    """The peer table: per layout, calib end to end, the floor and the DuckDB peer with the ratios."""
+    head = ["layout", "window", "rows", "calib e2e s", "RSS MB", "floor s", "calib/floor", "DuckDB peer s",
+            "RSS MB", "DuckDB/calib"]
+    body = [[r.layout, r.size, f"{r.rows_scanned:,}", f"{r.calib_e2e_s:.3f}", f"{r.calib_rss_mb:.0f}",
+             f"{r.floor_s:.3f}", f"{r.calib_over_floor:.2f}x", f"{r.duckdb_s:.3f}", f"{r.duckdb_rss_mb:.0f}",
+             f"{r.duckdb_over_calib:.2f}x"] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(b, widths, strict=True)) for b in body]
+    if rows:
+        la = rows[0].load_avg
+        lines.append(f"medians of {rows[0].rounds} interleaved rounds, fresh processes; load average "
+                     f"{la[0]:.1f} / {la[1]:.1f} / {la[2]:.1f} (1/5/15 min) at the end")
+    return "\n".join(lines)
 
 
 def bench_small_files(
@@ -434,9 +601,9 @@ def _fmt_s(v: float | None) -> str:
 
 def format_table(rows: Sequence[BenchRow]) -> str:
     """The benchmark table: one line per size, seconds per stage."""
-    head = ["size", "rows scanned", "rows used", "path", *(n for n, _ in STAGES), "store", "calib s", "rows/s",
-            "peak RSS MB", "CLI e2e s"]
-    body = [[r.size, f"{r.rows_scanned:,}", f"{r.rows_used:,}", r.engine_path,
+    head = ["size", "layout", "rows scanned", "rows used", "path", *(n for n, _ in STAGES), "store", "calib s",
+            "rows/s", "peak RSS MB", "CLI e2e s"]
+    body = [[r.size, r.layout, f"{r.rows_scanned:,}", f"{r.rows_used:,}", r.engine_path,
              *(_fmt_s(r.stages_s.get(n)) for n, _ in STAGES), _fmt_s(r.stages_s.get("store")),
              _fmt_s(r.calib_s), f"{r.rows_per_s / 1e6:.2f}M", f"{r.peak_rss_mb:.0f}", _fmt_s(r.cli_s)]
             for r in rows]
@@ -459,12 +626,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-cli", action="store_true", help="skip the end-to-end CLI subprocess timing")
     parser.add_argument("--no-small-files", action="store_true", help="skip the 288-small-files scan comparison")
     parser.add_argument("--no-iv", action="store_true", help="skip the implied-vol throughput measurement")
+    parser.add_argument("--layouts", default=",".join(LAYOUTS),
+                        help="harvest layouts to run: columns (expiry/strike/type stored), minimal (parsed from "
+                             "instrument_name) (default: %(default)s)")
+    parser.add_argument("--peers", action="store_true",
+                        help="also run the floor (python + polars read of the window) and the DuckDB SQL + "
+                             "scipy peer against calib end to end, per layout")
+    parser.add_argument("--peer-size", default="14d", help="window of the peer comparison (default: %(default)s)")
+    parser.add_argument("--peer-rounds", type=int, default=3, help="interleaved rounds of the peer comparison")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
-        print(json.dumps(worker(Path(spec["data_dir"]), float(spec["window_days"]), Path(spec["db"]))))
+        print(json.dumps(worker(Path(spec["data_dir"]), float(spec["window_days"]), Path(spec["db"])), default=str))
         return 0
 
     def say(msg: str) -> None:
@@ -474,23 +649,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         sizes = [s for s in args.sizes.split(",") if s.strip()]
         for s in sizes:
             parse_size(s)
+        parse_size(args.peer_size)
+        layouts = [x.strip() for x in args.layouts.split(",") if x.strip()]
+        for lay in layouts:
+            if lay not in LAYOUTS:
+                raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {lay!r}")
+        if args.peer_rounds < 1:
+            raise ValueError(f"--peer-rounds must be >= 1; got {args.peer_rounds}")
     except ValueError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 2
     rows = run_benchmark(sizes, cache_dir=args.cache_dir, max_instruments=args.max_instruments,
-                         cli=not args.no_cli, repeat=args.repeat, progress=say)
+                         cli=not args.no_cli, repeat=args.repeat, layouts=layouts, progress=say)
+    peers = (bench_peers(args.peer_size, cache_dir=args.cache_dir, rounds=args.peer_rounds,
+                         max_instruments=args.max_instruments, progress=say) if args.peers else [])
     small = None if args.no_small_files else bench_small_files(args.cache_dir, max_instruments=args.max_instruments,
                                                                progress=say)
     ivr = None if args.no_iv else bench_implied_vol(args.cache_dir, max_instruments=args.max_instruments,
                                                      progress=say)
     if args.json:
-        print(json.dumps({"rows": [asdict(r) for r in rows], "small_files": asdict(small) if small else None,
+        print(json.dumps({"rows": [asdict(r) for r in rows],
+                          "peers": [{**asdict(p), "calib_over_floor": p.calib_over_floor,
+                                     "duckdb_over_calib": p.duckdb_over_calib} for p in peers],
+                          "small_files": asdict(small) if small else None,
                           "implied_vol": asdict(ivr) if ivr else None}, default=str))
         return 0
     print(f"calib bench - {os.cpu_count()} CPU(s), python {sys.version.split()[0]}, "
           f"{datetime.now(UTC):%Y-%m-%d %H:%M}Z; seconds per stage (worker process), "
           "calib = scan to stored result")
     print(format_table(rows))
+    if peers:
+        print(f"\npeers on the {peers[0].size} window (end to end, each a fresh process; floor = python + import "
+              "polars + read and filter the needed columns; DuckDB peer = SQL + scipy minimize_scalar):")
+        print(format_peers(peers))
     if small:
         print(f"\nsmall files: 1 day, {small.rows:,} rows: {small.files_snapshot} snapshot files "
               f"{small.scan_snapshot_s:.3f} s vs {small.files_compact} compacted file {small.scan_compact_s:.3f} s "

@@ -59,7 +59,7 @@ import polars as pl
 from calib._typing import UNDERLYINGS
 from calib.data.index_spot import index_spot_metadata
 from calib.data.layout import PARQUET_COMPRESSION, list_parquet_files, partition_dir, remove_stale_temp_files
-from calib.data.schema import HARVEST_SCHEMA
+from calib.data.schema import HARVEST_SCHEMA, with_parsed_columns
 from calib.errors import CalibError, InvalidInputError, NoDataError
 
 COMPACT_STEM = "compact"
@@ -411,7 +411,8 @@ def compact_day(data_root: Path, underlying: str, date: date | str) -> CompactRe
         while target.exists():  # never give an existing path new content
             generation += 1
             target = compact_path(Path(data_root), und, day, generation)
-        merged = _order_columns(pl.concat(frames, how="diagonal_relaxed")).sort(list(SORT_KEY))
+        # Sources from other tools may lack expiry/strike/type (minimal layout): the compact file carries them.
+        merged = _order_columns(with_parsed_columns(pl.concat(frames, how="diagonal_relaxed"))).sort(list(SORT_KEY))
         try:
             _publish(merged, target, [*listed.values(), *(sig for _, sig in absorbed)])
         except (OSError, pl.exceptions.PolarsError) as e:

@@ -27,7 +27,7 @@ import polars as pl
 from calib.data.compact import effective_parquet_files
 from calib.data.index_spot import index_spot_per_snapshot, read_index_footers, usable_index_price
 from calib.data.layout import list_parquet_files
-from calib.data.schema import HARVEST_SCHEMA, parse_instrument_exprs
+from calib.data.schema import HARVEST_SCHEMA, PARSED_COLUMNS, parse_instrument_names
 from calib.errors import NoDataError
 
 TS_TYPE = pl.Datetime("us", "UTC")
@@ -46,7 +46,7 @@ QUOTE_COLUMNS: tuple[str, ...] = (
     "ask_price",
 )
 _DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
-_PARSED: tuple[str, ...] = ("expiry_ts", "strike", "option_type")  # parsed from the name when absent
+_PARSED: tuple[str, ...] = PARSED_COLUMNS  # parsed from the name when absent
 _T = TypeVar("_T")
 
 
@@ -525,15 +525,26 @@ def _index_finish(hf: HarvestFiles, files: Sequence[HarvestFile], index: pl.Data
 
 
 def _fill_from_name(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """Expiry, strike and type come from the instrument name where the columns are null."""
-    cols = lf.collect_schema().names()
-    parsed = parse_instrument_exprs(pl.col("instrument_name"))
-    exprs = [
-        pl.coalesce(pl.col(c), parsed[c].cast(TS_TYPE if c == "expiry_ts" else HARVEST_SCHEMA[c])).alias(c)
-        for c in _PARSED
-        if c in cols
-    ]
-    return lf.with_columns(exprs)
+    """Expiry, strike and type come from the instrument name where the columns are null.
+
+    Each distinct name is parsed once per collected frame (`parse_instrument_names`,
+    inside the plan as a `map_batches` node: the rows arrive filtered by time, the
+    schema is unchanged, and no optimization moves through it).
+    """
+    schema = lf.collect_schema()
+    targets = tuple(c for c in _PARSED if c in schema)
+    if not targets:
+        return lf
+    return lf.map_batches(functools.partial(_fill_parsed, targets=targets), schema=dict(schema))
+
+
+def _fill_parsed(frame: pl.DataFrame, *, targets: tuple[str, ...]) -> pl.DataFrame:
+    need = pl.any_horizontal(pl.col(c).is_null() for c in targets)
+    if frame.height == 0 or not frame.select(need.any()).item():  # nothing to fill (present, non-null columns)
+        return frame
+    parsed = parse_instrument_names(frame["instrument_name"])
+    return frame.with_columns(
+        pl.coalesce(pl.col(c), parsed[c].cast(frame.schema[c])).alias(c) for c in targets)
 
 
 def default_window(

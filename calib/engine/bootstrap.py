@@ -16,6 +16,7 @@ import numpy as np
 from calib._typing import Extrapolation, FloatArray
 from calib.config import DAYS_PER_YEAR
 from calib.engine.model import FitInputs, curve_pieces
+from calib.numerics.stats import quantiles
 
 CI_LEVEL = 0.90
 BOOTSTRAP_RESAMPLES = 500  # the 5 % and 95 % quantiles to ~0.1 of the half-width; 1000 cost 2x the time
@@ -130,7 +131,7 @@ def multiplier_interval(
     if ratio.size == 0:
         return None, None
     tail = (1.0 - level) / 2.0
-    lo, hi = np.quantile(ratio, [tail, 1.0 - tail])
+    lo, hi = quantiles(ratio, [tail, 1.0 - tail])  # = np.quantile, without its numpy.ma import
     return float(multiplier * lo), float(multiplier * hi)
 
 

@@ -217,9 +217,9 @@ def render_term_structure(detail: queries.RunDetail | None) -> None:
     frame = tables.term_structure_frame(detail.result)
     if frame.height == 0:
         st.info("This run has no DTE buckets (nothing usable was found).")
-        return
-    show_html(tables.html_table(frame, table_id="term-structure", numeric=tables.TERM_NUMERIC,
-                                titles=tables.TERM_TITLES))
+    else:
+        show_html(tables.html_table(frame, table_id="term-structure", numeric=tables.TERM_NUMERIC,
+                                    titles=tables.TERM_TITLES))
     st.subheader("ATM term structure by listed expiry", anchor="atm-term-structure")
     if charts.term_frame(detail.result).height == 0:
         st.info("This run has no per-expiry data (it predates it, or no chain was usable).")

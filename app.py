@@ -239,8 +239,8 @@ def render_error_map(detail: queries.RunDetail) -> None:
         st.info("This run has no error map (it predates it, or nothing was scored).")
         return
     row = st.container(horizontal=True)
-    measure = row.segmented_control("Error", list(charts.ERROR_MEASURES), default="Signed (vol pts)",
-                                    key="error_map_measure") or "Signed (vol pts)"
+    measure = row.segmented_control("Error (|x|: absolute)", list(charts.ERROR_MEASURES), default="Vol pts",
+                                    key="error_map_measure") or "Vol pts"
     model = row.segmented_control("Model", ["Recommended", "Current"], default="Recommended",
                                   key="error_map_model") or "Recommended"
     st.altair_chart(charts.error_map_chart(detail.result, measure, tested=model == "Current"), width="stretch")

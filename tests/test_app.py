@@ -562,7 +562,7 @@ def test_error_map_heatmap(populated: Path, tmp_path: Path, monkeypatch: pytest.
         assert r["mean_err_vol_points"] == pytest.approx(em["mean_err_vol_points"][i][j])
     assert '"field": "mean_err_vol_points"' in json.dumps(spec)
     # Absolute % of the current model: another colour field and the tested map's values.
-    at.button_group(key="error_map_measure").set_value("Absolute (% of price)")
+    at.button_group(key="error_map_measure").set_value("|% of mark|")
     at.button_group(key="error_map_model").set_value("Current")
     at.run()
     spec, rows = _chart(at, "Moneyness bucket (z)")

@@ -215,10 +215,10 @@ def _z_label(lo: float | None, hi: float | None) -> str:
 
 
 ERROR_MEASURES: dict[str, tuple[str, str]] = {
-    "Signed (vol pts)": ("mean_err_vol_points", "Mean error (vol pts, model − market)"),
-    "Absolute (vol pts)": ("mean_abs_err_vol_points", "Mean |error| (vol pts)"),
-    "Signed (% of price)": ("mean_err_pct", "Mean error (% of mark)"),
-    "Absolute (% of price)": ("mean_abs_err_pct", "Mean |error| (% of mark)"),
+    "Vol pts": ("mean_err_vol_points", "Mean error (vol pts, model − market)"),
+    "|Vol pts|": ("mean_abs_err_vol_points", "Mean |error| (vol pts)"),
+    "% of mark": ("mean_err_pct", "Mean error (% of mark)"),
+    "|% of mark|": ("mean_abs_err_pct", "Mean |error| (% of mark)"),
 }
 
 
@@ -241,7 +241,7 @@ def error_map_frame(result: Mapping[str, Any], *, tested: bool = False) -> pl.Da
     return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
 
 
-def error_map_chart(result: Mapping[str, Any], measure: str = "Signed (vol pts)", *,
+def error_map_chart(result: Mapping[str, Any], measure: str = "Vol pts", *,
                     tested: bool = False) -> alt.LayerChart:
     """Heatmap of one mean error by DTE bucket (rows) x z bucket (columns), value and quote count in each cell."""
     key, title = ERROR_MEASURES[measure]
@@ -262,11 +262,11 @@ def error_map_chart(result: Mapping[str, Any], measure: str = "Signed (vol pts)"
         color=alt.Color(f"{key}:Q", title=title, scale=scale,
                         legend=alt.Legend(orient="top", titleLimit=0, gradientLength=220)),
         tooltip=tooltip)
-    text = base.mark_text(fontSize=12).encode(
+    text = base.mark_text(fontSize=13, dy=-4).encode(
         text=alt.Text(f"{key}:Q", format="+.2f" if signed else ".2f"), tooltip=tooltip)
-    count = base.mark_text(fontSize=9, dy=13, opacity=0.75).encode(
+    count = base.mark_text(fontSize=10, dy=15, opacity=0.75).encode(
         text=alt.Text("Quotes:Q", format=","), tooltip=tooltip)
-    return alt.LayerChart(layer=[rect, text, count], height=max(_HEIGHT, 56 * max(len(d_sort), 1)))
+    return alt.LayerChart(layer=[rect, text, count]).properties(height=alt.Step(56))  # rows tall enough for 2 lines
 
 
 # --------------------------------------------------------------------------- term structure and smiles
@@ -301,7 +301,7 @@ def term_structure_chart(result: Mapping[str, Any]) -> alt.LayerChart:
     scale = _series_scale(list(TERM_SERIES), [MARKET_COLOUR, CURRENT_COLOUR, RECOMMENDED_COLOUR])
     x = alt.X("dte:Q", title="Days to expiry", scale=alt.Scale(type="sqrt", zero=True))
     y = alt.Y("iv_pct:Q", title="ATM implied vol (%)", scale=alt.Scale(zero=False))
-    color = alt.Color("series:N", scale=scale, legend=_legend(columns=3))
+    color = alt.Color("series:N", scale=scale, legend=_legend())
     tooltip = [alt.Tooltip("expiry:N", title="Expiry"), alt.Tooltip("dte:Q", title="DTE", format=".2f"),
                alt.Tooltip("series:N"), alt.Tooltip("iv_pct:Q", title="ATM IV (%)", format=".2f"),
                alt.Tooltip("quotes:Q", title="Quotes")]
@@ -438,7 +438,7 @@ def applied_log_chart(log: pl.DataFrame) -> alt.Chart:
         x=_time_x("Changed at (UTC)"),
         y=alt.Y("multiplier:Q", title="Applied multiplier", scale=alt.Scale(zero=False),
                 axis=alt.Axis(format=".3f")),
-        color=alt.Color("scope:N", title=None, legend=_legend(columns=4)),
+        color=alt.Color("scope:N", title=None, legend=_legend()),
         tooltip=[alt.Tooltip("date:T", title="Changed at (UTC)", format="%Y-%m-%d %H:%M", formatType="utc"),
                  alt.Tooltip("scope:N"), alt.Tooltip("multiplier:Q", format=".4f"), alt.Tooltip("reason:N")],
     ).properties(height=_HEIGHT)

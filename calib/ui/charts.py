@@ -23,7 +23,7 @@ BOUND_COLOUR = "#d93025"
 _STATUS_DOMAIN = [fmt.STATUS_LABEL[s] for s in ("ok", "degraded", "failed")]
 _STATUS_RANGE = [fmt.STATUS_COLOUR[s] for s in ("ok", "degraded", "failed")]
 _STATUS_SHAPES = ["circle", "diamond", "cross"]
-_HEIGHT = 240
+_HEIGHT = 300  # with autosize "fit" the legend is inside: ~220 px of plot under a 3-row legend
 
 
 def _status_scale() -> alt.Scale:
@@ -179,7 +179,7 @@ def smile_chart(result: Mapping[str, Any]) -> alt.LayerChart:
     scale = _series_scale(list(SMILE_SERIES), [MARKET_COLOUR, CURRENT_COLOUR, RECOMMENDED_COLOUR])
     x = alt.X("z:Q", title="Standardized moneyness z")
     y = alt.Y("iv_pct:Q", title="Implied vol (%)", scale=alt.Scale(zero=False))
-    color = alt.Color("series:N", scale=scale, legend=_legend())
+    color = alt.Color("series:N", scale=scale, legend=_legend(columns=1))  # long labels: one per row on a phone
     tooltip = [alt.Tooltip("series:N", title="Series"), alt.Tooltip("z:Q", format="+.2f"),
                alt.Tooltip("iv_pct:Q", title="IV (%)", format=".2f"), alt.Tooltip("n:Q", title="Quotes")]
     market = alt.Chart(data).transform_filter(alt.datum.series == SMILE_SERIES[0]).mark_point(
@@ -368,7 +368,7 @@ def smile_expiry_chart(result: Mapping[str, Any], index: int, *, by: str = "stri
     x = alt.X(f"{by}:Q", title=x_title, scale=alt.Scale(zero=False),
               axis=alt.Axis(format=".2f" if by == "strike_rel" else "+.1f"))
     y = alt.Y("iv_pct:Q", title="Implied vol (%)", scale=alt.Scale(zero=False))
-    color = alt.Color("series:N", scale=scale, legend=_legend())
+    color = alt.Color("series:N", scale=scale, legend=_legend(columns=1))
     tooltip = [alt.Tooltip("series:N"), alt.Tooltip("strike_rel:Q", title="K/F", format=".4f"),
                alt.Tooltip("z:Q", format="+.2f"), alt.Tooltip("iv_pct:Q", title="IV (%)", format=".2f")]
     market = alt.Chart(data).transform_filter(alt.datum.series == SMILE_SERIES[0]).mark_point(

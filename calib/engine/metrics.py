@@ -193,10 +193,12 @@ class ErrorMapSums:
         di[dte_days == self.dte_edges[-1]] = nd - 1
         zi = np.searchsorted(self.z_edges[1:-1], z, side="right")
         ok = (di >= 0) & (di < nd)
-        cell = (di * nz + zi)[ok]
+        cell = di * nz + zi
+        ev, ep = errors.err_vol_points, errors.err_pct
+        if not ok.all():  # quotes beyond the DTE edges (rare): drop them; otherwise no copies
+            cell, ev, ep = cell[ok], ev[ok], ep[ok]
         size = nd * nz
         self.n += np.bincount(cell, minlength=size)
-        ev, ep = errors.err_vol_points[ok], errors.err_pct[ok]
         self.err_vol += np.bincount(cell, weights=ev, minlength=size)
         self.abs_vol += np.bincount(cell, weights=np.abs(ev), minlength=size)
         self.err_pct += np.bincount(cell, weights=ep, minlength=size)

@@ -16,6 +16,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import streamlit as st
 
 from calib import queries
@@ -206,6 +207,23 @@ def render_option_types(detail: queries.RunDetail | None) -> None:
     show_html(tables.html_table(frame, table_id="option-types", numeric=tables.OPTION_TYPE_COLUMNS[1:]))
 
 
+def render_arbitrage(detail: queries.RunDetail | None) -> None:
+    st.subheader("Static arbitrage", anchor="static-arbitrage")
+    if detail is None:
+        st.info("No run to show.")
+        return
+    frame = tables.arbitrage_frame(detail.result)
+    if frame.height == 0:
+        st.info("This run has no arbitrage check (it predates it, or no chain was usable).")
+        return
+    show_html(tables.html_table(frame, table_id="arbitrage", numeric=("Points checked", "Butterfly", "Calendar"),
+                                status_col=None, titles=tables.ARBITRAGE_TITLES))
+    st.caption("Newest snapshot of the run, every listed expiry. Butterfly: call prices convex and falling in strike "
+               "on 41 strikes between the skew's outer anchors; calendar: total variance rising with expiry at the "
+               "same ln(K/F). Any violation on the recommended surface makes the run Degraded. Crossed marks are "
+               "a data-quality count (a few are normal).")
+
+
 def render_term_structure(detail: queries.RunDetail | None) -> None:
     st.header("Term Structure", anchor="term-structure")
     if detail is None:
@@ -215,9 +233,36 @@ def render_term_structure(detail: queries.RunDetail | None) -> None:
     frame = tables.term_structure_frame(detail.result)
     if frame.height == 0:
         st.info("This run has no DTE buckets (nothing usable was found).")
+    else:
+        show_html(tables.html_table(frame, table_id="term-structure", numeric=tables.TERM_NUMERIC,
+                                    titles=tables.TERM_TITLES))
+    st.subheader("ATM term structure by listed expiry", anchor="atm-term-structure")
+    if charts.term_frame(detail.result).height == 0:
+        st.info("This run has no per-expiry data (it predates it, or no chain was usable).")
+    else:
+        left, right = st.columns(2)
+        left.altair_chart(charts.term_structure_chart(detail.result), width="stretch")
+        right.altair_chart(charts.multiplier_term_chart(detail.result), width="stretch")
+        st.caption("Newest snapshot: market ATM IV interpolated at K = F per expiry; the model at the tested "
+                   "multiplier with the current skew, and at each band's recommended multiplier with the "
+                   "recommended skew (right: the multiplier each expiry is priced with).")
+    render_error_map(detail)
+
+
+def render_error_map(detail: queries.RunDetail) -> None:
+    st.subheader("Error map by DTE and moneyness", anchor="error-map")
+    if charts.error_map_frame(detail.result).height == 0:
+        st.info("This run has no error map (it predates it, or nothing was scored).")
         return
-    show_html(tables.html_table(frame, table_id="term-structure", numeric=tables.TERM_NUMERIC,
-                                titles=tables.TERM_TITLES))
+    row = st.container(horizontal=True)
+    measure = row.segmented_control("Error (|x|: absolute)", list(charts.ERROR_MEASURES), default="Vol pts",
+                                    key="error_map_measure") or "Vol pts"
+    model = row.segmented_control("Model", ["Recommended", "Current"], default="Recommended",
+                                  key="error_map_model") or "Recommended"
+    st.altair_chart(charts.error_map_chart(detail.result, measure, tested=model == "Current"), width="stretch")
+    st.caption("Every scored quote of the run: mean model − market error per cell (small figure: quotes). "
+               "Recommended: each band's multiplier with the recommended skew; Current: the tested multiplier "
+               "with the current skew. z = ln(K/F) / (RV_7d · m · √T), one bucket per skew anchor.")
 
 
 def render_skew(detail: queries.RunDetail | None) -> None:
@@ -248,6 +293,23 @@ def render_skew(detail: queries.RunDetail | None) -> None:
     else:
         st.altair_chart(charts.smile_chart(detail.result), width="stretch")
         st.caption("Mean mark IV per z bin of the newest snapshot; models at the recommended multiplier.")
+    render_expiry_smile(detail)
+
+
+def render_expiry_smile(detail: queries.RunDetail) -> None:
+    st.subheader("Smile per expiry", anchor="smile-per-expiry")
+    labels, default = charts.expiry_options(detail.result)
+    if not labels:
+        st.info("This run has no per-expiry smiles (it predates them, or no chain was usable).")
+        return
+    choice = st.selectbox("Expiry", range(len(labels)), index=default, format_func=lambda i: labels[i],
+                          key=f"smile_expiry_{detail.run.get('run_id')}",
+                          help="Listed expiries of the run's newest snapshot (default: the nearest in its DTE range)")
+    left, right = st.columns(2)
+    left.altair_chart(charts.smile_expiry_chart(detail.result, int(choice), by="strike_rel"), width="stretch")
+    right.altair_chart(charts.smile_expiry_chart(detail.result, int(choice), by="z"), width="stretch")
+    st.caption("Mark IV per strike (call and put averaged) against the model at the tested multiplier with the "
+               "current skew and at the expiry's band multiplier with the recommended skew.")
 
 
 def render_force_apply(db: Path, data: queries.DashboardData) -> None:
@@ -354,6 +416,29 @@ def render_history(data: queries.DashboardData, settings: Settings | None) -> No
                                 titles=tables.HISTORY_TITLES))
 
 
+def render_over_time(data: queries.DashboardData) -> None:
+    st.subheader("Vol and applied multipliers over time", anchor="over-time")
+    vols = charts.vol_history_frame(vols_source(data))
+    left, right = st.columns(2)
+    with left:
+        if vols.height == 0:
+            st.info("No run with an RV_7d or ATM IV yet.")
+        else:
+            st.altair_chart(charts.vol_history_chart(vols_source(data)), width="stretch")
+    with right:
+        if data.applied_log.height == 0:
+            st.info("No multiplier applied yet (`applied_multipliers_log` is empty).")
+        else:
+            st.altair_chart(charts.applied_log_chart(data.applied_log), width="stretch")
+    st.caption("Left: RV_7d and ATM IV of the live and auto-calibration runs (failed runs left out). Right: every "
+               "change of an applied multiplier, per scope, from `applied_multipliers_log`.")
+
+
+def vols_source(data: queries.DashboardData) -> pl.DataFrame:
+    runs = [f for f in (data.live_runs, data.auto_history) if f.height]
+    return pl.concat(runs, how="diagonal_relaxed") if runs else pl.DataFrame()
+
+
 def render_live_runs(data: queries.DashboardData) -> None:
     st.header("Recent live runs", anchor="recent-live-runs")
     if data.live_runs.height == 0:
@@ -397,6 +482,7 @@ def render_backtest(db: Path, underlying: str, marker: Marker) -> None:
 def main() -> None:
     st.set_page_config(page_title="calib · IV calibration", page_icon=":material/monitoring:", layout="wide")
     st.session_state.setdefault("refresh", 0)
+    show_html(tables.PAGE_STYLE)
     db = db_path()
     underlying = render_sidebar(db)
     refresh = int(st.session_state["refresh"])
@@ -424,10 +510,12 @@ def main() -> None:
         detail = None
     render_live_summary(db, data)
     render_option_types(detail)
+    render_arbitrage(detail)
     render_term_structure(detail)
     render_skew(detail)
     render_policy(db, data, settings, settings_error)
     render_history(data, settings)
+    render_over_time(data)
     render_live_runs(data)
     render_backtest(db, underlying, marker)
     st.divider()

@@ -327,6 +327,7 @@ class DashboardData:
     auto_history: pl.DataFrame  # harvested runs, newest window first
     applied: pl.DataFrame  # scope, multiplier, updated_at, run_id (global first)
     loaded_at: datetime
+    applied_log: pl.DataFrame = field(default_factory=pl.DataFrame)  # changes over time, oldest first
 
 
 def _utc(df: pl.DataFrame) -> pl.DataFrame:
@@ -501,5 +502,24 @@ def dashboard_data(db_path: Path, underlying: str, *, history_limit: int = 50,
         live = _runs(con, underlying=underlying, source="live", limit=live_limit)
         history = _runs(con, underlying=underlying, source="harvested", limit=history_limit, by_window=True)
         latest = _detail(_runs(con, underlying=underlying, source="live", limit=1, with_result=True))
+        log = _applied_log(con, underlying)
     return DashboardData(underlying=underlying, info=info, latest_live=latest, live_runs=live,
-                         auto_history=history, applied=applied, loaded_at=now)
+                         auto_history=history, applied=applied, loaded_at=now, applied_log=log)
+
+
+APPLIED_LOG_LIMIT = 500
+
+
+def _applied_log(con: duckdb.DuckDBPyConnection, underlying: str) -> pl.DataFrame:
+    """The newest `APPLIED_LOG_LIMIT` changes of `applied_multipliers_log`, oldest first (empty without the table)."""
+    if "applied_multipliers_log" not in table_names(con):
+        return pl.DataFrame(schema={"changed_at": pl.Datetime("us", "UTC"), "scope": pl.String,
+                                    "old_multiplier": pl.Float64, "new_multiplier": pl.Float64,
+                                    "run_id": pl.String, "reason": pl.String})
+    return _utc(_frame(
+        con,
+        "SELECT * FROM (SELECT changed_at, scope, old_multiplier, new_multiplier, run_id, reason "
+        "FROM applied_multipliers_log WHERE underlying = ? ORDER BY changed_at DESC, change_id DESC LIMIT ?) "
+        "ORDER BY changed_at, scope",
+        [underlying, APPLIED_LOG_LIMIT],
+    ))

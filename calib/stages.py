@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from calib._typing import FloatArray
+from calib._typing import FloatArray, Status
 from calib.config import DAYS_PER_YEAR, CalibrationConfig
 from calib.data.quality import (
     FILTER_REASONS,
@@ -39,6 +39,7 @@ from calib.data.reader import (
     SkippedFile,
     read_index_series,
 )
+from calib.engine.arbitrage import describe as describe_violation
 from calib.engine.calibrate import EngineOutput, recommended_surface
 from calib.engine.guardrails import (
     BAND_FAILED,
@@ -317,6 +318,8 @@ def build_result(
         data_quality_reason=dq_cause)
     if gm.at_bound and status == "failed":
         reason += f" ({bound_cause(gm, config)})"
+    arbitrage = engine.arbitrage if engine else None
+    status, reason = arbitrage_grade(status, reason, arbitrage)
     timings["data_quality"] = timings.get("data_quality", 0.0) + time.perf_counter() - t
     now = datetime.now(UTC)
     return CalibrationResult(
@@ -333,7 +336,8 @@ def build_result(
         data_quality=dq,
         window={"start": window_start, "end": window_end,
                 "newest_snapshot": tally.newest_snapshot(), "data_root": str(config.harvest.data_root)},
-        timings_s=timings, replay=config.replay,
+        timings_s=timings, replay=config.replay, arbitrage=arbitrage,
+        error_map=engine.error_map if engine else None, expiries=engine.expiries if engine else (),
     )
 
 
@@ -358,6 +362,17 @@ def _age_text(minutes: float) -> str:
     if minutes < 48 * 60:
         return f"{minutes / 60:.1f} h"
     return f"{minutes / 1440:.1f} days"
+
+
+def arbitrage_grade(status: Status, reason: str, arbitrage: dict[str, Any] | None) -> tuple[Status, str]:
+    """At most `degraded` when the recommended surface has static arbitrage, naming its first violation."""
+    first = (arbitrage or {}).get("first")
+    if status == "failed" or not first:
+        return status, reason
+    n_b, n_c = arbitrage.get("butterfly_violations", 0), arbitrage.get("calendar_violations", 0)  # type: ignore[union-attr]
+    what = (f"Recommended surface has static arbitrage ({n_b} butterfly, {n_c} calendar point(s)); "
+            f"first: {describe_violation(first)}")
+    return "degraded", what if status == "ok" else f"{reason}; {what}"
 
 
 def _rv_source(index: pl.DataFrame) -> str:

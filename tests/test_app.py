@@ -259,6 +259,11 @@ def test_old_schema_rows_show_dashes(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert row["MAE %"] == "12.50"
     assert row["Samples"] == "1,200"
     assert "No skew fit for this run" in texts(at)
+    # The sections added later say the run predates them instead of drawing empty charts.
+    out = texts(at)
+    for what in ("no arbitrage check", "no per-expiry data", "no error map"):
+        assert f"This run has {what} (it predates it" in out
+    assert "No multiplier applied yet" in out
     assert _rows(db, "SELECT max(version) AS v FROM schema_migrations")[0]["v"] == 1
 
 
@@ -373,7 +378,9 @@ def test_skew_fit_analysis(populated: Path, tmp_path: Path, monkeypatch: pytest.
     assert len(highlighted) == 1
     assert highlighted[0]["cells"][0] in (f"{sk['largest_diff_anchor']:+.1f}", "0 (ATM)")
     charts = at.get("vega_lite_chart")
-    assert len(charts) == 4  # skew ratios, smile, history multiplier, history vMAE
+    # ATM term structure, multiplier by expiry, error map, skew ratios, smile, smile per expiry by K/F and by z,
+    # history multiplier and vMAE, vol over time, applied multipliers over time
+    assert len(charts) == 11
 
 
 def test_update_policy_section(populated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -575,3 +582,160 @@ def test_force_apply_confirmation_names_from_and_to_for_every_scope(
     old = {r["scope"]: r["multiplier"] for r in before}
     for scope, new in {"global": live["smoothed_multiplier"], **bands}.items():
         assert f"{scope.title()} {old[scope]:.4f} → **{new:.4f}**" in warning
+
+
+# --------------------------------------------------------------------------- where the model is wrong
+
+
+def _chart_tables(at: AppTest) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Every vega-lite chart as (spec, rows of its first dataset)."""
+    import pyarrow as pa
+
+    out = []
+    for c in at.get("vega_lite_chart"):
+        spec = json.loads(c.proto.spec)
+        rows = pa.ipc.open_stream(c.proto.datasets[0].data.data).read_all().to_pylist() if c.proto.datasets else []
+        out.append((spec, rows))
+    return out
+
+
+def _chart(at: AppTest, axis_title: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The one chart with an axis titled `axis_title` (in any layer)."""
+    found = [(spec, rows) for spec, rows in _chart_tables(at) if f'"title": "{axis_title}"' in json.dumps(spec)]
+    assert len(found) == 1, [json.dumps(s)[:200] for s, _ in _chart_tables(at)]
+    return found[0]
+
+
+def test_static_arbitrage_table(populated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = _live_run(populated)["result"]["arbitrage"]
+    at = run_app(populated, monkeypatch, tmp_path)
+    assert "Static arbitrage" in [s.value for s in at.subheader]
+    head, body = table(at, "arbitrage")
+    assert head == ["Surface", "Points checked", "Butterfly", "Calendar", "First violation", "Worst violation"]
+    assert [r["cells"][0] for r in body] == ["Recommended surface", "Current surface", "Market marks"]
+    for row, part in zip(body, (a, a["current"], a["market"]), strict=True):
+        assert row["cells"][1:4] == [f"{part['checked_points']:,}", f"{part['butterfly_violations']:,}",
+                                     f"{part['calendar_violations']:,}"]
+    assert a["checked_points"] > 0 and a["butterfly_violations"] == a["calendar_violations"] == 0
+    assert body[0]["cells"][4] == "-" and body[0]["attrs"]["data-status"] == "ok"
+
+
+def test_error_map_heatmap(populated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    em = _live_run(populated)["result"]["error_map"]
+    at = run_app(populated, monkeypatch, tmp_path)
+    assert "Error map by DTE and moneyness" in [s.value for s in at.subheader]
+    spec, rows = _chart(at, "Moneyness bucket (z)")
+    cells = {(i, j): n for i, r in enumerate(em["counts"]) for j, n in enumerate(r) if n}
+    assert len(rows) == len(cells) > 3
+    for r in rows:
+        i, j = r["dte_order"], r["z_order"]
+        assert r["Quotes"] == cells[(i, j)]
+        assert r["mean_err_vol_points"] == pytest.approx(em["mean_err_vol_points"][i][j])
+    assert '"field": "mean_err_vol_points"' in json.dumps(spec)
+    # Absolute % of the current model: another colour field and the tested map's values.
+    at.button_group(key="error_map_measure").set_value("|% of mark|")
+    at.button_group(key="error_map_model").set_value("Current")
+    at.run()
+    spec, rows = _chart(at, "Moneyness bucket (z)")
+    assert '"field": "mean_abs_err_pct"' in json.dumps(spec)
+    tested = em["tested"]
+    for r in rows:
+        assert r["mean_abs_err_pct"] == pytest.approx(tested["mean_abs_err_pct"][r["dte_order"]][r["z_order"]])
+
+
+def test_term_structure_chart_per_listed_expiry(populated: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    exps = _live_run(populated)["result"]["expiries"]
+    at = run_app(populated, monkeypatch, tmp_path)
+    _, rows = _chart(at, "ATM implied vol (%)")
+    market = sorted((r["dte"], r["iv_pct"]) for r in rows if r["series"] == "Market ATM IV")
+    assert market == pytest.approx(sorted((e["dte_days"], e["atm_market_iv_pct"]) for e in exps))
+    rec = sorted((r["dte"], r["iv_pct"]) for r in rows if r["series"] == "Model, recommended")
+    assert rec == pytest.approx(sorted((e["dte_days"], e["atm_recommended_iv_pct"]) for e in exps))
+    _, mult = _chart(at, "IV multiplier")
+    got = sorted((r["dte"], r["multiplier"]) for r in mult if r["series"] == "Model, recommended")
+    assert got == pytest.approx(sorted((e["dte_days"], e["multiplier_recommended"]) for e in exps))
+    assert len({m for _, m in got}) >= 2  # band multipliers differ across the term structure
+
+
+def test_smile_per_expiry_selector(populated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = _live_run(populated)["result"]
+    exps = result["expiries"]
+    at = run_app(populated, monkeypatch, tmp_path)
+    assert "Smile per expiry" in [s.value for s in at.subheader]
+    box = at.selectbox(key=f"smile_expiry_{result['run_id']}")
+    default = next(i for i, e in enumerate(exps) if result["dte_min"] <= e["dte_days"] <= result["dte_max"])
+    assert box.value == default
+    assert box.options[default].startswith(exps[default]["expiry"])
+    _, by_k = _chart(at, "Strike / forward (K/F)")
+    market = sorted((r["strike_rel"], r["iv_pct"]) for r in by_k if r["series"] == "Market (mark IV)")
+    assert market == pytest.approx(sorted(zip(exps[default]["strike_rel"], exps[default]["market_iv_pct"],
+                                              strict=True)))
+    _, by_z = _chart(at, "Standardized moneyness z (recommended)")
+    assert {r["series"] for r in by_z} == {"Market (mark IV)", "Model, current skew", "Model, recommended skew"}
+    last = len(exps) - 1
+    box.set_value(last)
+    at.run()
+    _, by_k = _chart(at, "Strike / forward (K/F)")
+    assert len([r for r in by_k if r["series"] == "Market (mark IV)"]) == len(exps[last]["strike_rel"])
+
+
+def test_history_over_time_charts(populated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = _rows(populated, "SELECT rv_7d_pct, atm_iv_pct FROM calibration_runs WHERE underlying = 'BTC' "
+                            "AND status <> 'failed'")
+    log = _rows(populated, "SELECT scope, new_multiplier FROM applied_multipliers_log WHERE underlying = 'BTC'")
+    at = run_app(populated, monkeypatch, tmp_path)
+    _, vols = _chart(at, "Vol (%)")
+    assert sorted(r["vol_pct"] for r in vols if r["series"] == "RV_7d") == pytest.approx(
+        sorted(r["rv_7d_pct"] for r in runs))
+    assert sorted(r["vol_pct"] for r in vols if r["series"] == "ATM IV") == pytest.approx(
+        sorted(r["atm_iv_pct"] for r in runs))
+    _, applied = _chart(at, "Applied multiplier")
+    assert len(applied) == len(log) > 0
+    assert sorted(r["multiplier"] for r in applied) == pytest.approx(sorted(r["new_multiplier"] for r in log))
+    # The multiplier history is scaled to its runs: the 0.7 / 1.6 guardrails are off-scale, so not drawn.
+    spec, _ = _chart(at, "Recommended multiplier")
+    text = json.dumps(spec)
+    lo, hi = next(layer["encoding"]["y"]["scale"]["domain"] for layer in spec["layer"]
+                  if layer["encoding"]["y"].get("field") == "plotted")
+    assert 0.7 < lo < hi < 1.6 and hi - lo < 0.5
+    assert "guardrail" not in text
+
+
+def test_history_chart_shows_guardrails_only_in_view() -> None:
+    import polars as pl
+
+    from calib.ui.charts import history_chart
+
+    def spec(values: list[float]) -> str:
+        runs = pl.DataFrame({"window_end": [END - timedelta(hours=i) for i in range(len(values))],
+                             "status": ["ok"] * len(values), "recommended_multiplier": values})
+        return json.dumps(history_chart(runs, "Multiplier", title="m", bounds=(0.7, 1.6)).to_dict())
+
+    assert "guardrail min" not in spec([1.1045, 1.1217]) and "guardrail max" not in spec([1.1045, 1.1217])
+    near = spec([0.705, 0.75])  # the lower guardrail inside the padded range
+    assert "guardrail min" in near and "guardrail max" not in near
+
+
+def test_new_sections_on_the_demo_history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`calib demo-db`'s history: every new section renders with data, the demo has no static arbitrage."""
+    _cli("demo-db", "--db", str(tmp_path / "demo.duckdb"), "--data-dir", str(tmp_path / "harvests"))
+    at = run_app(tmp_path / "demo.duckdb", monkeypatch, tmp_path)
+    subs = [s.value for s in at.subheader]
+    for title in ("Static arbitrage", "ATM term structure by listed expiry", "Error map by DTE and moneyness",
+                  "Smile per expiry", "Vol and applied multipliers over time"):
+        assert title in subs
+    _, body = table(at, "arbitrage")
+    assert [r["cells"][2:4] for r in body[:2]] == [["0", "0"], ["0", "0"]]
+    for axis in ("Moneyness bucket (z)", "ATM implied vol (%)", "Strike / forward (K/F)", "Vol (%)",
+                 "Applied multiplier"):
+        assert _chart(at, axis)[1], axis
+    assert "predates" not in texts(at)
+
+
+def test_new_sections_absent_on_an_empty_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "empty.duckdb"
+    with connect(db, read_only=False):
+        pass
+    at = run_app(db, monkeypatch, tmp_path)
+    assert not at.subheader and not at.get("vega_lite_chart") and "arbitrage" not in tables(at)

@@ -173,8 +173,9 @@ def test_dashboard_in_chromium(server: str, history: dict[str, object], tmp_path
             assert page.locator('[data-testid="stException"]').count() == 0
             for title in ("Calibration vs Deribit", "Term Structure", "Skew Fit Analysis",
                           "IV Calibration Update Policy", "Calibration History (Auto-Calibrate)", "Recent live runs"):
-                assert page.get_by_role("heading", name=title).count() == 1
+                assert page.get_by_role("heading", name=title, exact=True).count() == 1
             page.wait_for_selector("canvas, svg.marks", timeout=30_000)  # vega charts drawn
+            _check_new_sections(page, live)
             shot = tmp_path / "dashboard.png"
             _full_page_screenshot(page, shot)
             assert shot.stat().st_size > 50_000
@@ -215,6 +216,60 @@ def test_reload_right_after_a_cli_force_apply_shows_the_new_global(history: dict
             browser.close()
 
 
+NEW_SECTIONS = ("Static arbitrage", "ATM term structure by listed expiry", "Error map by DTE and moneyness",
+                "Smile per expiry", "Vol and applied multipliers over time")
+
+
+def _check_new_sections(page, live: dict[str, object]) -> None:  # type: ignore[no-untyped-def]
+    """Every section added for issue 17 has its heading and a drawn chart or table."""
+    for title in NEW_SECTIONS:
+        assert page.get_by_role("heading", name=title, exact=True).count() == 1, title
+    rows = page.locator("#arbitrage tr.calib-row")
+    assert rows.count() == 3
+    arb = live["arbitrage"]
+    assert isinstance(arb, dict)
+    assert rows.nth(0).locator("td").nth(2).inner_text().strip() == f"{arb['butterfly_violations']:,}"
+    # Each chart element holds a drawn vega view (canvas or svg) of a readable height.
+    charts = page.locator('[data-testid="stVegaLiteChart"]')
+    assert charts.count() >= 11
+    for i in range(charts.count()):
+        chart = charts.nth(i)
+        chart.scroll_into_view_if_needed()
+        view = chart.locator("canvas, svg.marks").first
+        view.wait_for(timeout=30_000)
+        box = view.bounding_box()
+        assert box is not None and box["height"] >= 200, (i, box)
+
+
+def test_phone_layout_scrolls_wide_tables_with_a_cue(server: str, tmp_path: Path) -> None:
+    """At 390 px a wide table scrolls sideways inside its own box, says so, and charts fit the screen."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright Python package")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
+            page.goto(server)
+            page.wait_for_selector("#auto-history", timeout=60_000)
+            page.wait_for_selector("canvas, svg.marks", timeout=30_000)
+            wrap = page.locator("#auto-history").locator("xpath=..")
+            scroll_w, client_w = wrap.evaluate("e => [e.scrollWidth, e.clientWidth]")
+            assert scroll_w > client_w  # wider than the phone: it scrolls, the page does not
+            assert wrap.evaluate("e => getComputedStyle(e).overflowX") == "auto"
+            assert "radial-gradient" in wrap.evaluate("e => getComputedStyle(e).backgroundImage")  # edge shade
+            hint = wrap.locator("xpath=preceding-sibling::div[1]")
+            assert hint.inner_text().strip() == "⇆ Swipe sideways for more columns" and hint.is_visible()
+            page_w = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollWidth")
+            assert page_w <= 390 + 1
+            charts = page.locator('[data-testid="stVegaLiteChart"]')
+            for i in range(charts.count()):
+                charts.nth(i).scroll_into_view_if_needed()
+                box = charts.nth(i).locator("canvas, svg.marks").first.bounding_box()
+                assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390 + 1, (i, box)
+            _full_page_screenshot(page, tmp_path / "phone.png")
+        finally:
+            browser.close()
+
+
 @pytest.mark.skipif(not os.environ.get("CALIB_SCREENSHOT_DIR"),
                     reason="set CALIB_SCREENSHOT_DIR=notes/screenshots to regenerate the README screenshots")
 def test_readme_screenshots(tmp_path: Path) -> None:
@@ -244,5 +299,16 @@ def test_readme_screenshots(tmp_path: Path) -> None:
             page.screenshot(path=str(out / "history.png"), clip={
                 "x": main["x"], "y": top["y"] - 16, "width": main["width"],
                 "height": end["y"] + end["height"] - top["y"] + 32})
+            # Where the model is wrong: from the arbitrage table to the smile per expiry.
+            top = page.get_by_role("heading", name="Static arbitrage").bounding_box()
+            end = page.get_by_role("heading", name="IV Calibration Update Policy").bounding_box()
+            assert top and end
+            page.screenshot(path=str(out / "surface.png"), clip={
+                "x": main["x"], "y": top["y"] - 16, "width": main["width"], "height": end["y"] - top["y"]})
+            phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=1, is_mobile=True)
+            phone.goto(url)
+            phone.wait_for_selector("#live-runs", timeout=60_000)
+            phone.wait_for_timeout(2000)
+            _full_page_screenshot(phone, out / "phone.png")
         finally:
             browser.close()

@@ -69,6 +69,23 @@ def test_history_file_contents(demo: tuple[DemoDbSummary, list[str], float]) -> 
     assert ("skipped", "failed") in {(d, s) for d, _, s in live}
 
 
+def test_demo_runs_have_no_arbitrage_and_every_new_aggregate(demo: tuple[DemoDbSummary, list[str], float]) -> None:
+    """No false positives: the demo's recommended and current surfaces pass the static-arbitrage checks."""
+    import json
+
+    rows = _q(demo[0].db_path, "SELECT status, result FROM calibration_runs WHERE status <> 'failed'")
+    assert len(rows) >= 10
+    for _status, text in rows:
+        r = json.loads(text)
+        a = r["arbitrage"]
+        assert a["checked_points"] >= 41 * 5
+        assert (a["butterfly_violations"], a["calendar_violations"]) == (0, 0), r["reason"]
+        assert (a["current"]["butterfly_violations"], a["current"]["calendar_violations"]) == (0, 0)
+        assert a["market"]["checked_points"] > 0  # a count of crossed marks, whatever it is
+        assert "arbitrage" not in r["reason"]
+        assert len(r["expiries"]) >= 5 and sum(map(sum, r["error_map"]["counts"])) > 0
+
+
 def test_applied_state_invariant(demo: tuple[DemoDbSummary, list[str], float]) -> None:
     """The newest applied live run's smoothed multiplier is the current applied global one."""
     db = demo[0].db_path

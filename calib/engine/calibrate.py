@@ -16,8 +16,16 @@ import numpy as np
 from calib._typing import Extrapolation, FloatArray
 from calib.config import DAYS_PER_YEAR, CalibrationConfig
 from calib.engine.bootstrap import multiplier_interval, resampling_units
+from calib.engine.expiries import ModelSurface, chain_view
 from calib.engine.fit import MultiplierFit, SortedQuotes, fit_multiplier
-from calib.engine.metrics import EMPTY, MetricSums, add_to_groups, quote_errors
+from calib.engine.metrics import (
+    EMPTY,
+    ErrorMapSums,
+    MetricSums,
+    add_to_groups,
+    error_map_edges,
+    quote_errors,
+)
 from calib.engine.model import (
     FitInputs,
     QuoteArrays,
@@ -53,6 +61,9 @@ class EngineOutput:
     n_snapshots: int
     timings_s: dict[str, float] = field(default_factory=dict)
     beyond_anchors: dict[str, Any] | None = None  # `wings_summary` at the recommended multiplier
+    arbitrage: dict[str, Any] | None = None  # static-arbitrage checks of the newest chain (`chain_view`)
+    expiries: tuple[dict[str, Any], ...] = ()  # per listed expiry: ATM IVs, smile (`chain_view`)
+    error_map: dict[str, Any] | None = None  # errors by DTE x z bucket (`ErrorMapSums.to_dict`)
 
 
 def calibrate_quotes(q: QuoteArrays, config: CalibrationConfig) -> EngineOutput:
@@ -93,6 +104,7 @@ class EngineFit:
     atm_iv_pct: float | None
     recommended_surface: dict[str, Any] | None
     timings_s: dict[str, float] = field(default_factory=dict)
+    chain: dict[str, Any] | None = None  # `chain_view` of the newest snapshot
 
 
 def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
@@ -165,10 +177,37 @@ def fit_engine(q: QuoteArrays, config: CalibrationConfig) -> EngineFit:
     if config.emit_recommended_vol_surface and m_rec is not None and rv_now is not None:
         band_mult = {b.name: f.multiplier for b, f in zip(config.bands, band_fits, strict=True)}
         surface = recommended_surface(rv_now / 100, m_rec, band_mult, config, anchors, ratios)
+    t_chain = time.perf_counter()
+    chain = _chain(q, n_pos, config, m_rec, band_fits, anchors, current, ratios)
+    t_end = time.perf_counter()
     return EngineFit(fit=fit, skew=skew, ratios=ratios, band_fits=tuple(band_fits), rv_7d_pct=rv_now,
                      fit_current_skew=fit_current_skew, band_fits_current_skew=tuple(band_fits_cs),
-                     atm_iv_pct=atm_iv, recommended_surface=surface, ci=ci, band_cis=tuple(band_cis),
-                     timings_s={"fit_and_skew": t_fit - t0, "band_fit": time.perf_counter() - t_fit})
+                     atm_iv_pct=atm_iv, recommended_surface=surface, ci=ci, band_cis=tuple(band_cis), chain=chain,
+                     timings_s={"fit_and_skew": t_fit - t0, "band_fit": t_chain - t_fit, "chain": t_end - t_chain})
+
+
+def _chain(q: QuoteArrays, n_pos: np.ndarray, config: CalibrationConfig, m_rec: float | None,
+           band_fits: Sequence[MultiplierFit], anchors: np.ndarray, current: np.ndarray,
+           ratios: np.ndarray) -> dict[str, Any] | None:
+    """`chain_view` of every expiry at the global range's newest snapshot (all its quotes, any DTE).
+
+    The current surface is the tested multiplier with the current skew (the model as run
+    today); the recommended one the band multipliers (global outside the bands) with the
+    recommended skew.
+    """
+    if n_pos.size == 0:
+        return None
+    snap = int(q.snap[n_pos[0]])
+    pos = np.flatnonzero(q.snap == snap)
+    rv = float(q.table.rv[snap])
+    if not rv > 0:
+        return None
+    cur = ModelSurface(rv=rv, multiplier=config.multiplier_tested_value, anchors_z=anchors, ratios=current)
+    rec = None
+    if m_rec is not None:
+        rec = ModelSurface(rv=rv, multiplier=m_rec, anchors_z=anchors, ratios=ratios, bands=config.bands,
+                           band_multipliers=[f.multiplier for f in band_fits])
+    return chain_view(q.take(pos), current=cur, recommended=rec, as_of_us=int(q.table.ts_us[snap]))
 
 
 @dataclass(slots=True, kw_only=True)
@@ -183,17 +222,24 @@ class EngineScores:
     anchor_counts: np.ndarray  # global quotes per nearest skew anchor at the recommended multiplier
     snapshots_us: list[np.ndarray]  # distinct snapshots of the global range, per chunk
     wings: MetricSums  # global range at recommended: group 0 beyond the outer anchors, group 1 within
+    map_recommended: ErrorMapSums  # every scored quote at its band's multiplier, recommended skew
+    map_tested: ErrorMapSums  # every scored quote at the tested multiplier, current skew
 
     @classmethod
     def zeros(cls, config: CalibrationConfig) -> EngineScores:
         nb = len(config.bands)
+        dte_edges, z_edges = error_map_edges(
+            config.skew.anchors_z, [config.min_dte, config.max_dte, *(e for b in config.bands
+                                                                      for e in (b.dte_min, b.dte_max))])
         return cls(tested=MetricSums.zeros(), at_recommended=MetricSums.zeros(),
                    by_type=MetricSums.zeros(len(config.option_types)), band_tested=MetricSums.zeros(nb),
                    band_recommended=MetricSums.zeros(nb), anchor_counts=np.zeros(len(config.skew.anchors_z), np.int64),
-                   snapshots_us=[], wings=MetricSums.zeros(2))
+                   snapshots_us=[], wings=MetricSums.zeros(2), map_recommended=ErrorMapSums.zeros(dte_edges, z_edges),
+                   map_tested=ErrorMapSums.zeros(dte_edges, z_edges))
 
     def merge(self, other: EngineScores) -> None:
-        for name in ("tested", "at_recommended", "by_type", "band_tested", "band_recommended", "wings"):
+        for name in ("tested", "at_recommended", "by_type", "band_tested", "band_recommended", "wings",
+                     "map_recommended", "map_tested"):
             getattr(self, name).merge(getattr(other, name))
         self.anchor_counts += other.anchor_counts
         self.snapshots_us.extend(other.snapshots_us)
@@ -254,13 +300,19 @@ def _score_part(q: QuoteArrays, fit: EngineFit, config: CalibrationConfig, *, bl
         in_b = [(dte >= b.dte_min) & (dte < b.dte_max) for b in bands]
         err_tested = quote_errors(mb, m_tested, anchors, current, ext)
         add_to_groups(err_tested, mb.vega_coin, [(out.tested, [g_mask[i:i + block]]), (out.band_tested, in_b)])
+        out.map_tested.add(err_tested, dte, mb.z1 / m_tested)
+        # Each quote at its own band's multiplier (the global recommended one outside the bands);
+        # with overlapping bands the last one wins, for the error map only.
+        m_quote = np.full(len(qb), m_rec if m_rec is not None else m_tested)
+        for mask, m in zip(in_b, band_m, strict=True):
+            if m is not None:
+                m_quote[mask] = m
+        err_quote = quote_errors(mb, m_quote, anchors, fit.ratios, ext)
+        if m_rec is not None:
+            out.map_recommended.add(err_quote, dte, mb.z1 / m_quote)
         if disjoint:  # one pricing pass: each quote at its own band's multiplier
-            m_quote = np.full(len(qb), m_tested)
-            for mask, m in zip(in_b, band_m, strict=True):
-                if m is not None:
-                    m_quote[mask] = m
-            # Bands without a multiplier are summed at the tested one but never reported.
-            out.band_recommended.add(quote_errors(mb, m_quote, anchors, fit.ratios, ext), mb.vega_coin, in_b)
+            # Bands without a multiplier are summed at the global one but never reported.
+            out.band_recommended.add(err_quote, mb.vega_coin, in_b)
         else:
             for b, (mask, m) in enumerate(zip(in_b, band_m, strict=True)):
                 if m is not None and mask.any():
@@ -317,10 +369,17 @@ def assemble_engine(fit: EngineFit, scores: EngineScores, config: CalibrationCon
                        rv_7d_pct=fit.rv_7d_pct, atm_iv_pct=fit.atm_iv_pct, ci_low=fit.ci[0], ci_high=fit.ci[1],
                        recommended_iv_multiplier_current_skew=(
                            fit.fit_current_skew.multiplier if fit.fit_current_skew else m_rec))
+    chain = fit.chain or {}
+    error_map = None
+    if int(scores.map_tested.n.sum()):
+        error_map = {**scores.map_recommended.to_dict(), "multiplier": "recommended",
+                     "tested": scores.map_tested.to_dict()} if m_rec is not None else {
+            **scores.map_tested.to_dict(), "multiplier": "tested", "tested": scores.map_tested.to_dict()}
     return EngineOutput(
         global_metrics=gm, bands=bands, option_type_metrics=type_metrics, skew=skew,
         recommended_surface=fit.recommended_surface, n_samples=int(scores.tested.n[0]),
-        n_snapshots=scores.n_snapshots(), timings_s=timings_s, beyond_anchors=beyond,
+        n_snapshots=scores.n_snapshots(), timings_s=timings_s, beyond_anchors=beyond, arbitrage=chain.get("arbitrage"),
+        expiries=tuple(chain.get("expiries") or ()), error_map=error_map,
     )
 
 

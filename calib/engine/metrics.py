@@ -157,3 +157,77 @@ def add_to_groups(errors: QuoteErrors, vega: FloatArray,
             sums.w[i] += np.dot(m, w)
             sums.err[i] += np.dot(m, e)
             sums.abs_vol[i] += np.dot(m, abs_ev)
+
+
+@dataclass(slots=True)
+class ErrorMapSums:
+    """Error sums by DTE bucket x z bucket (row-major, DTE first): counts and signed and absolute errors.
+
+    Sums, like `MetricSums`, so chunks and partitions add up. `z_edges` are
+    open at both ends (-inf, +inf: null in JSON); a DTE bucket is
+    ``[lo, hi)``, the last one also owns its upper edge; quotes outside the
+    DTE edges are not counted.
+    """
+
+    dte_edges: FloatArray
+    z_edges: FloatArray
+    n: np.ndarray
+    err_vol: FloatArray
+    abs_vol: FloatArray
+    err_pct: FloatArray
+    abs_pct: FloatArray
+
+    @classmethod
+    def zeros(cls, dte_edges: Sequence[float], z_edges: Sequence[float]) -> ErrorMapSums:
+        d, z = np.asarray(dte_edges, dtype=np.float64), np.asarray(z_edges, dtype=np.float64)
+        size = (d.size - 1) * (z.size - 1)
+        return cls(d, z, np.zeros(size, np.int64), *(np.zeros(size) for _ in range(4)))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.dte_edges.size - 1, self.z_edges.size - 1
+
+    def add(self, errors: QuoteErrors, dte_days: FloatArray, z: FloatArray) -> None:
+        nd, nz = self.shape
+        di = np.searchsorted(self.dte_edges, dte_days, side="right") - 1
+        di[dte_days == self.dte_edges[-1]] = nd - 1
+        zi = np.searchsorted(self.z_edges[1:-1], z, side="right")
+        ok = (di >= 0) & (di < nd)
+        cell = di * nz + zi
+        ev, ep = errors.err_vol_points, errors.err_pct
+        if not ok.all():  # quotes beyond the DTE edges (rare): drop them; otherwise no copies
+            cell, ev, ep = cell[ok], ev[ok], ep[ok]
+        size = nd * nz
+        self.n += np.bincount(cell, minlength=size)
+        self.err_vol += np.bincount(cell, weights=ev, minlength=size)
+        self.abs_vol += np.bincount(cell, weights=np.abs(ev), minlength=size)
+        self.err_pct += np.bincount(cell, weights=ep, minlength=size)
+        self.abs_pct += np.bincount(cell, weights=np.abs(ep), minlength=size)
+
+    def merge(self, other: ErrorMapSums) -> None:
+        for name in ("n", "err_vol", "abs_vol", "err_pct", "abs_pct"):
+            getattr(self, name).__iadd__(getattr(other, name))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Edges, counts and mean errors as (DTE bucket) x (z bucket) nested lists (null where empty)."""
+        shape = self.shape
+        with np.errstate(divide="ignore", invalid="ignore"):
+            def mean(s: FloatArray) -> list[list[float]]:
+                return np.round(np.where(self.n > 0, s / self.n, np.nan), 4).reshape(shape).tolist()
+
+            return {
+                "dte_edges_days": self.dte_edges.tolist(),
+                "z_edges": self.z_edges.tolist(),
+                "counts": self.n.reshape(shape).tolist(),
+                "mean_err_vol_points": mean(self.err_vol),
+                "mean_abs_err_vol_points": mean(self.abs_vol),
+                "mean_err_pct": mean(self.err_pct),
+                "mean_abs_err_pct": mean(self.abs_pct),
+            }
+
+
+def error_map_edges(anchors_z: Sequence[float], band_edges_days: Sequence[float]) -> tuple[list[float], list[float]]:
+    """DTE edges (the bands' and the run's range edges) and z edges (one bucket per skew anchor)."""
+    a = np.asarray(sorted(anchors_z), dtype=np.float64)
+    mids = ((a[1:] + a[:-1]) / 2).tolist()
+    return sorted(set(float(e) for e in band_edges_days)), [-np.inf, *mids, np.inf]

@@ -173,6 +173,9 @@ class CalibrationResult:
     window: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     replay: bool = False
+    arbitrage: dict[str, Any] | None = None  # static-arbitrage checks (calib.engine.expiries.chain_view)
+    error_map: dict[str, Any] | None = None  # errors by DTE x z bucket (calib.engine.metrics.ErrorMapSums)
+    expiries: tuple[dict[str, Any], ...] = ()  # newest chain per listed expiry: ATM IVs and smiles
 
     def to_dict(self) -> dict[str, Any]:
         return clean_json({
@@ -197,4 +200,7 @@ class CalibrationResult:
             "data_quality": self.data_quality.to_dict(),
             "window": self.window,
             "timings_s": self.timings_s,
+            "arbitrage": self.arbitrage,
+            "error_map": self.error_map,
+            "expiries": list(self.expiries),
         })

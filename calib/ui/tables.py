@@ -30,7 +30,19 @@ class Raw(str):
     __slots__ = ()
 
 
-_WRAP = "overflow-x:auto;margin:0 0 0.75rem 0;"
+# Scroll shadows: a wide table on a phone shows a shade at the edge it can scroll towards (the "local"
+# white covers move with the content and hide the shade at an edge already reached).
+_WRAP = ("overflow-x:auto;margin:0 0 0.75rem 0;-webkit-overflow-scrolling:touch;"
+         "background:linear-gradient(to right,#fff 30%,rgba(255,255,255,0)) left center/40px 100% no-repeat local,"
+         "linear-gradient(to left,#fff 30%,rgba(255,255,255,0)) right center/40px 100% no-repeat local,"
+         "radial-gradient(farthest-side at 0 50%,rgba(0,0,0,0.22),rgba(0,0,0,0)) left center/14px 100% no-repeat scroll,"
+         "radial-gradient(farthest-side at 100% 50%,rgba(0,0,0,0.22),rgba(0,0,0,0)) right center/14px 100% "
+         "no-repeat scroll;")
+_HINT = ('<div class="calib-scroll-hint" style="display:none;font-size:0.75rem;opacity:0.7;margin:0 0 2px 0;">'
+         "⇆ Swipe sideways for more columns</div>")
+# Injected once per page (app.py): the hint shows on narrow screens only.
+PAGE_STYLE = ("<style>@media (max-width: 760px) { .calib-scroll-hint { display: block !important; } }"
+              "</style>")
 _TABLE = ("width:100%;border-collapse:collapse;font-size:0.875rem;line-height:1.35;"
           "font-variant-numeric:tabular-nums;")
 _TH = ("text-align:left;padding:6px 8px;border-bottom:2px solid rgba(128,128,128,0.40);"
@@ -143,7 +155,7 @@ def html_table(
         if rec.get("_title"):
             attrs += f' title="{html.escape(str(rec["_title"]))}"'
         rows.append(f'<tr class="{" ".join(classes)}"{attrs} style="{style}">{"".join(cells)}</tr>')
-    return (f'<div class="calib-table-wrap" style="{_WRAP}"><table class="calib-table" id="{html.escape(table_id)}" '
+    return (f'{_HINT}<div class="calib-table-wrap" style="{_WRAP}"><table class="calib-table" id="{html.escape(table_id)}" '
             f'data-table="{html.escape(table_id)}" style="{_TABLE}"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>')
 
@@ -534,3 +546,45 @@ def force_apply_text(changes: list[ScopeChange]) -> str:
     """"Global 1.0367 → 1.0671, Weekly (none) → 1.0500, ..." for the confirmation."""
     return ", ".join(f"{c.scope.title()} {fmt.fmt_mult(c.old) if c.old is not None else '(none)'} → "
                      f"**{fmt.fmt_mult(c.new)}**" for c in changes)
+
+
+# --------------------------------------------------------------------------- static arbitrage
+
+ARBITRAGE_COLUMNS = ("Surface", "Points checked", "Butterfly", "Calendar", "First violation", "Worst violation")
+ARBITRAGE_TITLES = {
+    "Points checked": "Grid points (listed expiry x strike) where the surface was evaluated",
+    "Butterfly": "Points where call prices are not convex or rise with strike (beyond 1e-6 of the forward)",
+    "Calendar": "Points where total variance falls from one listed expiry to the next at the same ln(K/F)",
+}
+
+
+def _violation_text(v: Mapping[str, Any] | None) -> str:
+    if not v:
+        return fmt.MISSING
+    what = "calendar" if v.get("kind") == "calendar" else "butterfly"
+    where = f"{what} · {v.get('expiry')} ({float(v.get('dte_days') or 0):.1f} d) · K/F {float(v['strike_rel']):.4f}"
+    if v.get("kind") == "calendar" and v.get("next_expiry"):
+        where += f" vs {v['next_expiry']}"
+    return where
+
+
+def arbitrage_frame(result: Mapping[str, Any]) -> pl.DataFrame:
+    """Recommended surface, current surface and the marks: counts and the first and worst violation."""
+    a = result.get("arbitrage")
+    if not isinstance(a, Mapping):
+        return _frame([], ARBITRAGE_COLUMNS)
+    rows = []
+    for label, part in (("Recommended surface", a), ("Current surface", a.get("current")),
+                        ("Market marks", a.get("market"))):
+        if not isinstance(part, Mapping):
+            continue
+        bad = (part.get("butterfly_violations") or 0) + (part.get("calendar_violations") or 0)
+        rows.append({"Surface": label, "Points checked": f"{part.get('checked_points') or 0:,}",
+                     "Butterfly": f"{part.get('butterfly_violations') or 0:,}",
+                     "Calendar": f"{part.get('calendar_violations') or 0:,}",
+                     "First violation": _violation_text(part.get("first")),
+                     "Worst violation": _violation_text(part.get("worst")),
+                     "_status": ("degraded" if bad else "ok") if label != "Market marks" else None,
+                     "_highlight": bool(bad) and label == "Recommended surface"})
+    return pl.DataFrame(rows, schema={**dict.fromkeys(ARBITRAGE_COLUMNS, pl.String), "_status": pl.String,
+                                      "_highlight": pl.Boolean})

@@ -28,7 +28,6 @@ from typer.main import get_current_context
 from calib.config import (
     DEFAULT_DATA_DIR,
     DEFAULT_DB,
-    CalibrationConfig,
     HarvestConfig,
     load_settings,
 )
@@ -235,10 +234,8 @@ def calibrate_live(
         raise typer.Exit(code=EXIT_USAGE)
     _check_writable(db)
     try:
-        config = CalibrationConfig(
-            underlying=underlying.value, source="live", min_dte=dte_min, max_dte=dte_max, bands=settings.bands,
-            skew=settings.skew, quality=settings.quality, realism=settings.realism,
-            multiplier_bounds=settings.multiplier_bounds, replay=replay is not None,
+        config = settings.calibration_config(
+            underlying.value, source="live", min_dte=dte_min, max_dte=dte_max, replay=replay is not None,
             harvest=HarvestConfig(data_root=replay or DEFAULT_DATA_DIR),
         )
         chain, rec = None, None
@@ -417,11 +414,9 @@ def backtest_cmd(
     _check_writable(db)
     try:
         config = BacktestConfig(
-            calibration=CalibrationConfig(
-                underlying=underlying.value, source="harvested", min_dte=dte_min, max_dte=dte_max,
-                lookback_days=lookback_days, bands=settings.bands, skew=settings.skew, quality=settings.quality,
-                realism=settings.realism, multiplier_bounds=settings.multiplier_bounds,
-                harvest=HarvestConfig(data_root=data_dir)),
+            calibration=settings.calibration_config(
+                underlying.value, source="harvested", min_dte=dte_min, max_dte=dte_max,
+                lookback_days=lookback_days, harvest=HarvestConfig(data_root=data_dir)),
             start=t0, end=t1, step=parse_duration(step, name="--step"),  # type: ignore[arg-type]
             horizon=parse_duration(horizon, name="--horizon"), start_multiplier=start_multiplier,
             policy=settings.policy)

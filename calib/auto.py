@@ -42,11 +42,10 @@ def auto_calibration_config(
 
     Raises InvalidInputError on inconsistent options.
     """
-    return CalibrationConfig(
-        underlying=underlying, source="harvested", min_dte=dte_min, max_dte=dte_max, option_types=option_types,
-        max_samples=max_samples, lookback_days=lookback_days, multiplier_tested=1.0, bands=settings.bands,
-        skew=settings.skew, quality=settings.quality, realism=settings.realism,
-        multiplier_bounds=settings.multiplier_bounds, harvest=HarvestConfig(data_root=data_dir, end_time=as_of),
+    return settings.calibration_config(
+        underlying, source="harvested", min_dte=dte_min, max_dte=dte_max, option_types=option_types,
+        max_samples=max_samples, lookback_days=lookback_days, multiplier_tested=1.0,
+        harvest=HarvestConfig(data_root=data_dir, end_time=as_of),
     )
 
 

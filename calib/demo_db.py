@@ -84,11 +84,10 @@ def _harvest(root: Path, spec: DemoSpec, say: Progress) -> Path:
 
 def _config(settings: Settings, underlying: str, root: Path, *, source: str, end: datetime | None = None,
             lookback_days: float = AUTO_LOOKBACK_DAYS, tested: float | None = None) -> CalibrationConfig:
-    return CalibrationConfig(
-        underlying=underlying, source=source, lookback_days=lookback_days,
+    return settings.calibration_config(
+        underlying, source=source, lookback_days=lookback_days,
         max_samples=AUTO_MAX_SAMPLES if source == "harvested" else None,
-        multiplier_tested=tested if tested is not None else 1.0, bands=settings.bands, skew=settings.skew,
-        quality=settings.quality, realism=settings.realism, multiplier_bounds=settings.multiplier_bounds,
+        multiplier_tested=tested if tested is not None else 1.0,
         replay=source == "live", harvest=HarvestConfig(data_root=root, end_time=end),
     )
 

@@ -57,7 +57,7 @@ def auto_calibrate(config: CalibrationConfig, db: Path, *,
     """
     # Imported here: DuckDB (the store) and the engine load when a run needs them, not with the module.
     from calib.calibration import run_historical_calibration_from_harvest
-    from calib.live import applied_global
+    from calib.store.applied import applied_global
     from calib.store.history import record_run
 
     t0 = time.perf_counter()

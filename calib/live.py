@@ -22,9 +22,8 @@ from calib.data.reader import HarvestRead, newest_snapshot, read_harvest
 from calib.engine.result import CalibrationResult
 from calib.errors import NoDataError, PolicyError, StoreError
 from calib.policy import FORCED_REASON, PolicyOutcome, PolicyState, decide
-from calib.store.applied import read_applied, write_applied, write_clock
-from calib.store.catalog import has_table
-from calib.store.connection import connect, write_transaction
+from calib.store.applied import applied_global, read_applied, write_applied, write_clock
+from calib.store.connection import write_transaction
 from calib.store.history import NEWEST_FIRST, insert_run, run_row
 
 
@@ -33,17 +32,6 @@ class LiveRunRecord:
     result: CalibrationResult
     outcome: PolicyOutcome
     applied_at: datetime | None
-
-
-def applied_global(db_path: Path, underlying: str) -> float | None:
-    """The currently applied global multiplier (None when nothing was ever applied)."""
-    if not Path(db_path).exists():
-        return None
-    with connect(db_path, read_only=True) as con:
-        if not has_table(con, "applied_multipliers"):
-            return None
-        state = read_applied(con, underlying)
-    return state["global"][0] if "global" in state else None
 
 
 def newest_snapshot_ts(data_root: Path, underlying: str) -> datetime:

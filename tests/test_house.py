@@ -20,3 +20,15 @@ def test_sql_only_in_store_and_queries() -> None:
         if SQL_CALL.search(line)
     )
     assert outside == [], f"SQL outside calib/store/ and calib/queries.py: {outside}"
+
+
+MAX_LINES = 600
+# Still over the limit, each a named piece of open work (issue 14); the list may only shrink.
+KNOWN_LONG = {"bench.py", "engine/calibrate.py"}
+
+
+def test_no_module_over_600_lines() -> None:
+    sizes = {str(p.relative_to(CALIB)): len(p.read_text().splitlines()) for p in CALIB.rglob("*.py")}
+    over = {name for name, n in sizes.items() if n > MAX_LINES}
+    assert over <= KNOWN_LONG, f"modules over {MAX_LINES} lines: {sorted(over - KNOWN_LONG)}"
+    assert KNOWN_LONG <= over, f"now short enough, drop from KNOWN_LONG: {sorted(KNOWN_LONG - over)}"

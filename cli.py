@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 if __name__ == "__main__":  # `python cli.py`: the console script's process settings (calib.entry)
     from calib.process import tune_process  # first: its settings must precede the numpy import
@@ -28,7 +28,6 @@ from typer.main import get_current_context
 from calib.config import (
     DEFAULT_DATA_DIR,
     DEFAULT_DB,
-    CalibrationConfig,
     HarvestConfig,
     load_settings,
 )
@@ -39,6 +38,9 @@ from calib.errors import (
     PolicyError,
     SourceError,
 )
+
+if TYPE_CHECKING:  # the engine (numpy) loads with a run, not with `calib --help`
+    from calib.engine.result import CalibrationResult
 
 app = typer.Typer(
     add_completion=False,
@@ -144,129 +146,17 @@ def _settings() -> Any:
         _fail(e)
 
 
-def _status_line(status: str, reason: str) -> str:
-    return f"Status: {status.upper()} - {reason}"
-
-
-def _warning_block(d: dict[str, Any]) -> str:
-    bar = "=" * 78
-    return "\n".join([
-        bar,
-        f"WARNING: {d['source'].upper()} CALIBRATION FAILED for {d['underlying']} (run {d['run_id']})",
-        d["reason"],
-        "Recorded for debugging only: it is never applied and never updates the vol surface.",
-        bar,
-    ])
-
-
-def _ci(m: dict[str, Any]) -> str:
-    """`` [1.1012-1.1240]``: the 90 % bootstrap interval of a recommended multiplier ('' when there is none)."""
-    lo, hi = m.get("ci_low"), m.get("ci_high")
-    return "" if lo is None or hi is None else f" [{lo:.4f}-{hi:.4f}]"
-
-
-_BAND_GUARD = {"ok": "ok", "too_few_samples": "too few samples: not applied", "failed": "FAILED"}
-
-
-def _age(created: datetime, data_time: datetime) -> str:
-    minutes = (created - data_time).total_seconds() / 60
-    return (f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.1f} h" if minutes < 2880
-            else f"{minutes / 1440:.1f} days")
-
-
-def _chain_time_lines(d: dict[str, Any]) -> list[str]:
-    """The data's time beside the run's: a stale chain is visible (issue 12)."""
-    newest = (d.get("window") or {}).get("newest_snapshot")
-    created = d.get("created_at")
-    if not newest or not created:
-        return []
-    n, c = datetime.fromisoformat(newest), datetime.fromisoformat(created)
-    label = "Chain time" if d["source"] == "live" else "Newest snap"
-    return [f"{label:12}{n:%Y-%m-%d %H:%M}Z  (age {_age(c, n)} at run time {c:%Y-%m-%d %H:%M}Z)"]
-
-
-def _render_summary(d: dict[str, Any], db: Path) -> str:
-    gm, dq = d["global_metrics"], d["data_quality"]
-    w = d.get("window") or {}
-    lines = [
-        f"calib {d['source']} calibration - {d['underlying']}" + ("  (replay)" if d.get("replay") else ""),
-        f"Window      {str(w.get('start', '-'))[:16]}Z -> {str(w.get('end', '-'))[:16]}Z"
-        + (f"  (lookback {d['lookback_days']:g} d)" if d.get("lookback_days") else ""),
-        f"DTE range   {d['dte_min']:g}-{d['dte_max']:g} days    samples {d['n_samples']:,} "
-        f"from {d['n_snapshots']:,} snapshots    rows scanned {dq['rows_scanned']:,}",
-        f"RV_7d       {_fmt(gm['rv_7d_pct'], '.1f', '%')}    ATM IV {_fmt(gm['atm_iv_pct'], '.1f', '%')}"
-        f"    IV/RV {_fmt(gm.get('iv_rv_ratio'), '.3f')}",
-        *_chain_time_lines(d),
-        f"Multiplier  tested {_fmt(gm['multiplier_tested'], '.4f')}    recommended "
-        f"{_fmt(gm['recommended_iv_multiplier'], '.4f')}{_ci(gm)}" + ("  (AT BOUND)" if gm["at_bound"] else "")
-        + f"    current-skew {_fmt(gm.get('recommended_iv_multiplier_current_skew'), '.4f')}",
-        "            (Recommended goes with the recommended skew below; current-skew is the multiplier fitted with",
-        "            your current skew, the value the live policy smooths and applies until you change the skew)",
-        "",
-        f"{'':16}{'MAE %':>10}{'vMAE %':>10}{'bias %':>10}{'MAE volpt':>11}",
-    ]
-    t = gm["tested"]
-    lines.append(f"{'at tested':16}{_fmt(t['mae_pct']):>10}{_fmt(t['vega_weighted_mae_pct']):>10}"
-                 f"{_fmt(t['bias_pct']):>10}{_fmt(t['mae_vol_points']):>11}")
-    lines.append(f"{'at recommended':16}{_fmt(gm['mae_pct']):>10}{_fmt(gm['vega_weighted_mae_pct']):>10}"
-                 f"{_fmt(gm['bias_pct']):>10}{_fmt(gm['mae_vol_points']):>11}")
-    if d["bands"]:
-        lines += ["", f"{'Band':12}{'DTE':>10}{'samples':>10}{'Rec. IV Mult':>14}{'90% CI':>18}{'Cur. skew':>11}"
-                      f"{'vMAE %':>10}{'MAE %':>10}  Guard"]
-        for b in d["bands"]:
-            rng = f"{b['dte_min']:g}-{b['dte_max']:g}"
-            lines.append(f"{b['name']:12}{rng:>10}{b['n_samples']:>10,}"
-                         f"{_fmt(b['recommended_iv_multiplier'], '.4f'):>14}{_ci(b).strip() or '-':>18}"
-                         f"{_fmt(b.get('recommended_iv_multiplier_current_skew'), '.4f'):>11}"
-                         f"{_fmt(b['vega_weighted_mae_pct']):>10}{_fmt(b['mae_pct']):>10}  "
-                         + _BAND_GUARD.get(b.get("status", "ok"), str(b.get("status"))))
-    sk = d.get("skew")
-    if sk and sk.get("misfit") is not None:
-        lines += ["", f"Skew misfit {sk['misfit']:.4f}  (max |diff| {sk['max_abs_diff']:.4f} at z = "
-                      f"{sk['largest_diff_anchor']:+g})"]
-    if sk:
-        lines += _wings_lines(sk)
-    cov = dq.get("coverage_pct")
-    lines += ["", f"Data quality: {dq['status']}  (coverage {_fmt(cov, '.1f', '%')}, "
-                  f"{dq['rows_used']:,} of {dq['rows_scanned']:,} rows used, {dq['files_skipped']} file(s) skipped)"]
-    for issue in dq["issues"]:
-        if issue["severity"] != "info" or issue["code"] in ("window_clamped",):
-            lines.append(f"  [{issue['severity']}] {issue['code']}: {issue['message']}")
-    pol = d.get("policy")
-    if pol:
-        lines.append(f"Policy: {pol['decision'].upper()} - {pol['reason']}  (smoothed "
-                     f"{_fmt(pol['smoothed_multiplier'], '.4f')})")
-    lines += ["", _status_line(d["status"], d["reason"]), f"Recorded run {d['run_id']} in {db}"]
-    return "\n".join(lines)
-
-
-def _wings_lines(sk: dict[str, Any]) -> list[str]:
-    """Quotes beyond the outer skew anchors: their shares, the error there and within, the suggested grid."""
-    b = sk.get("beyond_anchors")
-    if not b or not b.get("n_quotes"):
-        return []
-    a = sk["anchors"]
-    out = [f"Wings       beyond z {a[0]:+g} / {a[-1]:+g} ({sk.get('extrapolation', 'flat')}): "
-           f"{_fmt(b['quote_share_pct'], '.1f', '%')} of quotes, {_fmt(b['vega_share_pct'], '.1f', '%')} of vega;"
-           f"  vMAE there {_fmt(b['vmae_pct'])} %, within {_fmt(b['inside_vmae_pct'])} %"]
-    sugg = sk.get("suggested_anchors_z")
-    if sugg and len(sugg) != len(a):
-        ratios = sk.get("suggested_anchors_ratios") or []
-        grid = ", ".join(f"{z:+g}:{r:.3f}" for z, r in zip(sugg, ratios, strict=False))
-        out.append(f"            suggested anchors (z:ratio) {grid}"
-                   f"  (multiplier {_fmt(sk.get('suggested_iv_multiplier'), '.4f')})")
-    return out
-
-
-def _emit(d: dict[str, Any], db: Path, json_out: bool) -> None:
+def _emit(result: CalibrationResult, d: dict[str, Any], db: Path, json_out: bool) -> None:
+    """`d` is `result.to_dict()` plus what the command adds (the live run's policy and applied flag)."""
+    warning = result.failure_warning()
     if json_out:
         typer.echo(json.dumps(d, allow_nan=False))
-        if d["status"] == "failed":
-            typer.echo(_warning_block(d), err=True)
+        if warning:
+            typer.echo(warning, err=True)
     else:
-        typer.echo(_render_summary(d, db))
-        if d["status"] == "failed":
-            typer.echo("\n" + _warning_block(d))
+        typer.echo(result.summary(db, policy=d.get("policy")))
+        if warning:
+            typer.echo("\n" + warning)
 
 
 def _alert(settings: Any, d: dict[str, Any]) -> None:
@@ -313,7 +203,7 @@ def auto_calibrate(
     except CalibError as e:
         _fail(e)
     d = run.result.to_dict()
-    _emit(d, db, json_out)
+    _emit(run.result, d, db, json_out)
     if not json_out:
         typer.echo(f"({run.calibration_s:.2f} s)", err=True)
     _alert(settings, d)
@@ -344,10 +234,8 @@ def calibrate_live(
         raise typer.Exit(code=EXIT_USAGE)
     _check_writable(db)
     try:
-        config = CalibrationConfig(
-            underlying=underlying.value, source="live", min_dte=dte_min, max_dte=dte_max, bands=settings.bands,
-            skew=settings.skew, quality=settings.quality, realism=settings.realism,
-            multiplier_bounds=settings.multiplier_bounds, replay=replay is not None,
+        config = settings.calibration_config(
+            underlying.value, source="live", min_dte=dte_min, max_dte=dte_max, replay=replay is not None,
             harvest=HarvestConfig(data_root=replay or DEFAULT_DATA_DIR),
         )
         chain, rec = None, None
@@ -371,7 +259,7 @@ def calibrate_live(
     d["applied"] = rec.applied_at is not None
     d["policy"] = {"decision": o.decision, "reason": o.reason, "smoothed_multiplier": o.smoothed_multiplier,
                    "smoothed_bands": o.smoothed_bands}
-    _emit(d, db, json_out)
+    _emit(rec.result, d, db, json_out)
     _alert(settings, d)
     raise typer.Exit(code=EXIT_FAILED if rec.result.status == "failed" else EXIT_OK)
 
@@ -526,11 +414,9 @@ def backtest_cmd(
     _check_writable(db)
     try:
         config = BacktestConfig(
-            calibration=CalibrationConfig(
-                underlying=underlying.value, source="harvested", min_dte=dte_min, max_dte=dte_max,
-                lookback_days=lookback_days, bands=settings.bands, skew=settings.skew, quality=settings.quality,
-                realism=settings.realism, multiplier_bounds=settings.multiplier_bounds,
-                harvest=HarvestConfig(data_root=data_dir)),
+            calibration=settings.calibration_config(
+                underlying.value, source="harvested", min_dte=dte_min, max_dte=dte_max,
+                lookback_days=lookback_days, harvest=HarvestConfig(data_root=data_dir)),
             start=t0, end=t1, step=parse_duration(step, name="--step"),  # type: ignore[arg-type]
             horizon=parse_duration(horizon, name="--horizon"), start_multiplier=start_multiplier,
             policy=settings.policy)

@@ -42,11 +42,10 @@ def auto_calibration_config(
 
     Raises InvalidInputError on inconsistent options.
     """
-    return CalibrationConfig(
-        underlying=underlying, source="harvested", min_dte=dte_min, max_dte=dte_max, option_types=option_types,
-        max_samples=max_samples, lookback_days=lookback_days, multiplier_tested=1.0, bands=settings.bands,
-        skew=settings.skew, quality=settings.quality, realism=settings.realism,
-        multiplier_bounds=settings.multiplier_bounds, harvest=HarvestConfig(data_root=data_dir, end_time=as_of),
+    return settings.calibration_config(
+        underlying, source="harvested", min_dte=dte_min, max_dte=dte_max, option_types=option_types,
+        max_samples=max_samples, lookback_days=lookback_days, multiplier_tested=1.0,
+        harvest=HarvestConfig(data_root=data_dir, end_time=as_of),
     )
 
 
@@ -58,7 +57,7 @@ def auto_calibrate(config: CalibrationConfig, db: Path, *,
     """
     # Imported here: DuckDB (the store) and the engine load when a run needs them, not with the module.
     from calib.calibration import run_historical_calibration_from_harvest
-    from calib.live import applied_global
+    from calib.store.applied import applied_global
     from calib.store.history import record_run
 
     t0 = time.perf_counter()

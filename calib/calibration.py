@@ -169,21 +169,14 @@ def _calibrate_in_memory(hf: HarvestFiles, config: CalibrationConfig, *, extra_i
 
 
 def resolve_multiplier_tested(config: CalibrationConfig, db_path: Path | None = None) -> CalibrationConfig:
-    """Fill `multiplier_tested` when None: the applied global multiplier, else 1.0 (SPEC section 3)."""
-    if config.multiplier_tested_value is not None:
+    """Fill `multiplier_tested` when None: the applied global multiplier of `db_path` (default
+    `$CALIB_DB`, else the default history file), else 1.0 (SPEC section 3)."""
+    if config.multiplier_tested is not None:
         return config
-    from calib.store.applied import read_applied
-    from calib.store.catalog import has_table
-    from calib.store.connection import connect
+    from calib.store.applied import applied_global
 
-    path = Path(db_path or os.environ.get("CALIB_DB", str(DEFAULT_DB)))
-    tested = 1.0
-    if path.exists():
-        with connect(path, read_only=True) as con:
-            if has_table(con, "applied_multipliers"):
-                g = read_applied(con, config.underlying).get("global")
-                tested = g[0] if g else 1.0
-    return replace(config, multiplier_tested=tested)
+    tested = applied_global(Path(db_path or os.environ.get("CALIB_DB", str(DEFAULT_DB))), config.underlying)
+    return replace(config, multiplier_tested=tested if tested is not None else 1.0)
 
 
 def calibrate_harvest_read(

@@ -304,6 +304,16 @@ class Settings:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     source_path: str | None = None
 
+    def calibration_config(self, underlying: str, **run: Any) -> CalibrationConfig:
+        """The one `Settings -> CalibrationConfig` builder: the settings' bands, skew, quality and realism
+        thresholds and multiplier bounds, plus the run's own fields (`source`, DTE range, harvest, ...).
+
+        Every run kind builds its config here (auto-calibrate, calibrate-live, backtest, the demo
+        history), so a new setting reaches all of them at once. Raises InvalidInputError.
+        """
+        return CalibrationConfig(underlying=underlying, bands=self.bands, skew=self.skew, quality=self.quality,
+                                 realism=self.realism, multiplier_bounds=self.multiplier_bounds, **run)
+
 
 def _build(cls: type, table: dict[str, Any], where: str) -> Any:
     known = {f.name for f in fields(cls)}

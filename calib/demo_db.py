@@ -27,7 +27,7 @@ from calib.data.layout import list_parquet_files
 from calib.data.reader import read_harvest
 from calib.errors import InvalidInputError
 from calib.live import ForceApplyResult, calibrate_live_and_record, force_apply_latest
-from calib.queries import applied_multipliers
+from calib.store.applied import applied_global
 from calib.store.history import record_run
 
 Progress = Callable[[str], None]
@@ -64,11 +64,6 @@ class DemoDbSummary:
         return sum(self.auto_runs.values()) + sum(self.live_runs.values())
 
 
-def _applied_global(db_path: Path, underlying: str) -> float | None:
-    frame = applied_multipliers(db_path, underlying).filter(scope="global")
-    return float(frame["multiplier"][0]) if frame.height else None
-
-
 def _has_harvest(root: Path, underlyings: tuple[str, ...]) -> bool:
     return all(list_parquet_files(root, u) for u in underlyings)
 
@@ -84,11 +79,10 @@ def _harvest(root: Path, spec: DemoSpec, say: Progress) -> Path:
 
 def _config(settings: Settings, underlying: str, root: Path, *, source: str, end: datetime | None = None,
             lookback_days: float = AUTO_LOOKBACK_DAYS, tested: float | None = None) -> CalibrationConfig:
-    return CalibrationConfig(
-        underlying=underlying, source=source, lookback_days=lookback_days,
+    return settings.calibration_config(
+        underlying, source=source, lookback_days=lookback_days,
         max_samples=AUTO_MAX_SAMPLES if source == "harvested" else None,
-        multiplier_tested=tested if tested is not None else 1.0, bands=settings.bands, skew=settings.skew,
-        quality=settings.quality, realism=settings.realism, multiplier_bounds=settings.multiplier_bounds,
+        multiplier_tested=tested if tested is not None else 1.0,
         replay=source == "live", harvest=HarvestConfig(data_root=root, end_time=end),
     )
 
@@ -162,7 +156,7 @@ def populate_demo_db(
     for as_of, und, scenario in plan:
         lookback = PATHOLOGIES[scenario][2] if scenario in PATHOLOGIES else AUTO_LOOKBACK_DAYS
         config = _config(settings, und, harvests[scenario], source="harvested", end=as_of, lookback_days=lookback,
-                         tested=_applied_global(db_path, und))
+                         tested=applied_global(db_path, und))
         result = run_historical_calibration_from_harvest(config)
         record_run(db_path, result)
         auto[result.status] = auto.get(result.status, 0) + 1
@@ -192,6 +186,6 @@ def populate_demo_db(
     if btc:
         forced = force_apply_latest(db_path, "BTC")
         say(f"force-apply BTC: run {forced.run_id} -> global {forced.multiplier:.4f}")
-    applied = {u: _applied_global(db_path, u) for u in underlyings}
+    applied = {u: applied_global(db_path, u) for u in underlyings}
     return DemoDbSummary(db_path=db_path, data_root=data_root, harvests=harvests, auto_runs=auto, live_runs=live,
                          forced=forced, applied_global=applied, elapsed_s=time.perf_counter() - t0)

@@ -22,10 +22,16 @@ from calib.data.reader import HarvestRead, newest_snapshot, read_harvest
 from calib.engine.result import CalibrationResult
 from calib.errors import NoDataError, PolicyError, StoreError
 from calib.policy import FORCED_REASON, PolicyOutcome, PolicyState, decide
-from calib.store.applied import read_applied, write_applied, write_clock
-from calib.store.catalog import has_table
-from calib.store.connection import connect, write_transaction
-from calib.store.history import NEWEST_FIRST, insert_run, run_row
+from calib.store.applied import applied_global, read_applied, write_applied, write_clock
+from calib.store.connection import write_transaction
+from calib.store.history import (
+    insert_run,
+    last_live_apply_at,
+    mark_applied,
+    newest_live_policy,
+    newest_live_run,
+    run_row,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,17 +39,6 @@ class LiveRunRecord:
     result: CalibrationResult
     outcome: PolicyOutcome
     applied_at: datetime | None
-
-
-def applied_global(db_path: Path, underlying: str) -> float | None:
-    """The currently applied global multiplier (None when nothing was ever applied)."""
-    if not Path(db_path).exists():
-        return None
-    with connect(db_path, read_only=True) as con:
-        if not has_table(con, "applied_multipliers"):
-            return None
-        state = read_applied(con, underlying)
-    return state["global"][0] if "global" in state else None
 
 
 def newest_snapshot_ts(data_root: Path, underlying: str) -> datetime:
@@ -82,21 +77,12 @@ def run_calibration_extended(config: CalibrationConfig, *, chain: HarvestRead | 
 def policy_state(con: Any, underlying: str) -> PolicyState:
     """The policy's view of the past, read on `con` (inside the caller's transaction when writing)."""
     applied = read_applied(con, underlying)
-    last = con.execute(
-        "SELECT max(applied_at) FROM calibration_runs WHERE underlying = ? AND source = 'live' AND applied",
-        [underlying],
-    ).fetchone()
-    prev = con.execute(
-        "SELECT result FROM calibration_runs WHERE underlying = ? AND source = 'live' AND status <> 'failed' "
-        f"ORDER BY {NEWEST_FIRST} LIMIT 1",
-        [underlying],
-    ).fetchone()
-    policy = (json.loads(prev[0]).get("policy") or {}) if prev and prev[0] else {}
+    policy = newest_live_policy(con, underlying)
     g = applied.get("global")
     return PolicyState(
         applied_global=g[0] if g else None,
         applied_bands={k: v[0] for k, v in applied.items() if k != "global"},
-        last_applied_at=last[0] if last else None,
+        last_applied_at=last_live_apply_at(con, underlying),
         prev_ewma=policy.get("ewma_multiplier"),
         prev_ewma_bands=policy.get("ewma_bands") or {},
     )
@@ -149,11 +135,7 @@ def force_apply_latest(db_path: Path, underlying: str) -> ForceApplyResult:
     StoreError when there is no live run.
     """
     with write_transaction(db_path, f"force-apply the newest {underlying} live run") as con:
-        row = con.execute(
-            "SELECT run_id, status, reason, smoothed_multiplier, smoothed_band_multipliers, applied, applied_at, "
-            f"created_at FROM calibration_runs WHERE underlying = ? AND source = 'live' ORDER BY {NEWEST_FIRST} LIMIT 1",
-            [underlying],
-        ).fetchone()
+        row = newest_live_run(con, underlying)
         if row is None:
             raise StoreError(f"no live run for {underlying} yet: run `calib calibrate-live --underlying {underlying}` first")
         run_id, status, reason, smoothed, bands_json, applied, applied_at, created_at = row
@@ -170,10 +152,6 @@ def force_apply_latest(db_path: Path, underlying: str) -> ForceApplyResult:
         now = write_clock(con, created_at)
         applied_seq = write_applied(con, underlying, float(smoothed), bands, run_id=run_id, at=now,
                                     reason=FORCED_REASON)
-        con.execute(
-            "UPDATE calibration_runs SET applied = true, applied_at = ?, applied_seq = ?, policy_decision = 'applied', "
-            "policy_reason = ? WHERE run_id = ?",
-            [now, applied_seq, FORCED_REASON, run_id],
-        )
+        mark_applied(con, run_id, at=now, applied_seq=applied_seq, reason=FORCED_REASON)
     return ForceApplyResult(run_id=run_id, multiplier=float(smoothed), bands=bands, applied_at=now,
                             already_applied=False)

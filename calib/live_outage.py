@@ -24,8 +24,9 @@ from calib.engine.result import (
     GlobalMetrics,
     OptionTypeMetrics,
 )
-from calib.live import LiveRunRecord, applied_global, record_live_run
+from calib.live import LiveRunRecord, record_live_run
 from calib.stages import new_run_id
+from calib.store.applied import applied_global
 
 SOURCE_UNAVAILABLE = "source_unavailable"
 SOURCE_UNAVAILABLE_REASON = "Source unavailable"

@@ -16,6 +16,7 @@ import duckdb
 import polars as pl
 
 from calib.errors import InvalidInputError, StoreError
+from calib.store.applied import read_applied
 from calib.store.catalog import has_table, table_names
 from calib.store.history import NEWEST_FIRST
 from calib.store.read import open_read_only
@@ -128,16 +129,10 @@ def applied_state(db_path: Path, underlying: str) -> AppliedMultipliers:
     if not Path(db_path).exists():
         return AppliedMultipliers(underlying=underlying, global_multiplier=None)
     with open_read_only(db_path) as con:
-        if has_table(con, "current_applied_multipliers"):
-            source = "current_applied_multipliers"
-        elif has_table(con, "applied_multipliers"):
-            source = "applied_multipliers"
-        else:
+        applied = read_applied(con, underlying)
+        if not applied and not has_table(con, "applied_multipliers"):
             return AppliedMultipliers(underlying=underlying, global_multiplier=None)
-        rows = con.execute(
-            f"SELECT scope, multiplier, updated_at, run_id FROM {source} WHERE underlying = ?",
-            [underlying],
-        ).fetchall()
+        rows = [(scope, *applied[scope]) for scope in _scope_order(applied)]
         g = next((r for r in rows if r[0] == "global"), None)
         skew = _skew_of_run(con, g[3] if g else None)
     newest = max(rows, key=lambda r: r[2]) if rows else None
@@ -392,19 +387,20 @@ def _detail(frame: pl.DataFrame) -> RunDetail | None:
     return RunDetail(run=row, result=result if isinstance(result, dict) else {})
 
 
+def _scope_order(applied: dict[str, Any]) -> list[str]:
+    """Global first, then the bands by name: the order of the view `current_applied_multipliers`."""
+    return sorted(applied, key=lambda scope: (scope != "global", scope))
+
+
 def _applied(con: duckdb.DuckDBPyConnection, underlying: str) -> pl.DataFrame:
-    tables = table_names(con)
-    view = "current_applied_multipliers" if "current_applied_multipliers" in tables else None
-    if view is None and "applied_multipliers" in tables:
-        view = "applied_multipliers"
-    if view is None:
-        return pl.DataFrame(schema={"scope": pl.String, "multiplier": pl.Float64,
-                                    "updated_at": pl.Datetime("us", "UTC"), "run_id": pl.String})
-    return _utc(_frame(
-        con,
-        f"SELECT scope, multiplier, updated_at, run_id FROM {view} WHERE underlying = ? "
-        "ORDER BY CASE WHEN scope = 'global' THEN 0 ELSE 1 END, scope",
-        [underlying],
+    """`read_applied` as a frame, global first, then the bands by name."""
+    applied = read_applied(con, underlying)
+    order = _scope_order(applied)
+    return _utc(pl.DataFrame(
+        {"scope": order, "multiplier": [applied[s][0] for s in order],
+         "updated_at": [applied[s][1] for s in order], "run_id": [applied[s][2] for s in order]},
+        schema={"scope": pl.String, "multiplier": pl.Float64, "updated_at": pl.Datetime("us", "UTC"),
+                "run_id": pl.String},
     ))
 
 

@@ -1,10 +1,10 @@
 """Calibration results on the bundled data and a benchmark-spec harvest, flattened to numbers and strings.
 
 `python tests/golden_results.py OUT.json` records them with whichever `calib` is
-first on PYTHONPATH: `tests/data/golden_results.json` was first recorded this way at
-commit d24169b (before the speed work of issue 15, which matched it), then re-recorded
-once the fixes of issues 12 and 17 (exact optimum, guardrails, arbitrage and error map
-fields) had changed the results on purpose; and `tests/test_name_parsing.py`
+first on PYTHONPATH: `tests/data/golden_results.json` was recorded this way at
+commit d24169b (before the speed work of issue 15) and re-recorded at 5f39d5f (the
+merged state before issue 14's restructuring: issue 12's exact-optimum fits and
+issue 17's surface sections had changed and extended the results since), and `tests/test_name_parsing.py`
 checks that today's code gives the same within 1e-9 relative, in the full and the
 minimal layout (expiry_ts, strike, option_type parsed from instrument_name), in
 memory and chunked.

@@ -643,9 +643,9 @@ def test_error_map_heatmap(populated: Path, tmp_path: Path, monkeypatch: pytest.
         assert r["mean_abs_err_pct"] == pytest.approx(tested["mean_abs_err_pct"][r["dte_order"]][r["z_order"]])
 
 
-def _flat(pairs: list[tuple[float, float]]) -> list[float]:
-    """(x, y) pairs as one flat list: pytest.approx (9.2+) compares no nested structures."""
-    return [v for p in pairs for v in p]
+def _flat(pairs: list[tuple[float, ...]]) -> list[float]:
+    """Pairs as one flat list: pytest.approx compares flat sequences only."""
+    return [v for pair in pairs for v in pair]
 
 
 def test_term_structure_chart_per_listed_expiry(populated: Path, tmp_path: Path,
@@ -675,7 +675,7 @@ def test_smile_per_expiry_selector(populated: Path, tmp_path: Path, monkeypatch:
     _, by_k = _chart(at, "Strike / forward (K/F)")
     market = sorted((r["strike_rel"], r["iv_pct"]) for r in by_k if r["series"] == "Market (mark IV)")
     assert _flat(market) == pytest.approx(_flat(sorted(zip(exps[default]["strike_rel"],
-                                                          exps[default]["market_iv_pct"], strict=True))))
+                                                           exps[default]["market_iv_pct"], strict=True))))
     _, by_z = _chart(at, "Standardized moneyness z (recommended)")
     assert {r["series"] for r in by_z} == {"Market (mark IV)", "Model, current skew", "Model, recommended skew"}
     last = len(exps) - 1

@@ -12,7 +12,7 @@ from calib.config import Band, CalibrationConfig, HarvestConfig, SkewConfig
 from calib.engine import arbitrage as arb
 from calib.engine.expiries import ModelSurface, chain_view
 from calib.engine.model import QuoteArrays
-from calib.stages import arbitrage_grade
+from calib.stages.result import arbitrage_grade
 from tests.synth import END, exact_market
 
 ANCHORS = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])

@@ -242,3 +242,30 @@ def test_process_tuning_only_in_the_console_entry_point() -> None:
     assert "numpy" not in subprocess.run(
         [sys.executable, "-c", "import sys, calib.entry; print(sorted(sys.modules))"],
         capture_output=True, text=True, timeout=60, env=env, cwd=root).stdout  # numpy loads after the tuning
+
+
+def test_text_output_is_the_results_summary(exact_harvest: Path, db_path: Path) -> None:
+    """The CLI prints `CalibrationResult.summary()`: the library caller gets the same text (issue 14)."""
+    import re
+
+    from calib.auto import auto_calibrate, auto_calibration_config
+    from calib.config import load_settings
+    from calib.engine.result import CalibrationResult
+
+    res = _auto(exact_harvest, db_path)
+    assert res.exit_code == 0, res.output
+    config = auto_calibration_config("BTC", data_dir=exact_harvest, settings=load_settings(), as_of=END,
+                                     lookback_days=2, dte_min=0)
+    result: CalibrationResult = auto_calibrate(config, db_path).result
+    text = result.summary(db_path)
+    assert text.endswith(f"Recorded run {result.run_id} in {db_path}")
+    assert result.failure_warning() is None
+
+    def same(s: str) -> str:  # the run id and the run time differ between the two runs
+        return re.sub(r"\(age .*\)", "", s.replace(result.run_id, "RUN"))
+
+    cli_run_id = list_runs(db_path)["run_id"].to_list()
+    cli_text = res.stdout.rstrip("\n")
+    for rid in cli_run_id:
+        cli_text = cli_text.replace(rid, result.run_id)
+    assert same(cli_text) == same(text)

@@ -49,3 +49,17 @@ def test_realism_thresholds_have_one_home() -> None:
     assert (pol.min_multiplier, pol.max_multiplier) == (cfg.MIN_MULT, cfg.MAX_MULT)
     assert (calib.MIN_MULT, calib.MAX_MULT, calib.MAX_MAE, calib.MAX_VEGA_MAE) == (0.7, 1.6, 400.0, 200.0)
     assert not hasattr(guardrails, "MIN_MULT")  # no second definition beside the engine's grading
+
+
+def test_one_settings_to_calibration_config_builder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every tunable setting a run needs reaches the config through `Settings.calibration_config`."""
+    toml = tmp_path / "calib.toml"
+    toml.write_text('multiplier_bounds = [0.5, 3.0]\n[realism]\nmax_mult = 1.9\n[skew]\nextrapolation = "linear"\n'
+                    '[[bands]]\nname = "all"\ndte_min = 0\ndte_max = 400\n')
+    monkeypatch.setenv("CALIB_CONFIG", str(toml))
+    settings = load_settings()
+    cfg = settings.calibration_config("ETH", source="live", min_dte=1.0, replay=True)
+    assert (cfg.underlying, cfg.source, cfg.min_dte, cfg.replay) == ("ETH", "live", 1.0, True)
+    assert cfg.multiplier_bounds == (0.5, 3.0) and cfg.realism.max_mult == 1.9
+    assert cfg.skew.extrapolation == "linear" and [b.name for b in cfg.bands] == ["all"]
+    assert cfg.quality == settings.quality

@@ -151,7 +151,7 @@ def test_max_snapshots_keeps_the_newest(exact_harvest: Path) -> None:
 @pytest.mark.parametrize("m", [0.4, 0.9, 1.0, 1.37, 2.5])
 def test_sorted_prefix_profile_matches_the_direct_solve(m: float) -> None:
     """The joint fit's O(anchors) profile equals the bincount sums' solve and a direct J, quote by quote."""
-    from calib.engine.calibrate import _Profile
+    from calib.engine.joint_fit import _Profile
     from calib.engine.model import ModelInputs, skew_ratio
     from calib.engine.skew import skew_sums, solve_from_sums
 

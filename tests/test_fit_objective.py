@@ -26,8 +26,9 @@ from calib.config import (
     SkewConfig,
     load_settings,
 )
-from calib.engine.calibrate import calibrate_quotes, suggest_anchors
+from calib.engine.calibrate import calibrate_quotes
 from calib.engine.fit import SortedQuotes, fit_multiplier
+from calib.engine.joint_fit import suggest_anchors
 from calib.engine.model import FitInputs, QuoteArrays, curve_pieces, skew_ratio
 from calib.engine.skew import skew_sums, solve_from_sums
 from calib.errors import InvalidInputError
@@ -201,7 +202,7 @@ def test_fixed_skew_multiplier_minimizes_its_objective(h: tuple[FitInputs, np.nd
 @settings(max_examples=12)
 @given(harvests())
 def test_joint_multiplier_minimizes_the_profile(h: tuple[FitInputs, np.ndarray, np.ndarray, str]) -> None:
-    from calib.engine.calibrate import _profile_minimum
+    from calib.engine.joint_fit import _profile_minimum
 
     g, anchors, current, ext = h
     m, at_bound, _ = _profile_minimum(g, anchors, current, BOUNDS, ext)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from calib.stages import _take_rows
+from calib.stages.quotes import _take_rows
 
 
 @settings(max_examples=60, deadline=None)

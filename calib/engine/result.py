@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from os import PathLike
 from typing import Any
 
 from calib._typing import Severity, Status
 from calib.engine.metrics import ErrorMetrics
 from calib.engine.skew import SkewFit
+from calib.engine.summary import render_summary, warning_block
 
 
 def clean_json(obj: Any) -> Any:
@@ -204,3 +207,15 @@ class CalibrationResult:
             "error_map": self.error_map,
             "expiries": list(self.expiries),
         })
+
+    def summary(self, db: str | PathLike[str], *, policy: Mapping[str, Any] | None = None) -> str:
+        """The text summary the CLI prints for this run, recorded in `db` (a live run adds its policy
+        outcome: decision, reason, smoothed_multiplier)."""
+        d = self.to_dict()
+        if policy is not None:
+            d["policy"] = dict(policy)
+        return render_summary(d, db)
+
+    def failure_warning(self) -> str | None:
+        """The boxed warning printed after a failed run (None unless status is failed)."""
+        return warning_block(self.to_dict()) if self.status == "failed" else None

@@ -27,7 +27,7 @@ class SkewFit:
     extrapolation: str = "flat"
     # Quotes beyond the outer anchors at the recommended multiplier (`wings_summary`): shares and errors.
     beyond_anchors: dict[str, Any] | None = None
-    # An anchor grid covering the data (`calib.engine.calibrate.suggest_anchors`) and its joint fit.
+    # An anchor grid covering the data (`calib.engine.joint_fit.suggest_anchors`) and its joint fit.
     suggested_anchors_z: tuple[float, ...] | None = None
     suggested_anchors_ratios: tuple[float, ...] | None = None
     suggested_iv_multiplier: float | None = None

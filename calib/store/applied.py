@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import duckdb
+
+from calib.store.catalog import has_table
+from calib.store.connection import connect
 
 
 def write_clock(con: duckdb.DuckDBPyConnection, *floors: datetime | None) -> datetime:
@@ -59,9 +63,27 @@ def write_applied(
 
 
 def read_applied(con: duckdb.DuckDBPyConnection, underlying: str) -> dict[str, tuple[float, datetime, str | None]]:
-    """scope -> (multiplier, updated_at, run_id) for one underlying."""
+    """scope -> (multiplier, updated_at, run_id) for one underlying: the one reader of the applied state.
+
+    Every consumer reads here: the tested multiplier of a run (`applied_global`), the policy's
+    state inside a write, `calib state` / the HTTP API (`calib.queries.applied_state`) and the
+    app's table (`calib.queries.applied_multipliers`). `{}` when nothing was ever applied, also
+    on a file whose schema predates the table. (`current_applied_multipliers` is a view of
+    exactly these columns of this table.)
+    """
+    if not has_table(con, "applied_multipliers"):
+        return {}
     rows = con.execute(
         "SELECT scope, multiplier, updated_at, run_id FROM applied_multipliers WHERE underlying = ?",
         [underlying],
     ).fetchall()
     return {scope: (float(m), ts, rid) for scope, m, ts, rid in rows}
+
+
+def applied_global(db_path: Path | str, underlying: str) -> float | None:
+    """The applied global multiplier in the history file `db_path` (None: no file, nothing applied)."""
+    if not Path(db_path).exists():
+        return None
+    with connect(db_path, read_only=True) as con:
+        g = read_applied(con, underlying).get("global")
+    return g[0] if g else None

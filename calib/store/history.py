@@ -97,3 +97,44 @@ def record_run(db_path: Path | str, result: CalibrationResult) -> None:
     row = run_row(result, None, None)
     with write_transaction(db_path, f"record run {result.run_id}") as con:
         insert_run(con, row)
+
+
+# Reads a live write needs on its own transaction's connection (the policy's view of the past,
+# Force-Apply's target): here beside the writes, so calib.live holds no SQL.
+def last_live_apply_at(con: duckdb.DuckDBPyConnection, underlying: str) -> datetime | None:
+    """When a live run of `underlying` was last applied (None: never)."""
+    row = con.execute(
+        "SELECT max(applied_at) FROM calibration_runs WHERE underlying = ? AND source = 'live' AND applied",
+        [underlying],
+    ).fetchone()
+    return row[0] if row else None
+
+
+def newest_live_policy(con: duckdb.DuckDBPyConnection, underlying: str) -> dict[str, Any]:
+    """The `policy` block of the newest live run that did not fail ({} when there is none)."""
+    prev = con.execute(
+        "SELECT result FROM calibration_runs WHERE underlying = ? AND source = 'live' AND status <> 'failed' "
+        f"ORDER BY {NEWEST_FIRST} LIMIT 1",
+        [underlying],
+    ).fetchone()
+    return (json.loads(prev[0]).get("policy") or {}) if prev and prev[0] else {}
+
+
+def newest_live_run(con: duckdb.DuckDBPyConnection, underlying: str) -> tuple[Any, ...] | None:
+    """(run_id, status, reason, smoothed_multiplier, smoothed_band_multipliers, applied, applied_at,
+    created_at) of the newest live run, the one Force-Apply applies."""
+    row = con.execute(
+        "SELECT run_id, status, reason, smoothed_multiplier, smoothed_band_multipliers, applied, applied_at, "
+        f"created_at FROM calibration_runs WHERE underlying = ? AND source = 'live' ORDER BY {NEWEST_FIRST} LIMIT 1",
+        [underlying],
+    ).fetchone()
+    return tuple(row) if row is not None else None
+
+
+def mark_applied(con: duckdb.DuckDBPyConnection, run_id: str, *, at: datetime, applied_seq: int, reason: str) -> None:
+    """Record on an existing run that it was applied (Force-Apply), inside the caller's transaction."""
+    con.execute(
+        "UPDATE calibration_runs SET applied = true, applied_at = ?, applied_seq = ?, policy_decision = 'applied', "
+        "policy_reason = ? WHERE run_id = ?",
+        [at, applied_seq, reason, run_id],
+    )

@@ -1,0 +1,416 @@
+"""Quote preparation: one exclusion reason per row (counted in `QuoteTally`), the usable rows as engine arrays with RV and IV."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+import numpy as np
+import polars as pl
+
+from calib._typing import FloatArray
+from calib.config import DAYS_PER_YEAR, CalibrationConfig
+from calib.data.quality import (
+    check_units,
+    row_reason_code_expr,
+)
+from calib.data.reader import (
+    TS_TYPE,
+)
+from calib.engine.model import ROW_FIELDS, SNAP_DTYPE, QuoteArrays, SnapshotTable
+from calib.engine.result import (
+    DataQualityIssue,
+)
+from calib.numerics.black76 import black76_price_coin
+from calib.numerics.implied_vol import implied_vol
+from calib.numerics.stats import distinct, median
+from calib.stages.common import (
+    KERNEL_BLOCK,
+    REASON_CODES,
+    ROW_REASONS,
+    UNIT_CHECK_SAMPLE,
+    US_PER_YEAR,
+    USABLE,
+)
+from calib.stages.rv import RvLookup
+
+
+@dataclass(slots=True, kw_only=True)
+class QuoteTally:
+    """What data quality needs from the quotes of a window; chunks `merge` into one.
+
+    Counts are exact over any split. The unit check (coin vs USD marks, percent
+    vs fraction IVs: orders of magnitude apart) judges the count-weighted median
+    of per-chunk medians, each over the positive values among an evenly spaced
+    sample of at most `UNIT_CHECK_SAMPLE` rows.
+    """
+
+    rows: int = 0
+    excluded: dict[str, int] = field(default_factory=dict)
+    inverted: int = 0
+    iv_checked: int = 0  # usable rows whose mark was repriced from their own mark_iv
+    iv_mismatch: int = 0  # of those, off by more than the tolerance (`mark_iv_mismatches`)
+    snapshots_us: list[np.ndarray] = field(default_factory=list)
+    mark_medians: list[tuple[float, int]] = field(default_factory=list)  # (median, positive values) per chunk
+    iv_medians: list[tuple[float, int]] = field(default_factory=list)
+    span_days: FloatArray | None = None  # RvLookup.span_days
+    span_counts: np.ndarray | None = None  # usable quotes per RvLookup entry
+
+    def merge(self, other: QuoteTally) -> None:
+        self.rows += other.rows
+        for k, v in other.excluded.items():
+            self.excluded[k] = self.excluded.get(k, 0) + v
+        self.inverted += other.inverted
+        self.iv_checked += other.iv_checked
+        self.iv_mismatch += other.iv_mismatch
+        self.snapshots_us.extend(other.snapshots_us)
+        self.mark_medians.extend(other.mark_medians)
+        self.iv_medians.extend(other.iv_medians)
+        if other.span_counts is not None:
+            if self.span_counts is None:
+                self.span_days, self.span_counts = other.span_days, other.span_counts.copy()
+            else:
+                self.span_counts += other.span_counts
+
+    def snapshot_series(self) -> pl.Series:
+        us = distinct(np.concatenate(self.snapshots_us)) if self.snapshots_us else np.empty(0, np.int64)
+        # From a list, not the array: polars' numpy path imports numpy.ma (~10 ms) for a few thousand values.
+        return pl.Series("snapshot_ts", us.tolist(), dtype=pl.Int64).cast(TS_TYPE)
+
+    def newest_snapshot(self) -> datetime | None:
+        s = self.snapshot_series()
+        return s.max() if s.len() else None  # type: ignore[return-value]
+
+    def unit_issues(self, config: CalibrationConfig) -> list[DataQualityIssue]:
+        """`check_units` on the medians (issue counts are all rows, as on the full frame)."""
+        one_row = pl.DataFrame({"mark_price": [_weighted_median(self.mark_medians)],
+                                "mark_iv": [_weighted_median(self.iv_medians)]},
+                               schema={"mark_price": pl.Float64, "mark_iv": pl.Float64})
+        return [replace(i, count=self.rows) for i in check_units(one_row, config.quality)]
+
+    def rv_span_median_days(self) -> float | None:
+        """Median RV history over usable quotes (weighted by quotes per snapshot: exact)."""
+        if self.span_counts is None or self.span_days is None or not self.span_counts.any():
+            return None
+        return _median_of_counts(self.span_days, self.span_counts)
+
+
+def _weighted_median(pairs: list[tuple[float, int]]) -> float | None:
+    pairs = [(m, n) for m, n in pairs if n > 0 and m is not None]
+    if not pairs:
+        return None
+    if len(pairs) == 1:
+        return pairs[0][0]
+    return _median_of_counts(np.array([m for m, _ in pairs]), np.array([n for _, n in pairs]))
+
+
+def _median_of_counts(values: FloatArray, counts: np.ndarray) -> float:
+    """Median of `values[i]` repeated `counts[i]` times (mean of the two middle ones when even)."""
+    order = np.argsort(values, kind="stable")
+    v, c = values[order], counts[order]
+    cum = np.cumsum(c)
+    n = int(cum[-1])
+    lo = v[np.searchsorted(cum, (n - 1) // 2, side="right")]
+    hi = v[np.searchsorted(cum, n // 2, side="right")]
+    return float(lo + hi) / 2.0
+
+
+def iter_prepared(
+    chunks: Iterable[pl.LazyFrame],
+    lookup: Callable[[], RvLookup] | RvLookup,
+    config: CalibrationConfig,
+    *,
+    has_mark_iv: bool,
+    timings: dict[str, float] | None = None,
+    count: bool = True,
+) -> Iterator[tuple[QuoteTally, QuoteArrays]]:
+    """One exclusion reason per row (counted), then the usable rows as arrays with RV and IV, for
+    each of `chunks`, reading chunk i+1 while chunk i is processed (see `iter_frames`)."""
+    timings = timings if timings is not None else {}
+    for frame, rv in iter_frames(chunks, lookup, config, has_mark_iv=has_mark_iv, timings=timings):
+        yield process_quote_frame(frame, rv, config, has_mark_iv=has_mark_iv, timings=timings, count=count)
+
+
+def iter_frames(
+    chunks: Iterable[pl.LazyFrame],
+    lookup: Callable[[], RvLookup] | RvLookup,
+    config: CalibrationConfig,
+    *,
+    has_mark_iv: bool,
+    timings: dict[str, float],
+) -> Iterator[tuple[pl.DataFrame, RvLookup]]:
+    """Collected `quote_frame`s of `chunks` with the RV lookup, reading the next chunks while one is used.
+
+    Chunks are read `READ_BATCH` at a time (one `collect_all`). Polars reads on
+    its own threads, numpy works on this one, so the two overlap. `lookup` may be a callable, called once after the first read
+    has started (so the index read overlaps it too). `timings["collect"]`
+    counts only the time spent waiting for a read.
+    """
+    it = iter(chunks)
+    exprs = quote_exprs(config, has_mark_iv=has_mark_iv)
+
+    def read_batch() -> Future[list[pl.DataFrame]] | None:
+        plans = [quote_frame(c, config, has_mark_iv=has_mark_iv, exprs=exprs)
+                 for c in itertools.islice(it, READ_BATCH)]
+        return pool.submit(pl.collect_all, plans) if plans else None
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="calib-read") as pool:
+        pending = read_batch()
+        if pending is None:
+            return
+        rv = lookup() if callable(lookup) else lookup
+        while pending is not None:
+            t = time.perf_counter()
+            frames = pending.result()
+            timings["collect"] = timings.get("collect", 0.0) + time.perf_counter() - t
+            pending = read_batch()
+            while frames:
+                yield frames.pop(0), rv
+
+
+READ_BATCH = 2  # chunks per polars collect: a pair keeps both cores busier than one (~10% less wall at 14 days)
+
+
+def quote_frame(quotes: pl.LazyFrame, config: CalibrationConfig, *, has_mark_iv: bool,
+                exprs: QuoteExprs | None = None) -> pl.LazyFrame:
+    """The narrow frame `process_quote_frame` needs: reason code per row and the engine's columns.
+
+    `exprs` (from `quote_exprs`) saves rebuilding the same expressions for every chunk.
+    """
+    e = exprs if exprs is not None else quote_exprs(config, has_mark_iv=has_mark_iv)
+    return quotes.with_columns(*e.first).with_columns(*e.second).select(*e.out)
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteExprs:
+    first: tuple[pl.Expr, ...]
+    second: tuple[pl.Expr, ...]
+    out: tuple[pl.Expr | str, ...]
+
+
+def quote_exprs(config: CalibrationConfig, *, has_mark_iv: bool) -> QuoteExprs:
+    """The expressions of `quote_frame` (building them costs ~3 ms: once per window, not per chunk)."""
+    dte_max_read = max([config.max_dte, *(b.dte_max for b in config.bands)])
+    t_years = (pl.col("expiry_ts") - pl.col("snapshot_ts")).dt.total_microseconds() / US_PER_YEAR
+    k_rel = pl.col("k_rel")
+    is_call = pl.col("option_type") == "C"
+    intrinsic = pl.when(is_call).then((1 - k_rel).clip(lower_bound=0)).otherwise((k_rel - 1).clip(lower_bound=0))
+    code = row_reason_code_expr(has_mark_iv=has_mark_iv, option_types=tuple(config.option_types),
+                                dte_max_read=dte_max_read, min_tick_coin=config.min_tick_coin, th=config.quality,
+                                codes=REASON_CODES, usable=USABLE)
+    return QuoteExprs(
+        first=(t_years.alias("t_years"), is_call.fill_null(False).alias("is_call"),
+               (pl.col("strike") / pl.col("underlying_price")).alias("k_rel")),
+        second=((pl.col("t_years") * DAYS_PER_YEAR).alias("dte_days"), intrinsic.alias("intrinsic_coin")),
+        out=(pl.col("snapshot_ts").dt.epoch("us").alias("snapshot_us"), code,
+             *_engine_columns(has_mark_iv), *([] if has_mark_iv else [pl.col("mark_iv")])),
+    )
+
+
+def _engine_columns(has_mark_iv: bool) -> list[str]:
+    return ["k_rel", "t_years", "is_call", "mark_price", *(["mark_iv"] if has_mark_iv else [])]
+
+
+def process_quote_frame(
+    frame: pl.DataFrame,
+    lookup: RvLookup,
+    config: CalibrationConfig,
+    *,
+    has_mark_iv: bool,
+    timings: dict[str, float] | None = None,
+    count: bool = True,
+    out: dict[str, np.ndarray] | None = None,
+    offset: int = 0,
+) -> tuple[QuoteTally, QuoteArrays]:
+    """Counts, unit medians and snapshots of a collected `quote_frame`; the usable rows as arrays.
+
+    With `count=False` (a second pass over data already counted) the tally
+    holds only the row count and the per-row exclusions found here. With
+    `out` (arrays per `QuoteArrays` field, room for `frame.height` rows from
+    `offset`), the usable rows are written there and the result views them:
+    a window's rows land in their final place with one copy.
+    """
+    timings = timings if timings is not None else {}
+    t = time.perf_counter()
+    tally = QuoteTally(rows=frame.height)
+    codes = frame["reason_code"].to_numpy()
+    if count:
+        counts = np.bincount(codes, minlength=USABLE + 1)
+        tally.excluded = {ROW_REASONS[i]: int(n) for i, n in enumerate(counts[:len(ROW_REASONS)]) if n}
+        for name, target in (("mark_price", tally.mark_medians), ("mark_iv", tally.iv_medians)):
+            values = frame[name].to_numpy()
+            sample = values[::-(-values.size // UNIT_CHECK_SAMPLE)] if values.size else values
+            with np.errstate(invalid="ignore"):
+                n_pos = int(np.count_nonzero(values > 0))
+                sample = sample[sample > 0]
+            if n_pos and sample.size:
+                target.append((median(sample), n_pos))
+    snap_all = frame["snapshot_us"].to_numpy()
+    if count and snap_all.size:
+        tally.snapshots_us.append(distinct(snap_all))
+    # The usable rows go from the frame's buffers (zero-copy views where polars allows) straight into
+    # numpy arrays (or `out`): no filtered polars frame in between.
+    usable = codes == USABLE
+    m = int(np.count_nonzero(usable))
+    if out is None:
+        out = {f: np.empty(m, dtype=_DTYPES[f]) for f in _FIELDS}
+        offset = 0
+    dst = {f: out[f][offset:offset + m] for f in _FIELDS}
+    rows = np.flatnonzero(usable)
+    for name, col in _FRAME_COLUMNS.items():
+        _take_rows(frame[col], rows, dst[name])
+    if has_mark_iv:
+        _take_rows(frame["mark_iv"], rows, dst["iv"])
+        dst["iv"] /= 100.0
+        if count:
+            tally.iv_checked = m
+            tally.iv_mismatch = mark_iv_mismatches(dst["mark_coin"], dst["k_rel"], dst["t_years"], dst["iv"],
+                                                   dst["is_call"], config)
+    del frame
+    timings["data_quality"] = timings.get("data_quality", 0.0) + time.perf_counter() - t
+
+    # Each quote keeps an index into the window's snapshot table, not its own RV and time.
+    t = time.perf_counter()
+    np.take(lookup.find(snap_all), rows, out=dst["snap"], mode="clip")
+    n_no_rv = int(np.count_nonzero(dst["snap"] < 0))
+    if n_no_rv:  # rare: keep the rows with an RV, in place
+        has_rv = dst["snap"] >= 0
+        tally.excluded["no_rv"] = n_no_rv
+        kept = m - n_no_rv
+        for name in _FIELDS:
+            dst[name][:kept] = dst[name][has_rv]
+            dst[name] = dst[name][:kept]
+        m = kept
+    tally.span_days = lookup.span_days
+    tally.span_counts = np.bincount(dst["snap"], minlength=lookup.ts_us.size)
+    timings["rv"] = timings.get("rv", 0.0) + time.perf_counter() - t
+
+    t = time.perf_counter()
+    k_rel, t_y, call, mark = (dst[x] for x in ("k_rel", "t_years", "is_call", "mark_coin"))
+    iv = dst["iv"]
+    if not has_mark_iv:
+        # Coin prices depend on K and F only through K/F: invert on a unit forward.
+        _blocked(lambda s: implied_vol(mark[s], 1.0, k_rel[s], t_y[s], call[s])[0], m, out=iv)
+        tally.inverted = int(np.isfinite(iv).sum())
+    ok = np.isfinite(iv) & (iv > 0)
+    n_fail = int(ok.size - np.count_nonzero(ok))
+    if n_fail:
+        tally.excluded["iv_inversion_failed"] = n_fail
+    arrays = QuoteArrays(**dst, table=lookup.table)
+    if n_fail:
+        arrays = _compact_in_place(arrays, ok)
+    timings["pricing"] = timings.get("pricing", 0.0) + time.perf_counter() - t
+    return tally, arrays
+
+
+def mark_iv_mismatches(mark_coin: FloatArray, k_rel: FloatArray, t_years: FloatArray, iv: FloatArray,
+                       is_call: np.ndarray, config: CalibrationConfig) -> int:
+    """Rows whose mark is not the Black-76 coin price of their own mark_iv.
+
+    Off by more than max(`mark_iv_tolerance_ticks` ticks, `mark_iv_tolerance_pct` % of the
+    mark): USD marks, scaled marks or an IV column from another row all show here while
+    each value alone looks plausible. Coin prices depend on K and F only through K/F,
+    so the reprice is on a unit forward (as the IV inversion).
+    """
+    q = config.quality
+    n = mark_coin.size
+
+    def off(s: slice) -> FloatArray:
+        with np.errstate(invalid="ignore"):
+            model = black76_price_coin(1.0, k_rel[s], t_years[s], iv[s], is_call[s])
+            tol = np.maximum(q.mark_iv_tolerance_ticks * config.min_tick_coin, q.mark_iv_tolerance_pct / 100 * mark_coin[s])
+            return (np.abs(model - mark_coin[s]) > tol).astype(np.float64)
+
+    return int(_blocked(off, n).sum()) if n else 0
+
+
+def _take_rows(column: pl.Series, rows: np.ndarray, out: np.ndarray) -> None:
+    """``out[:] = column[rows]`` (`rows` increasing), chunk by chunk: no copy of a multi-chunk column.
+
+    A collected frame usually holds a few chunks per column; `to_numpy` on the whole
+    column would first copy them into one buffer (~2 MB per column and day here).
+    ``mode="clip"`` writes into `out` directly (the default mode buffers a copy of
+    `out`); the rows are in range.
+    """
+    if column.n_chunks() == 1:
+        np.take(column.to_numpy(), rows, out=out, mode="clip")
+        return
+    start = lo = 0
+    for chunk in column.get_chunks():
+        end = start + chunk.len()
+        hi = int(np.searchsorted(rows, end))
+        if hi > lo:
+            np.take(chunk.to_numpy(), rows[lo:hi] - start, out=out[lo:hi], mode="clip")
+        start, lo = end, hi
+
+
+def _compact_in_place(q: QuoteArrays, keep: np.ndarray) -> QuoteArrays:
+    """The rows of `q` where `keep`, moved to the front of the same arrays."""
+    k = int(np.count_nonzero(keep))
+    out = {}
+    for f in _FIELDS:
+        a = getattr(q, f)
+        a[:k] = a[keep]
+        out[f] = a[:k]
+    return q.with_rows(out)
+
+
+def prepare_window(
+    chunks: Iterable[pl.LazyFrame],
+    lookup: Callable[[], RvLookup] | RvLookup,
+    config: CalibrationConfig,
+    *,
+    has_mark_iv: bool,
+    capacity: int,
+    timings: dict[str, float] | None = None,
+) -> tuple[QuoteTally, QuoteArrays]:
+    """`iter_prepared` chunk by chunk (e.g. one partition each) into one set of arrays.
+
+    Polars memory stays at one chunk; the usable rows are written straight into
+    arrays allocated once for `capacity` rows (an upper bound, e.g. from the
+    files' sizes; pages never written are never touched, so a generous bound
+    costs address space, not memory).
+    """
+    timings = timings if timings is not None else {}
+    tally = QuoteTally()
+    buf: dict[str, np.ndarray] = {f: np.empty(max(capacity, 0), dtype=_DTYPES[f]) for f in _FIELDS}
+    n = 0
+    table = EMPTY_TABLE
+    for frame, rv in iter_frames(chunks, lookup, config, has_mark_iv=has_mark_iv, timings=timings):
+        table = rv.table
+        if n + frame.height > buf["mark_coin"].size:  # capacity was too small: grow geometrically
+            size = max(2 * buf["mark_coin"].size, n + frame.height)
+            grown = {f: np.empty(size, dtype=a.dtype) for f, a in buf.items()}
+            for f, a in buf.items():
+                grown[f][:n] = a[:n]
+            buf = grown
+        part, arrays = process_quote_frame(frame, rv, config, has_mark_iv=has_mark_iv, timings=timings, out=buf,
+                                           offset=n)
+        del frame
+        tally.merge(part)
+        n += len(arrays)
+    return tally, QuoteArrays(**{f: buf[f][:n] for f in _FIELDS}, table=table)
+
+
+_FIELDS: tuple[str, ...] = ROW_FIELDS
+_DTYPES: dict[str, type] = {f: bool if f == "is_call" else SNAP_DTYPE if f == "snap" else np.float64
+                            for f in _FIELDS}
+EMPTY_TABLE = SnapshotTable(ts_us=np.zeros(0, np.int64), rv=np.zeros(0))
+# QuoteArrays fields copied from `quote_frame` columns as they are (iv and snap are computed).
+_FRAME_COLUMNS: dict[str, str] = {
+    "k_rel": "k_rel", "t_years": "t_years", "is_call": "is_call", "mark_coin": "mark_price",
+}
+
+
+def _blocked(kernel: Callable[[slice], FloatArray], n: int, block: int = KERNEL_BLOCK, *,
+             out: FloatArray | None = None) -> FloatArray:
+    """`kernel` over slices of `block` elements into one float64 array of length n (`out` if given)."""
+    out = np.empty(n) if out is None else out
+    for i in range(0, n, block):
+        s = slice(i, min(i + block, n))
+        out[s] = kernel(s)
+    return out

@@ -27,7 +27,7 @@ import polars as pl
 
 from calib.config import DEFAULT_DB, CalibrationConfig
 from calib.data.quality import (
-    check_schema,
+    required_columns_present,
 )
 from calib.data.reader import (
     HarvestFiles,
@@ -218,8 +218,7 @@ def calibrate_tally(
     extra_dq: dict[str, Any],
 ) -> CalibrationResult:
     """Sample (`max_samples`), run the engine on the usable quotes and build the result."""
-    required_ok = not any(i.code == "missing_required_column"
-                          for i in check_schema(facts.columns_present, facts.columns_missing_somewhere))
+    required_ok = required_columns_present(facts.columns_present)
     engine: EngineOutput | None = None
     if required_ok and tally.rows:
         if config.max_samples is not None and len(arrays) > config.max_samples:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from calib.config import CalibrationConfig
-from calib.data.quality import check_schema
+from calib.data.quality import required_columns_present
 from calib.data.reader import HarvestFiles, partition_groups, scan_quotes
 from calib.engine.calibrate import (
     EngineOutput,
@@ -172,8 +172,7 @@ def calibrate_chunked(
     rv = RvState(hf, timings)
     has_mark_iv = "mark_iv" in hf.columns_present
     groups = partition_groups(hf.quote_files())
-    required_ok = not any(i.code == "missing_required_column"
-                          for i in check_schema(hf.columns_present, hf.columns_missing_somewhere))
+    required_ok = required_columns_present(hf.columns_present)
 
     def chunks(parse_names: bool, count: bool = True) -> Iterator[tuple[QuoteTally, QuoteArrays]]:
         return iter_prepared((scan_quotes(hf, g, parse_names=parse_names) for g in groups), rv.lookup, config,

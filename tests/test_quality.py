@@ -6,22 +6,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from calib.calibration import run_historical_calibration_from_harvest
-from calib.config import CalibrationConfig, HarvestConfig
 from calib.data.layout import atomic_write_parquet
-from tests.synth import END, exact_market
-
-
-def _run(root: Path, **kw: object):  # type: ignore[no-untyped-def]
-    cfg = CalibrationConfig(underlying="BTC", min_dte=0.0, max_dte=10.0, lookback_days=2.0,
-                            harvest=HarvestConfig(data_root=root, end_time=END), **kw)  # type: ignore[arg-type]
-    return run_historical_calibration_from_harvest(cfg)
-
-
-def _rewrite(root: Path, fn) -> None:  # type: ignore[no-untyped-def]
-    for f in sorted((root / "BTC").rglob("*.parquet")):
-        atomic_write_parquet(fn(pl.read_parquet(f)), f)
+from calib.data.quality import check_schema, required_columns_present
+from calib.data.schema import REQUIRED_COLUMNS
+from tests.synth import END, exact_market, rewrite_files, run_btc
 
 
 def _codes(r) -> set[str]:  # type: ignore[no-untyped-def]
@@ -29,8 +20,8 @@ def _codes(r) -> set[str]:  # type: ignore[no-untyped-def]
 
 
 def test_usd_marks_fail(exact_harvest: Path) -> None:
-    _rewrite(exact_harvest, lambda df: df.with_columns(pl.col("mark_price") * pl.col("underlying_price")))
-    r = _run(exact_harvest)
+    rewrite_files(exact_harvest, lambda df: df.with_columns(pl.col("mark_price") * pl.col("underlying_price")))
+    r = run_btc(exact_harvest)
     assert r.status == "failed"
     assert r.data_quality.status == "failed"
     assert "marks_not_in_coin" in _codes(r)
@@ -38,31 +29,31 @@ def test_usd_marks_fail(exact_harvest: Path) -> None:
 
 
 def test_fraction_iv_fails(exact_harvest: Path) -> None:
-    _rewrite(exact_harvest, lambda df: df.with_columns(pl.col("mark_iv") / 100))
-    r = _run(exact_harvest)
+    rewrite_files(exact_harvest, lambda df: df.with_columns(pl.col("mark_iv") / 100))
+    r = run_btc(exact_harvest)
     assert r.status == "failed"
     assert "iv_not_in_percent" in _codes(r)
 
 
 def test_missing_required_column_fails(exact_harvest: Path) -> None:
-    _rewrite(exact_harvest, lambda df: df.drop("underlying_price"))
-    r = _run(exact_harvest)
+    rewrite_files(exact_harvest, lambda df: df.drop("underlying_price"))
+    r = run_btc(exact_harvest)
     assert r.status == "failed"
     assert "missing_required_column" in _codes(r)
     assert "underlying_price" in next(i.message for i in r.data_quality.issues if i.code == "missing_required_column")
 
 
 def test_missing_mark_iv_inverts_and_degrades(exact_harvest: Path) -> None:
-    _rewrite(exact_harvest, lambda df: df.drop("mark_iv"))
-    r = _run(exact_harvest)
+    rewrite_files(exact_harvest, lambda df: df.drop("mark_iv"))
+    r = run_btc(exact_harvest)
     assert r.status == "degraded"
     assert {"iv_inverted", "iv_inverted_rows"} <= _codes(r)
     assert r.global_metrics.recommended_iv_multiplier == pytest.approx(1.2, abs=1e-6)
 
 
 def test_missing_index_falls_back_and_degrades(exact_harvest: Path) -> None:
-    _rewrite(exact_harvest, lambda df: df.drop("index_price"))
-    r = _run(exact_harvest)
+    rewrite_files(exact_harvest, lambda df: df.drop("index_price"))
+    r = run_btc(exact_harvest)
     assert r.status == "degraded"
     assert "rv_fallback" in _codes(r)
     assert r.data_quality.to_dict()["rv_source"] == "nearest_forward"
@@ -78,7 +69,7 @@ def test_schema_drift_and_corrupt_file(exact_harvest: Path) -> None:
     # A truncated file: half its bytes.
     data = files[-1].read_bytes()
     files[-1].write_bytes(data[: len(data) // 2])
-    r = _run(exact_harvest)
+    r = run_btc(exact_harvest)
     assert r.data_quality.files_skipped == 1
     assert "files_skipped" in _codes(r)
     assert "schema_drift" in _codes(r)
@@ -92,9 +83,9 @@ def test_outage_lowers_coverage(tmp_path: Path) -> None:
     df = exact_market(root, days=10)
     # Keep only the last 0.4 days of the 2-day window: coverage ~ 20% -> failed.
     cutoff = END.timestamp() - 0.4 * 86400
-    _rewrite(root, lambda d: d.filter((pl.col("snapshot_ts").dt.epoch("s") >= cutoff)
+    rewrite_files(root, lambda d: d.filter((pl.col("snapshot_ts").dt.epoch("s") >= cutoff)
                                       | (pl.col("snapshot_ts").dt.epoch("s") < END.timestamp() - 2 * 86400)))
-    r = _run(root)
+    r = run_btc(root)
     assert df.height > 0
     assert r.data_quality.coverage_pct is not None
     assert r.data_quality.coverage_pct < 25
@@ -112,8 +103,8 @@ def test_invalid_rows_are_counted(exact_harvest: Path) -> None:
             pl.when(idx % 10 == 1).then(0.2).otherwise(None).alias("bid_price"),
             pl.when(idx % 10 == 1).then(0.1).otherwise(None).alias("ask_price"),
         )
-    _rewrite(exact_harvest, breaker)
-    r = _run(exact_harvest)
+    rewrite_files(exact_harvest, breaker)
+    r = run_btc(exact_harvest)
     ex = r.data_quality.excluded
     assert ex["missing_value"] > 0
     assert ex["crossed_book"] > 0
@@ -123,15 +114,15 @@ def test_invalid_rows_are_counted(exact_harvest: Path) -> None:
 
 
 def test_min_tick_rows_excluded(exact_harvest: Path) -> None:
-    _rewrite(exact_harvest, lambda df: df.with_columns(pl.col("mark_price").clip(lower_bound=0.0001)))
-    r = _run(exact_harvest)
+    rewrite_files(exact_harvest, lambda df: df.with_columns(pl.col("mark_price").clip(lower_bound=0.0001)))
+    r = run_btc(exact_harvest)
     assert r.data_quality.excluded.get("min_tick", 0) > 0
     assert r.status == "ok"
 
 
 def test_empty_directory_fails_cleanly(tmp_path: Path) -> None:
     (tmp_path / "BTC").mkdir()
-    r = _run(tmp_path)
+    r = run_btc(tmp_path)
     assert r.status == "failed"
     assert r.n_samples == 0
     assert _codes(r) == {"no_data_in_window"}
@@ -143,8 +134,15 @@ def test_corrupt_data_pages_are_skipped_not_fatal(exact_harvest: Path) -> None:
     raw = bytearray(f.read_bytes())
     raw[len(raw) // 4 : len(raw) // 2] = b"\xab" * (len(raw) // 2 - len(raw) // 4)  # footer intact
     f.write_bytes(bytes(raw))
-    r = _run(exact_harvest)
+    r = run_btc(exact_harvest)
     assert r.data_quality.files_skipped == 1
     assert r.status == "degraded"
     # A day of index is gone, so RV (and the fit) shift a little; the run still stands.
     assert r.global_metrics.recommended_iv_multiplier == pytest.approx(1.2, abs=0.05)
+
+
+@given(st.sets(st.sampled_from([*sorted(REQUIRED_COLUMNS), "mark_iv", "index_price", "bid_price", "extra"])))
+def test_required_columns_present_agrees_with_check_schema(cols: set[str]) -> None:
+    present = frozenset(cols)
+    reported = any(i.code == "missing_required_column" for i in check_schema(present, frozenset()))
+    assert required_columns_present(present) is not reported

@@ -105,6 +105,11 @@ def _selected_type(option_types: tuple[str, ...]) -> pl.Expr:
     return pl.any_horizontal(tests) if tests else pl.col("is_call") & pl.lit(False)
 
 
+def required_columns_present(columns_present: frozenset[str]) -> bool:
+    """Every SPEC-required column is in the window's files (`check_schema` reports the missing ones)."""
+    return all(c in columns_present for c in REQUIRED_COLUMNS)
+
+
 def check_schema(columns_present: frozenset[str], missing_somewhere: frozenset[str]) -> list[DataQualityIssue]:
     issues = []
     missing = [c for c in REQUIRED_COLUMNS if c not in columns_present]

@@ -90,3 +90,19 @@ def _true_skew(z: np.ndarray, anchors: tuple[float, ...], ratios: tuple[float, .
         out[lo] = ratios[0] + s_lo * (z[lo] - anchors[0])
         out[hi] = ratios[-1] + s_hi * (z[hi] - anchors[-1])
     return out
+
+
+def run_btc(root: Path, **kw: object):  # type: ignore[no-untyped-def]
+    """A harvested BTC calibration of `root`'s 2 days ending at END (0-10 DTE), `kw` into CalibrationConfig."""
+    from calib.calibration import run_historical_calibration_from_harvest
+    from calib.config import CalibrationConfig, HarvestConfig
+
+    cfg = CalibrationConfig(underlying="BTC", min_dte=0.0, max_dte=10.0, lookback_days=2.0,
+                            harvest=HarvestConfig(data_root=root, end_time=END), **kw)  # type: ignore[arg-type]
+    return run_historical_calibration_from_harvest(cfg)
+
+
+def rewrite_files(root: Path, fn) -> None:  # type: ignore[no-untyped-def]
+    """Rewrite every BTC harvest file under `root` through `fn(frame) -> frame`."""
+    for f in sorted((root / "BTC").rglob("*.parquet")):
+        atomic_write_parquet(fn(pl.read_parquet(f)), f)

@@ -30,6 +30,7 @@ from calib.queries import list_runs, run_result
 from calib.server import is_loopback
 from calib.store.connection import connect
 from cli import app
+from tests.procs import stop_process
 from tests.synth import END, exact_market
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,12 +72,7 @@ def serve(db: Path, log: Path, *args: str, token: str | None = None) -> Iterator
             time.sleep(0.1)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def _cli_json(*args: str) -> Any:

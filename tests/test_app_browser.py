@@ -26,6 +26,7 @@ import duckdb
 import pytest
 
 from calib.data.demo import DemoSpec, generate_demo_harvest
+from tests.procs import stop_process
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -102,12 +103,7 @@ def streamlit_server(env: dict[str, str], *extra: str, cwd: Path = ROOT) -> Iter
         _wait_healthy(url, proc)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
 
 
 @pytest.fixture(scope="module")

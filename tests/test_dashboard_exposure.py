@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+from tests.procs import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -88,12 +90,7 @@ def test_streamlit_run_listens_on_loopback_only(tmp_path: Path) -> None:
         if outward is not None:
             assert not _accepts(outward, port), f"dashboard reachable on {outward}:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
         reader.join(timeout=10)
         proc.stdout.close()  # type: ignore[union-attr]
     out = "".join(lines)

@@ -25,18 +25,7 @@ from calib.policy import PolicyState, decide
 from calib.stages import stale_chain_issue
 from calib.store.connection import connect
 from calib.store.history import record_run
-from tests.synth import END, exact_market
-
-
-def _run(root: Path, **kw: object):  # type: ignore[no-untyped-def]
-    cfg = CalibrationConfig(underlying="BTC", min_dte=0.0, max_dte=10.0, lookback_days=2.0,
-                            harvest=HarvestConfig(data_root=root, end_time=END), **kw)  # type: ignore[arg-type]
-    return run_historical_calibration_from_harvest(cfg)
-
-
-def _rewrite(root: Path, fn) -> None:  # type: ignore[no-untyped-def]
-    for f in sorted((root / "BTC").rglob("*.parquet")):
-        atomic_write_parquet(fn(pl.read_parquet(f)), f)
+from tests.synth import END, exact_market, rewrite_files, run_btc
 
 
 def _issue(r, code: str):  # type: ignore[no-untyped-def]
@@ -46,7 +35,7 @@ def _issue(r, code: str):  # type: ignore[no-untyped-def]
 # --- defect 4: marks that contradict their own mark_iv -------------------------------------------
 
 def test_exact_marks_have_no_mark_iv_mismatch(exact_harvest: Path) -> None:
-    r = _run(exact_harvest)
+    r = run_btc(exact_harvest)
     assert r.status == "ok"
     assert _issue(r, "mark_iv_mismatch") is None
 
@@ -68,8 +57,8 @@ def _every(k: int, fn):  # type: ignore[no-untyped-def]
 ])
 def test_marks_off_their_mark_iv_degrade_or_fail(exact_harvest: Path, k: int, fn, status: str,  # type: ignore[no-untyped-def]
                                                  share: float) -> None:
-    _rewrite(exact_harvest, _every(k, fn))
-    r = _run(exact_harvest, quality=QualityThresholds(failed_mark_iv_mismatch_pct=15.0) if k == 5 else
+    rewrite_files(exact_harvest, _every(k, fn))
+    r = run_btc(exact_harvest, quality=QualityThresholds(failed_mark_iv_mismatch_pct=15.0) if k == 5 else
              QualityThresholds())
     mm = _issue(r, "mark_iv_mismatch")
     assert mm is not None
@@ -82,10 +71,10 @@ def test_marks_off_their_mark_iv_degrade_or_fail(exact_harvest: Path, k: int, fn
 
 
 def test_usd_marks_on_40pct_of_rows_fail_by_default(exact_harvest: Path) -> None:
-    _rewrite(exact_harvest, lambda df: df.with_columns(
+    rewrite_files(exact_harvest, lambda df: df.with_columns(
         pl.when(pl.int_range(0, df.height) % 5 < 2).then(pl.col("mark_price") * pl.col("underlying_price"))
         .otherwise(pl.col("mark_price")).alias("mark_price")))
-    r = _run(exact_harvest)
+    r = run_btc(exact_harvest)
     mm = _issue(r, "mark_iv_mismatch")
     assert mm is not None and mm.severity == "error"
     assert r.status == "failed"
@@ -93,8 +82,8 @@ def test_usd_marks_on_40pct_of_rows_fail_by_default(exact_harvest: Path) -> None
 
 
 def test_mismatch_thresholds_are_configurable(exact_harvest: Path) -> None:
-    _rewrite(exact_harvest, _every(12, lambda m: m * 1.5))
-    r = _run(exact_harvest, quality=QualityThresholds(degraded_mark_iv_mismatch_pct=10.0))
+    rewrite_files(exact_harvest, _every(12, lambda m: m * 1.5))
+    r = run_btc(exact_harvest, quality=QualityThresholds(degraded_mark_iv_mismatch_pct=10.0))
     assert _issue(r, "mark_iv_mismatch").severity == "info"  # type: ignore[union-attr]
     assert r.status == "ok"
 
@@ -112,7 +101,7 @@ def _banded(tmp_path: Path, monthly: float) -> Path:
 
 
 def test_per_band_truth_recovered_and_thin_band_never_applied(tmp_path: Path) -> None:
-    r = _run(_banded(tmp_path, 1.5), bands=BANDS)
+    r = run_btc(_banded(tmp_path, 1.5), bands=BANDS)
     by = {b.name: b for b in r.bands}
     assert r.status == "ok", r.reason
     for name, truth in (("weekly", 1.2), ("monthly", 1.5), ("quarterly", 1.1)):
@@ -127,7 +116,7 @@ def test_per_band_truth_recovered_and_thin_band_never_applied(tmp_path: Path) ->
 
 
 def test_band_out_of_range_fails_the_run_naming_it(tmp_path: Path) -> None:
-    r = _run(_banded(tmp_path, 1.8), bands=BANDS)
+    r = run_btc(_banded(tmp_path, 1.8), bands=BANDS)
     by = {b.name: b for b in r.bands}
     assert by["monthly"].recommended_iv_multiplier == pytest.approx(1.8, rel=1e-6)
     assert r.global_metrics.recommended_iv_multiplier == pytest.approx(1.2, rel=1e-6)
@@ -138,7 +127,7 @@ def test_band_out_of_range_fails_the_run_naming_it(tmp_path: Path) -> None:
 
 
 def test_band_with_few_samples_is_not_applied_even_when_absurd(tmp_path: Path) -> None:
-    r = _run(_banded(tmp_path, 1.8), bands=BANDS, realism=RealismThresholds(min_band_samples=10**6))
+    r = run_btc(_banded(tmp_path, 1.8), bands=BANDS, realism=RealismThresholds(min_band_samples=10**6))
     assert r.status == "ok"
     assert "band monthly not applied: too few samples" in r.reason
     # nor does it shape the recommended surface: its tenors (14 d, 30 d) take the global 1.2
@@ -154,14 +143,14 @@ def test_band_with_few_samples_is_not_applied_even_when_absurd(tmp_path: Path) -
 # --- defect 7: minimum sample count --------------------------------------------------------------
 
 def test_44_quotes_fail_with_the_cause(exact_harvest: Path) -> None:
-    r = _run(exact_harvest, max_samples=74)  # 44 of them in the run's DTE range
+    r = run_btc(exact_harvest, max_samples=74)  # 44 of them in the run's DTE range
     assert r.n_samples == 44
     assert (r.status, r.reason) == ("failed", "Too few samples (n=44 < 200)")
 
 
 def test_tiny_chain_fails_with_the_cause_not_the_bound(exact_harvest: Path) -> None:
     for n in (2, 6):
-        r = _run(exact_harvest, max_samples=n)
+        r = run_btc(exact_harvest, max_samples=n)
         assert 0 < r.n_samples <= n
         assert r.reason == f"Too few samples (n={r.n_samples} < 200)"
         assert "bound" not in r.reason
@@ -180,8 +169,8 @@ def test_too_few_snapshots(exact_harvest: Path) -> None:
 
 def test_single_snapshot_names_rv_unavailable(exact_harvest: Path) -> None:
     newest = END
-    _rewrite(exact_harvest, lambda df: df.filter(pl.col("snapshot_ts") == newest))
-    r = _run(exact_harvest)
+    rewrite_files(exact_harvest, lambda df: df.filter(pl.col("snapshot_ts") == newest))
+    r = run_btc(exact_harvest)
     assert r.status == "failed"
     assert r.reason.startswith("Data quality failed (rv_unavailable, no_usable_rows")
     assert "quotes have no RV_7d" in r.reason
@@ -193,7 +182,7 @@ def test_single_snapshot_names_rv_unavailable(exact_harvest: Path) -> None:
 def test_file_missing_mark_price_degrades_and_counts_rows(exact_harvest: Path) -> None:
     files = sorted((exact_harvest / "BTC").rglob("*.parquet"))
     atomic_write_parquet(pl.read_parquet(files[-2]).drop("mark_price"), files[-2])
-    r = _run(exact_harvest, quality=QualityThresholds(degraded_invalid_pct=90.0))
+    r = run_btc(exact_harvest, quality=QualityThresholds(degraded_invalid_pct=90.0))
     drift = _issue(r, "schema_drift")
     assert drift is not None and drift.severity == "warning"
     n = r.data_quality.excluded["missing_value"]
@@ -232,8 +221,8 @@ def test_stale_chain_threshold() -> None:
 # --- defect 10: no number without meaning ---------------------------------------------------------
 
 def test_failed_data_quality_stores_null(exact_harvest: Path, db_path: Path) -> None:
-    _rewrite(exact_harvest, lambda df: df.with_columns(pl.col("mark_price") * pl.col("underlying_price")))
-    r = _run(exact_harvest)
+    rewrite_files(exact_harvest, lambda df: df.with_columns(pl.col("mark_price") * pl.col("underlying_price")))
+    r = run_btc(exact_harvest)
     assert r.status == "failed"
     gm = r.global_metrics
     assert gm.recommended_iv_multiplier is None and gm.at_recommended.mae_pct is None
@@ -258,16 +247,16 @@ def test_decimal_strikes_parse() -> None:
 
 def test_decimal_strike_rows_are_usable(exact_harvest: Path) -> None:
     # Names carry the only strike: a decimal strike must not become unparsable_instrument.
-    _rewrite(exact_harvest, lambda df: df.drop("strike", "expiry_ts", "option_type").with_columns(
+    rewrite_files(exact_harvest, lambda df: df.drop("strike", "expiry_ts", "option_type").with_columns(
         pl.col("instrument_name").str.replace(r"-(\d+)-([CP])$", "-${1}.0-${2}")))
-    r = _run(exact_harvest)
+    r = run_btc(exact_harvest)
     assert r.data_quality.excluded.get("unparsable_instrument", 0) == 0
     assert r.status == "ok"
 
 
 def test_rv_fallback_listed_once(exact_harvest: Path) -> None:
-    _rewrite(exact_harvest, lambda df: df.drop("index_price"))
-    r = _run(exact_harvest)
+    rewrite_files(exact_harvest, lambda df: df.drop("index_price"))
+    r = run_btc(exact_harvest)
     assert [i.code for i in r.data_quality.issues].count("rv_fallback") == 1
     assert r.status == "degraded"
 

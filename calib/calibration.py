@@ -22,7 +22,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from calib.config import DEFAULT_DB, CalibrationConfig
@@ -58,6 +57,7 @@ from calib.stages import (
     prepare_window,
     rv_lookup,
 )
+from calib.stages.sampler import sample_mask
 from calib.streaming import calibrate_chunked
 
 CHUNKED_THRESHOLD_ROWS = 20_000_000  # quote rows (Parquet footers) above which a window streams
@@ -222,7 +222,7 @@ def calibrate_tally(
     engine: EngineOutput | None = None
     if required_ok and tally.rows:
         if config.max_samples is not None and len(arrays) > config.max_samples:
-            keep = _sample_mask(len(arrays), config.max_samples)
+            keep = sample_mask(arrays, config.max_samples)
             tally.excluded["sampled_out"] = int((~keep).sum())
             arrays = arrays.subset(keep)
         if len(arrays):
@@ -232,11 +232,3 @@ def calibrate_tally(
             timings.update(engine.timings_s)
     return build_result(tally, engine, index, config, facts=facts, extra_issues=extra_issues, rv_issues=rv_issues,
                         timings=timings, extra_dq=extra_dq)
-
-
-def _sample_mask(n: int, max_samples: int) -> np.ndarray:
-    """Deterministic, evenly spaced subset: the same data always gives the same sample."""
-    keep = np.zeros(n, dtype=bool)
-    keep[np.linspace(0, n - 1, max_samples).round().astype(np.int64)] = True
-    return keep
-

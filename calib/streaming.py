@@ -10,8 +10,9 @@ the order of work changes:
 2. pass 1 prepares one partition at a time (`iter_prepared`: exclusion
    reasons, RV, IV, vega), adds its data-quality counts to a `QuoteTally`,
    and keeps a bounded, deterministic sample of the usable quotes for the
-   fit (`StrideSampler`: every k-th quote in stream order, k doubling
-   whenever the sample would pass `max_fit_samples`), plus every quote of
+   fit (`HashSampler` of `calib.stages.sampler`: the quotes whose keyed
+   hash is under 2^64 / 2^level, the level rising whenever the sample would
+   pass `max_fit_samples`), plus every quote of
    the newest snapshot (RV now, ATM IV and the smile come from it, as in
    memory);
 3. the fit stage (`fit_engine`: joint multiplier + skew, band multipliers)
@@ -21,9 +22,10 @@ the order of work changes:
    sum |err %|, sum v |err %|, sum v, sum err %, sum |err vol pts| per band
    and per option type, quotes per skew anchor, distinct snapshots.
 
-With `max_samples` set, an extra counting pass first fixes which quotes the
-evenly spaced subsample keeps, so the chunked run selects the same quotes
-the in-memory run would. Memory is one partition plus the fit sample
+With `max_samples` set, the first pass also finds the hash threshold of the
+subsample (`BottomK`: the `max_samples` smallest hashes) and a second pass
+gathers those quotes, so the chunked run selects the same quotes the
+in-memory run would (`sample_mask`), whatever the chunking or row order. Memory is one partition plus the fit sample
 (`max_fit_samples` x ~45 bytes); time is linear in rows (two reads).
 When the sample holds every usable quote (small windows), the fit sees the
 same quotes in the same order as in memory and the result matches it up to
@@ -48,7 +50,7 @@ from calib.engine.calibrate import (
     fit_engine,
     score_engine,
 )
-from calib.engine.model import ROW_FIELDS, QuoteArrays, SnapshotTable
+from calib.engine.model import QuoteArrays
 from calib.engine.result import CalibrationResult, DataQualityIssue
 from calib.stages import (
     Progress,
@@ -58,75 +60,10 @@ from calib.stages import (
     build_result,
     iter_prepared,
 )
+from calib.stages.sampler import BottomK, HashSampler, kept, quote_hashes
 
 MAX_FIT_SAMPLES = 2_000_000  # usable quotes kept for the fit stage (~90 MB)
 SCORE_BATCH = 1 << 19  # quotes scored together in the second pass (~40 MB, two parallel parts)
-
-_FIELDS: tuple[str, ...] = ROW_FIELDS
-
-
-class StrideSampler:
-    """Every k-th item of a stream (by global position), k doubling to stay within `cap`.
-
-    Deterministic: the kept positions are exactly the multiples of the final
-    stride, whatever the chunk sizes, so a rerun keeps the same quotes. The
-    sample holds between cap/2 and cap items once the stream passes `cap`
-    (all of them before that).
-    """
-
-    def __init__(self, cap: int) -> None:
-        if cap < 1:
-            raise ValueError(f"`cap` must be positive; got {cap}")
-        self.cap = cap
-        self.stride = 1
-        self._pieces: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
-        self._size = 0
-        self._table: SnapshotTable | None = None  # the window's (every chunk shares it)
-
-    def add(self, q: QuoteArrays, positions: np.ndarray) -> None:
-        """Offer quotes `q` whose global stream positions are `positions` (increasing)."""
-        self._table = q.table
-        keep = positions % self.stride == 0
-        if keep.any():
-            idx = None if keep.all() else np.flatnonzero(keep)
-            self._pieces.append((positions if idx is None else positions[idx],
-                                 {f: getattr(q, f) if idx is None else getattr(q, f)[idx] for f in _FIELDS}))
-            self._size += int(keep.sum())
-        while self._size > self.cap:
-            self.stride *= 2
-            pieces, self._pieces, self._size = self._pieces, [], 0
-            while pieces:  # thin one piece at a time, so memory does not double
-                pos, cols = pieces.pop(0)
-                idx = np.flatnonzero(pos % self.stride == 0)
-                if idx.size:
-                    self._pieces.append((pos[idx], {f: a[idx] for f, a in cols.items()}))
-                    self._size += idx.size
-
-    def sample(self, extra: tuple[np.ndarray, QuoteArrays] | None = None) -> tuple[np.ndarray, QuoteArrays | None]:
-        """Kept positions and quotes in stream order, then the `extra` quotes the stride did not keep.
-
-        Consumes the sampler: pieces are released field by field while the
-        sample is assembled, so the peak is one sample plus one field.
-        """
-        pos_parts = [p for p, _ in self._pieces]
-        extra_idx = None
-        if extra is not None:
-            extra_idx = np.flatnonzero(extra[0] % self.stride != 0)
-            pos_parts.append(extra[0][extra_idx])
-        if not self._pieces and (extra_idx is None or not extra_idx.size):
-            return np.empty(0, np.int64), None
-        positions = np.concatenate(pos_parts)
-        out: dict[str, np.ndarray] = {}
-        for f in _FIELDS:
-            parts = [cols.pop(f) for _, cols in self._pieces]
-            if extra is not None and extra_idx is not None:
-                parts.append(getattr(extra[1], f)[extra_idx])
-            out[f] = np.concatenate(parts)
-            del parts
-        self._pieces, self._size = [], 0
-        table = self._table if self._table is not None or extra is None else extra[1].table
-        assert table is not None  # pieces or extra quotes were added above
-        return positions, QuoteArrays(**out, table=table)
 
 
 @dataclass(slots=True)
@@ -134,10 +71,10 @@ class _Newest:
     """Every usable quote of the newest snapshot with a quote in the run's DTE range."""
 
     snap: int = -1  # index into the window's snapshot table (in time order)
-    pos: np.ndarray | None = None
+    hashes: np.ndarray | None = None  # the quotes' `quote_hashes`
     rows: QuoteArrays | None = None
 
-    def add(self, q: QuoteArrays, positions: np.ndarray, config: CalibrationConfig) -> None:
+    def add(self, q: QuoteArrays, hashes: np.ndarray, config: CalibrationConfig) -> None:
         in_g = (q.dte_days >= config.min_dte) & (q.dte_days <= config.max_dte)
         if not in_g.any():
             return
@@ -145,10 +82,10 @@ class _Newest:
         if newest < self.snap:
             return
         idx = np.flatnonzero(q.snap == newest)
-        if newest > self.snap or self.rows is None or self.pos is None:
-            self.snap, self.pos, self.rows = newest, positions[idx], q.take(idx)
+        if newest > self.snap or self.rows is None or self.hashes is None:
+            self.snap, self.hashes, self.rows = newest, hashes[idx], q.take(idx)
         else:  # the same snapshot in two chunks (files outside partitions)
-            self.pos = np.concatenate([self.pos, positions[idx]])
+            self.hashes = np.concatenate([self.hashes, hashes[idx]])
             self.rows = QuoteArrays.concat([self.rows, q.take(idx)])
 
 
@@ -182,18 +119,21 @@ def calibrate_chunked(
     passes = 0
     selection: _Selection | None = None
     tally = QuoteTally()
-    sampler = StrideSampler(max_fit_samples)
+    sampler = HashSampler(max_fit_samples)
     newest = _Newest()
     while True:  # pass 1 (again with name parsing if rows had null expiry/strike/type)
         passes += 1
-        tally, sampler, newest = QuoteTally(), StrideSampler(max_fit_samples), _Newest()
+        tally, sampler, newest = QuoteTally(), HashSampler(max_fit_samples), _Newest()
+        bottom = BottomK(config.max_samples or 0)
         n_usable = 0
         for i, (part, arrays) in enumerate(chunks(parse_names)):
             tally.merge(part)
+            hashes = quote_hashes(arrays)
             if config.max_samples is None:
-                pos = np.arange(n_usable, n_usable + len(arrays))
-                sampler.add(arrays, pos)
-                newest.add(arrays, pos, config)
+                sampler.add(arrays, hashes)
+                newest.add(arrays, hashes, config)
+            else:
+                bottom.add(hashes)
             n_usable += len(arrays)
             if progress and (i + 1) % 30 == 0:
                 progress(f"pass {passes}: {i + 1}/{len(groups)} partitions, {tally.rows:,} rows")
@@ -202,21 +142,27 @@ def calibrate_chunked(
         parse_names = True
 
     if required_ok and config.max_samples is not None and n_usable > config.max_samples:
-        # Same evenly spaced subsample as in memory: positions fixed by the usable count.
-        selection = _Selection(np.linspace(0, n_usable - 1, config.max_samples).round().astype(np.int64))
-        tally.excluded["sampled_out"] = n_usable - int(np.unique(selection.positions).size)
+        # The same subsample as in memory: the `max_samples` quotes with the smallest hashes.
+        selection = _Selection(bottom.threshold())
     if required_ok and config.max_samples is not None:
         passes += 1
-        def keep(q: QuoteArrays, pos: np.ndarray) -> None:
-            sampler.add(q, pos)
-            newest.add(q, pos, config)
+        n_selected = 0
+
+        def keep(q: QuoteArrays, hashes: np.ndarray | None) -> None:
+            assert hashes is not None
+            nonlocal n_selected
+            n_selected += len(q)
+            sampler.add(q, hashes)
+            newest.add(q, hashes, config)
 
         _stream(chunks(parse_names, count=False), selection, keep)
+        if selection is not None:
+            tally.excluded["sampled_out"] = n_usable - n_selected
 
     engine: EngineOutput | None = None
     stride = sampler.stride
     # Every quote of the newest snapshot joins the sample (RV now, ATM IV and the smile come from it).
-    _, sample = sampler.sample(None if newest.pos is None or newest.rows is None else (newest.pos, newest.rows))
+    sample = sampler.sample(None if newest.hashes is None or newest.rows is None else (newest.hashes, newest.rows))
     if required_ok and tally.rows and sample is not None:
         if progress:
             progress(f"fitting on a sample of {len(sample):,} quotes (stride {stride})")
@@ -239,7 +185,7 @@ def calibrate_chunked(
                 batch.clear()
 
         passes += 1
-        _stream(chunks(parse_names, count=False), selection, score)
+        _stream(chunks(parse_names, count=False), selection, score, hashes_needed=False)
         score(None)
         engine = assemble_engine(fit, scores, config, timings_s=timings)
     else:
@@ -256,28 +202,25 @@ def calibrate_chunked(
 
 @dataclass(frozen=True, slots=True)
 class _Selection:
-    """Global positions of the usable quotes a `max_samples` subsample keeps (sorted)."""
+    """The `max_samples` subsample: the quotes whose hash is under `threshold` (`bottom_k_threshold`)."""
 
-    positions: np.ndarray
-
-    def local(self, start: int, n: int) -> np.ndarray:
-        lo, hi = np.searchsorted(self.positions, [start, start + n])
-        return np.unique(self.positions[lo:hi]) - start
+    threshold: np.uint64 | None
 
 
 def _stream(chunks: Iterator[tuple[QuoteTally, QuoteArrays]], selection: _Selection | None,
-            sink: Callable[[QuoteArrays, np.ndarray], object]) -> None:
-    """Feed every chunk's usable quotes (only the selected ones, if any) and their positions to `sink`."""
-    offset = 0
+            sink: Callable[[QuoteArrays, np.ndarray | None], object], *, hashes_needed: bool = True) -> None:
+    """Feed every chunk's usable quotes (only the selected ones, if any) and their hashes to `sink`."""
     for _, arrays in chunks:
-        n = len(arrays)
+        if selection is None and not hashes_needed:
+            sink(arrays, None)
+            continue
+        hashes = quote_hashes(arrays)
         if selection is None:
-            sink(arrays, np.arange(offset, offset + n))
+            sink(arrays, hashes)
         else:
-            idx = selection.local(offset, n)
+            idx = np.flatnonzero(kept(hashes, selection.threshold))
             if idx.size:
-                sink(arrays.take(idx), idx + offset)
-        offset += n
+                sink(arrays.take(idx), hashes[idx])
 
 
-__all__ = ["MAX_FIT_SAMPLES", "StrideSampler", "calibrate_chunked"]
+__all__ = ["MAX_FIT_SAMPLES", "calibrate_chunked"]

@@ -149,7 +149,7 @@ def test_44_quotes_fail_with_the_cause(exact_harvest: Path) -> None:
 
 
 def test_tiny_chain_fails_with_the_cause_not_the_bound(exact_harvest: Path) -> None:
-    for n in (2, 6):
+    for n in (4, 6):  # (with 2, the keyed sample keeps no quote in the run's DTE range)
         r = run_btc(exact_harvest, max_samples=n)
         assert 0 < r.n_samples <= n
         assert r.reason == f"Too few samples (n={r.n_samples} < 200)"

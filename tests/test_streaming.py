@@ -14,8 +14,7 @@ from calib.calibration import run_historical_calibration_from_harvest
 from calib.config import CalibrationConfig, HarvestConfig
 from calib.data.demo import DemoSpec, generate_demo_harvest
 from calib.data.reader import find_harvest_files
-from calib.engine.model import QuoteArrays
-from calib.streaming import StrideSampler, calibrate_chunked
+from calib.streaming import calibrate_chunked
 
 END = datetime(2025, 3, 1, tzinfo=UTC)
 # Keys that describe how a run was computed, not what it found.
@@ -96,17 +95,18 @@ def test_bounded_fit_sample_stays_close(harvest: Path) -> None:
     extra = small.data_quality.extra
     assert 10_000 <= extra["fit_sample_size"] <= 20_000 + 200  # + the newest snapshot, kept whole
     assert extra["fit_sample_stride"] > 1
-    # Counts are exact; the fit sees every k-th quote, the metrics every quote.
+    # Counts are exact; the fit sees the quotes under a hash threshold, the metrics every quote.
     assert small.n_samples == mem.n_samples
     assert small.n_snapshots == mem.n_snapshots
     assert small.data_quality.excluded == mem.data_quality.excluded
     assert [b.n_samples for b in small.bands] == [b.n_samples for b in mem.bands]
     assert small.global_metrics.rv_7d_pct == pytest.approx(mem.global_metrics.rv_7d_pct, rel=1e-12)
     assert small.global_metrics.atm_iv_pct == pytest.approx(mem.global_metrics.atm_iv_pct, rel=1e-12)
+    # A keyed (random-like) sample of 1 in 8: a few 1e-3 off the full fit, as sampling error goes.
     assert small.global_metrics.recommended_iv_multiplier == pytest.approx(
-        mem.global_metrics.recommended_iv_multiplier, rel=2e-3)
+        mem.global_metrics.recommended_iv_multiplier, rel=5e-3)
     for a, b in zip(small.bands, mem.bands, strict=True):
-        assert a.recommended_iv_multiplier == pytest.approx(b.recommended_iv_multiplier, rel=2e-3)
+        assert a.recommended_iv_multiplier == pytest.approx(b.recommended_iv_multiplier, rel=5e-3)
     assert _close_metrics(small.global_metrics.tested, mem.global_metrics.tested)  # no fit involved
     assert small.global_metrics.at_recommended.vega_weighted_mae_pct == pytest.approx(
         mem.global_metrics.at_recommended.vega_weighted_mae_pct, rel=2e-2)
@@ -116,39 +116,6 @@ def test_bounded_fit_sample_stays_close(harvest: Path) -> None:
 def _close_metrics(a: Any, b: Any) -> bool:
     return all(math.isclose(getattr(a, f), getattr(b, f), rel_tol=1e-9)
                for f in ("mae_pct", "mae_vol_points", "vega_weighted_mae_pct", "bias_pct"))
-
-
-def _quotes(n: int) -> QuoteArrays:
-    x = np.arange(n, dtype=np.float64)
-    return QuoteArrays.from_rows(k_rel=x, t_years=x, is_call=np.zeros(n, bool), mark_coin=x, iv=x,
-                                 rv=x, snapshot_us=np.arange(n, dtype=np.int64))
-
-
-@pytest.mark.parametrize("chunk", [1, 7, 1000, 10_000])
-def test_stride_sampler_is_deterministic_and_bounded(chunk: int) -> None:
-    n, cap = 10_000, 1_000
-    q = _quotes(n)
-    sampler = StrideSampler(cap)
-    for i in range(0, n, chunk):
-        j = min(i + chunk, n)
-        sampler.add(q.slice(i, j), np.arange(i, j))
-    pos, sample = sampler.sample()
-    assert sample is not None
-    assert sampler.stride == 16
-    assert cap // 2 <= pos.size <= cap
-    np.testing.assert_array_equal(pos, np.arange(0, n, 16))  # the same positions whatever the chunking
-    np.testing.assert_array_equal(sample.snapshot_us, pos)
-
-
-def test_stride_sampler_keeps_everything_below_cap() -> None:
-    sampler = StrideSampler(100)
-    sampler.add(_quotes(60), np.arange(60))
-    pos, sample = sampler.sample()
-    assert sampler.stride == 1
-    assert sample is not None and len(sample) == 60
-    np.testing.assert_array_equal(pos, np.arange(60))
-    with pytest.raises(ValueError, match="`cap` must be positive"):
-        StrideSampler(0)
 
 
 @pytest.mark.parametrize("layout", ["sorted", "jittered", "shuffled", "gaps"])

@@ -56,15 +56,13 @@ def auto_calibrate(config: CalibrationConfig, db: Path, *,
     Raises StoreError (history file), NoDataError / InvalidInputError (harvest, options).
     """
     # Imported here: DuckDB (the store) and the engine load when a run needs them, not with the module.
-    from calib.calibration import run_historical_calibration_from_harvest
-    from calib.store.applied import applied_global
+    from calib.calibration import resolve_multiplier_tested, run_historical_calibration_from_harvest
     from calib.store.history import record_run
 
     t0 = time.perf_counter()
-    tested = applied_global(db, config.underlying)
-    config = replace(config, multiplier_tested=tested if tested is not None else 1.0)
+    config = resolve_multiplier_tested(replace(config, multiplier_tested=None), db)
     t1 = time.perf_counter()
-    result = run_historical_calibration_from_harvest(config, progress=progress)
+    result = run_historical_calibration_from_harvest(config, progress=progress, db_path=db)
     t2 = time.perf_counter()
     record_run(db, result)
     return AutoCalibrationRun(result=result, applied_s=t1 - t0, calibration_s=t2 - t1,

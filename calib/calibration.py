@@ -15,7 +15,6 @@ nothing from this module (no import cycle).
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -24,7 +23,7 @@ from typing import Any
 
 import polars as pl
 
-from calib.config import DEFAULT_DB, CalibrationConfig
+from calib.config import CalibrationConfig
 from calib.data.quality import (
     required_columns_present,
 )
@@ -70,6 +69,7 @@ def run_historical_calibration_from_harvest(
     *,
     progress: Progress | None = None,
     chunk_threshold_rows: int | None = None,
+    db_path: Path | None = None,
 ) -> CalibrationResult:
     """Calibrate on the harvested window ending at `harvest.end_time` (default: now).
 
@@ -83,9 +83,13 @@ def run_historical_calibration_from_harvest(
     sizes do not already rule it out) run chunked,
     one partition group at a time (`calib.streaming`); the result records the
     path in `data_quality.engine_path`.
+
+    `multiplier_tested` None is the applied global multiplier of the history
+    file `db_path` (the caller's, e.g. `--db`), else 1.0; the run never looks
+    for a history file of its own.
     """
     t0 = time.perf_counter()
-    config = resolve_multiplier_tested(config)
+    config = resolve_multiplier_tested(config, db_path)
     h = config.harvest
     lookback = timedelta(days=config.lookback_days)
     clamped = False
@@ -168,14 +172,16 @@ def _calibrate_in_memory(hf: HarvestFiles, config: CalibrationConfig, *, extra_i
     )
 
 
-def resolve_multiplier_tested(config: CalibrationConfig, db_path: Path | None = None) -> CalibrationConfig:
-    """Fill `multiplier_tested` when None: the applied global multiplier of `db_path` (default
-    `$CALIB_DB`, else the default history file), else 1.0 (SPEC section 3)."""
+def resolve_multiplier_tested(config: CalibrationConfig, db_path: Path | None) -> CalibrationConfig:
+    """Fill `multiplier_tested` when None: the applied global multiplier of the history file
+    `db_path` (the caller's), else 1.0 (SPEC section 3). No `db_path`: 1.0, no lookup."""
     if config.multiplier_tested is not None:
         return config
-    from calib.store.applied import applied_global
+    tested = None
+    if db_path is not None:
+        from calib.store.applied import applied_global
 
-    tested = applied_global(Path(db_path or os.environ.get("CALIB_DB", str(DEFAULT_DB))), config.underlying)
+        tested = applied_global(Path(db_path), config.underlying)
     return replace(config, multiplier_tested=tested if tested is not None else 1.0)
 
 
@@ -187,9 +193,11 @@ def calibrate_harvest_read(
     extra_issues: list[DataQualityIssue] | None = None,
     scan_s: float = 0.0,
     progress: Progress | None = None,
+    db_path: Path | None = None,
 ) -> CalibrationResult:
-    """The shared path: quality, RV, IV, engine, guardrails -> CalibrationResult."""
-    config = resolve_multiplier_tested(config)
+    """The shared path: quality, RV, IV, engine, guardrails -> CalibrationResult (`db_path`: as
+    `run_historical_calibration_from_harvest`)."""
+    config = resolve_multiplier_tested(config, db_path)
     timings = {"scan": scan_s}
     t = time.perf_counter()
     lookup, rv_issues = rv_lookup(read.index)

@@ -174,8 +174,8 @@ class CalibrationConfig:
     fit_skew: bool = True
     emit_recommended_vol_surface: bool = True
     max_samples: int | None = None
-    # None: the currently applied global multiplier (history file at $CALIB_DB or the
-    # default path), else 1.0 - resolved when a run starts (`resolve_multiplier_tested`).
+    # None: the currently applied global multiplier of the history file the caller hands the
+    # run (`db_path=`), else 1.0 - resolved when a run starts (`resolve_multiplier_tested`).
     multiplier_tested: float | None = None
     multiplier_bounds: tuple[float, float] = (0.25, 4.0)
     lookback_days: float = 14.0

@@ -16,13 +16,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from calib.calibration import calibrate_harvest_read
+from calib.calibration import calibrate_harvest_read, resolve_multiplier_tested
 from calib.config import CalibrationConfig, PolicyConfig
 from calib.data.reader import HarvestRead, newest_snapshot, read_harvest
 from calib.engine.result import CalibrationResult
 from calib.errors import NoDataError, PolicyError, StoreError
 from calib.policy import FORCED_REASON, PolicyOutcome, PolicyState, decide
-from calib.store.applied import applied_global, read_applied, write_applied, write_clock
+from calib.store.applied import read_applied, write_applied, write_clock
 from calib.store.connection import write_transaction
 from calib.store.history import (
     insert_run,
@@ -49,13 +49,15 @@ def newest_snapshot_ts(data_root: Path, underlying: str) -> datetime:
     return newest
 
 
-def run_calibration_extended(config: CalibrationConfig, *, chain: HarvestRead | None = None) -> CalibrationResult:
+def run_calibration_extended(config: CalibrationConfig, *, chain: HarvestRead | None = None,
+                             db_path: Path | None = None) -> CalibrationResult:
     """Score one current chain with the shared engine (source = live).
 
     Without `chain`: the newest snapshot under `config.harvest.data_root` when
     that holds the underlying (or `config.replay`), RV from the 7 days of index
     before it; otherwise the chain and index history come from Deribit.
-    `multiplier_tested` None means the applied global multiplier.
+    `multiplier_tested` None means the applied global multiplier of the history
+    file `db_path` (1.0 without one).
     """
     config = replace(config, source="live")
     if chain is None:
@@ -71,7 +73,7 @@ def run_calibration_extended(config: CalibrationConfig, *, chain: HarvestRead | 
         ts = newest_snapshot_ts(config.harvest.data_root, config.underlying)
         chain = read_harvest(config.harvest.data_root, config.underlying, window_start=ts, window_end=ts,
                              warmup=config.harvest.rv_warmup)
-    return calibrate_harvest_read(chain, config, coverage_applies=False)
+    return calibrate_harvest_read(chain, config, coverage_applies=False, db_path=db_path)
 
 
 def policy_state(con: Any, underlying: str) -> PolicyState:
@@ -92,9 +94,8 @@ def calibrate_live_and_record(
     config: CalibrationConfig, db_path: Path, policy: PolicyConfig, *, chain: HarvestRead | None = None
 ) -> LiveRunRecord:
     """Live run tested at the applied multiplier, policy decision, one-transaction record."""
-    tested = applied_global(db_path, config.underlying)
-    config = replace(config, source="live", multiplier_tested=tested if tested is not None else 1.0)
-    result = run_calibration_extended(config, chain=chain)
+    config = resolve_multiplier_tested(replace(config, source="live", multiplier_tested=None), db_path)
+    result = run_calibration_extended(config, chain=chain, db_path=db_path)
     return record_live_run(db_path, result, policy)
 
 

@@ -29,6 +29,7 @@ def test_unset_multiplier_tested_is_the_applied_global(tmp_path: Path) -> None:
     _apply(db, 1.137)
     unset = CalibrationConfig(underlying="BTC", multiplier_tested=None)
     assert resolve_multiplier_tested(unset, db).multiplier_tested == pytest.approx(1.137)
+    assert resolve_multiplier_tested(unset, None).multiplier_tested == 1.0  # no history: no lookup
     assert resolve_multiplier_tested(unset, tmp_path / "missing.duckdb").multiplier_tested == 1.0
     assert resolve_multiplier_tested(CalibrationConfig(underlying="ETH", multiplier_tested=None), db
                                      ).multiplier_tested == 1.0  # nothing applied for ETH
@@ -38,13 +39,31 @@ def test_unset_multiplier_tested_is_the_applied_global(tmp_path: Path) -> None:
 
 def test_a_run_with_unset_multiplier_reports_the_applied_one(exact_harvest: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    db = tmp_path / "h.duckdb"
+    """The run reads the history it is handed, never `$CALIB_DB` behind the caller's back."""
+    db, other = tmp_path / "h.duckdb", tmp_path / "other.duckdb"
     _apply(db, 1.137)
-    monkeypatch.setenv("CALIB_DB", str(db))
+    _apply(other, 0.95)
+    monkeypatch.setenv("CALIB_DB", str(other))
     config = CalibrationConfig(underlying="BTC", min_dte=0, lookback_days=2, multiplier_tested=None,
                                harvest=HarvestConfig(data_root=exact_harvest, end_time=END))
-    result = run_historical_calibration_from_harvest(config)
+    result = run_historical_calibration_from_harvest(config, db_path=db)
     assert result.global_metrics.multiplier_tested == pytest.approx(1.137)
+    # No history handed in: 1.0, not the applied multiplier of whatever `$CALIB_DB` names.
+    assert run_historical_calibration_from_harvest(config).global_metrics.multiplier_tested == 1.0
+
+
+def test_a_live_run_reads_the_history_it_is_given(exact_harvest: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from calib.live import run_calibration_extended
+
+    db, other = tmp_path / "h.duckdb", tmp_path / "other.duckdb"
+    _apply(db, 1.137)
+    _apply(other, 0.95)
+    monkeypatch.setenv("CALIB_DB", str(other))
+    config = CalibrationConfig(underlying="BTC", min_dte=0, multiplier_tested=None, replay=True,
+                               harvest=HarvestConfig(data_root=exact_harvest))
+    assert run_calibration_extended(config, db_path=db).global_metrics.multiplier_tested == pytest.approx(1.137)
+    assert run_calibration_extended(config).global_metrics.multiplier_tested == 1.0
 
 
 def test_every_reader_agrees(tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ from typing import Any
 
 import polars as pl
 
-INDEX_METADATA_KEY = "calib.index_spot"
+from calib.data.footer import INDEX_METADATA_KEY, ParquetFooter, read_footer
+
 _VERSION = 1
 
 
@@ -67,36 +68,35 @@ def read_index_metadata(path: str | Path) -> pl.DataFrame | None:
 
 
 def read_index_footers(paths: Sequence[str | Path]) -> list[pl.DataFrame | None]:
-    """`read_index_metadata` of each of `paths`, the row counts checked in one parallel footer read.
-
-    None (the caller scans the file) where the footer has no series, cannot be
-    parsed, or was written for another number of rows than the file now holds:
-    a tool that rewrites a file's rows but keeps its key-value metadata would
-    otherwise leave a series of rows that no longer exist.
-    """
-    parsed = [_parse_footer(p) for p in paths]
-    have = [i for i, d in enumerate(parsed) if d is not None]
-    try:
-        counts = pl.collect_all([pl.scan_parquet(paths[i], hive_partitioning=False, glob=False).select(pl.len())
-                                 for i in have]) if have else []
-    except Exception:  # noqa: BLE001 - unreadable here means scanned (and reported) by the reader
-        return [None] * len(parsed)
-    out: list[pl.DataFrame | None] = [None] * len(parsed)
-    for i, n in zip(have, counts, strict=True):
-        d = parsed[i]
-        assert d is not None
-        if int(n.item()) == d["rows"]:
-            out[i] = pl.DataFrame({
-                "snapshot_ts": pl.Series(d["snapshot_us"], dtype=pl.Int64),
-                "index_spot": pl.Series(d["index_spot"], dtype=pl.Float64),
-            }).with_columns(pl.from_epoch("snapshot_ts", time_unit="us").dt.replace_time_zone("UTC"))
+    """`read_index_metadata` of each of `paths` (one footer read each)."""
+    out: list[pl.DataFrame | None] = []
+    for p in paths:
+        try:
+            footer = read_footer(p)
+        except Exception:  # noqa: BLE001 - unreadable here means scanned (and reported) by the reader
+            out.append(None)
+            continue
+        out.append(index_from_footer(footer))
     return out
 
 
-def _parse_footer(path: str | Path) -> dict[str, Any] | None:
+def index_from_footer(footer: ParquetFooter) -> pl.DataFrame | None:
+    """The footer's series as `snapshot_ts` (us, UTC), `index_spot`; None (the caller scans the file)
+    where the footer has no series, cannot be parsed, or was written for another number of rows than
+    the file now holds: a tool that rewrites a file's rows but keeps its key-value metadata would
+    otherwise leave a series of rows that no longer exist."""
+    d = _parse_footer(footer.index_meta)
+    if d is None or d["rows"] != footer.num_rows:
+        return None
+    return pl.DataFrame({
+        "snapshot_ts": pl.Series(d["snapshot_us"], dtype=pl.Int64),
+        "index_spot": pl.Series(d["index_spot"], dtype=pl.Float64),
+    }).with_columns(pl.from_epoch("snapshot_ts", time_unit="us").dt.replace_time_zone("UTC"))
+
+
+def _parse_footer(raw: str | None) -> dict[str, Any] | None:
     """The footer's series as written (version, rows, snapshot_us, index_spot), or None if unusable."""
     try:
-        raw = pl.read_parquet_metadata(path).get(INDEX_METADATA_KEY)
         if raw is None:
             return None
         d = json.loads(raw)

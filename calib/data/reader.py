@@ -25,7 +25,8 @@ import numpy as np
 import polars as pl
 
 from calib.data.compact import effective_parquet_files
-from calib.data.index_spot import index_spot_per_snapshot, read_index_footers, usable_index_price
+from calib.data.footer import read_footer
+from calib.data.index_spot import index_from_footer, index_spot_per_snapshot, usable_index_price
 from calib.data.layout import list_parquet_files
 from calib.data.schema import HARVEST_SCHEMA, PARSED_COLUMNS, parse_instrument_names
 from calib.errors import NoDataError
@@ -171,6 +172,8 @@ class HarvestFile:
     schema: pl.Schema
     day: date | None
     size_bytes: int = 0
+    num_rows: int = 0  # from the footer
+    index: pl.DataFrame | None = field(default=None, compare=False)  # the footer's series (`index_from_footer`)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -226,7 +229,8 @@ def find_harvest_files(
     schemas: dict[tuple[tuple[str, str], ...], pl.Schema] = {}
     for path, day in listed:
         try:
-            schema = pl.read_parquet_schema(path)
+            footer = read_footer(path)
+            schema = footer.schema
             size = path.stat().st_size
         except FileNotFoundError as e:
             raise _VanishedFileError(str(path)) from e
@@ -235,7 +239,7 @@ def find_harvest_files(
             continue
         key = tuple((k, str(v)) for k, v in schema.items())
         readable.append(HarvestFile(path=str(path), schema=schemas.setdefault(key, pl.Schema(schema)), day=day,
-                                    size_bytes=size))
+                                    size_bytes=size, num_rows=footer.num_rows, index=index_from_footer(footer)))
     if progress:
         progress(f"scanning {len(readable)} files ({len(skipped)} unreadable)")
     present: set[str] = set()
@@ -328,10 +332,8 @@ def max_rows(files: Sequence[HarvestFile]) -> int:
 
 
 def estimate_rows(files: Sequence[HarvestFile]) -> int:
-    """Row count from the Parquet footers (no data pages read)."""
-    frames = [pl.scan_parquet(paths, hive_partitioning=False, glob=False).select(pl.len())
-              for _, paths in _by_schema(files)]
-    return sum(int(f.item()) for f in pl.collect_all(frames)) if frames else 0
+    """Row count from the Parquet footers (read when the files were listed: no file opened)."""
+    return sum(f.num_rows for f in files)
 
 
 @contextmanager
@@ -408,9 +410,8 @@ def read_index_series(hf: HarvestFiles, files: Sequence[HarvestFile] | None = No
     files = list(hf.files if files is None else files)
     from_footer: list[tuple[HarvestFile, pl.DataFrame]] = []
     rest: list[HarvestFile] = []
-    footers = read_index_footers([f.path for f in files if "snapshot_ts" in f.schema])[::-1]
     for f in files:
-        ix = footers.pop() if "snapshot_ts" in f.schema else None
+        ix = f.index if "snapshot_ts" in f.schema else None  # read with the footer when listing
         if ix is None:
             rest.append(f)
         else:

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -30,6 +30,7 @@ from calib.config import (
     DEFAULT_DB,
     HarvestConfig,
     load_settings,
+    parse_utc,
 )
 from calib.errors import (
     CalibError,
@@ -108,6 +109,12 @@ def _require_history(db: Path) -> None:
         raise typer.Exit(code=EXIT_USAGE)
 
 
+def _require_data_dir(data_dir: Path) -> None:
+    if not data_dir.is_dir():
+        _err(f"data directory {data_dir} does not exist: run `calib demo-data` or `calib harvest` first", EXIT_USAGE)
+        raise typer.Exit(code=EXIT_USAGE)
+
+
 def _check_writable(db: Path) -> None:
     """Before any calibration: the run could not be recorded (unwritable, empty, newer schema): exit 1 now."""
     from calib.store.connection import check_writable
@@ -123,20 +130,10 @@ def _progress(msg: str) -> None:
 
 
 def _parse_ts(text: str | None, name: str = "--as-of") -> datetime | None:
-    if text is None:
-        return None
     try:
-        ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-        ts - timedelta(days=3660)  # the window and its RV warm-up must stay representable
-    except (ValueError, OverflowError):
-        _err(f"`{name}` must be an ISO-8601 time after year 10, such as 2023-04-14T12:00:00Z; got {text!r}", EXIT_USAGE)
-        raise typer.Exit(code=EXIT_USAGE) from None
-    return ts
-
-
-def _fmt(v: Any, spec: str = ".2f", suffix: str = "") -> str:
-    return "-" if v is None else f"{v:{spec}}{suffix}"
+        return parse_utc(text, name)
+    except InvalidInputError as e:
+        _fail(e)
 
 
 def _settings() -> Any:
@@ -191,9 +188,7 @@ def auto_calibrate(
 
     settings = _settings()
     end = _parse_ts(as_of)
-    if not data_dir.is_dir():
-        _err(f"data directory {data_dir} does not exist: run `calib demo-data` or `calib harvest` first", EXIT_USAGE)
-        raise typer.Exit(code=EXIT_USAGE)
+    _require_data_dir(data_dir)
     _check_writable(db)
     try:
         config = auto_calibration_config(
@@ -238,27 +233,15 @@ def calibrate_live(
             underlying.value, source="live", min_dte=dte_min, max_dte=dte_max, replay=replay is not None,
             harvest=HarvestConfig(data_root=replay or DEFAULT_DATA_DIR),
         )
-        chain, rec = None, None
-        if replay is None:
-            from calib.sources.live_chain import fetch_live_chain
+        if replay is None:  # an unreachable exchange is recorded as a failed live run (exit 3)
+            from calib.live_outage import calibrate_live_from_exchange
 
-            t0 = time.monotonic()
-            try:
-                chain = fetch_live_chain(underlying.value, base_url=base_url, budget_s=source_timeout)
-            except SourceError as e:  # no chain: record the outage as a failed live run (exit 3)
-                from calib.live_outage import record_source_outage
-
-                rec = record_source_outage(config, db, settings.policy, str(e), source=base_url,
-                                           waited_s=time.monotonic() - t0)
-        if rec is None:
-            rec = calibrate_live_and_record(config, db, settings.policy, chain=chain)
+            rec = calibrate_live_from_exchange(config, db, settings.policy, base_url=base_url, budget_s=source_timeout)
+        else:
+            rec = calibrate_live_and_record(config, db, settings.policy)
     except (CalibError, SourceError) as e:
         _fail(e)
-    d = rec.result.to_dict()
-    o = rec.outcome
-    d["applied"] = rec.applied_at is not None
-    d["policy"] = {"decision": o.decision, "reason": o.reason, "smoothed_multiplier": o.smoothed_multiplier,
-                   "smoothed_bands": o.smoothed_bands}
+    d = rec.to_dict()
     _emit(rec.result, d, db, json_out)
     _alert(settings, d)
     raise typer.Exit(code=EXIT_FAILED if rec.result.status == "failed" else EXIT_OK)
@@ -283,17 +266,7 @@ def apply_cmd(
         res = force_apply_latest(db, underlying.value)
     except CalibError as e:
         _fail(e)
-    out = {"run_id": res.run_id, "global_multiplier": res.multiplier, "bands": res.bands,
-           "applied_at": res.applied_at.isoformat() if res.applied_at else None,
-           "already_applied": res.already_applied, "reason": "Forced by user"}
-    if json_out:
-        typer.echo(json.dumps(out))
-    elif res.already_applied:
-        typer.echo(f"Run {res.run_id} is already applied (global {res.multiplier:.4f}); nothing changed.")
-    else:
-        bands = ", ".join(f"{k} {v:.4f}" for k, v in res.bands.items())
-        typer.echo(f"Applied run {res.run_id}: global {res.multiplier:.4f}" + (f"; {bands}" if bands else "")
-                   + " (Forced by user)")
+    typer.echo(json.dumps(res.to_dict()) if json_out else res.summary())
 
 
 @app.command("state")
@@ -306,33 +279,7 @@ def state_cmd(underlying: UndOpt, db: DbOpt = DEFAULT_DB, json_out: JsonOpt = Fa
         st = applied_state(db, underlying.value)
     except CalibError as e:
         _fail(e)
-    if json_out:
-        typer.echo(json.dumps(st.to_dict()))
-        return
-    if st.global_multiplier is None:
-        typer.echo(f"No multipliers applied for {underlying.value} yet (the engine uses 1.0000). "
-                   "Run `calib calibrate-live` to let the policy apply one.")
-        return
-    typer.echo(f"Applied multipliers for {underlying.value} (updated {st.updated_at:%Y-%m-%d %H:%M:%S}Z, "
-               f"run {st.run_id})")
-    typer.echo(f"  global     {st.global_multiplier:.4f}")
-    for k, v in st.bands.items():
-        typer.echo(f"  {k:10} {v:.4f}")
-    if st.skew is not None:
-        typer.echo("  skew       " + "  ".join(f"z={z:+g}: {r:.3f}" for z, r in zip(st.skew.anchors_z, st.skew.ratios,
-                                                                                    strict=True)))
-
-
-def _print_frame(df: Any, json_out: bool) -> None:
-    import polars as pl
-
-    if json_out:
-        from calib.engine.result import clean_json
-
-        typer.echo(json.dumps(clean_json(df.to_dicts()), default=str, allow_nan=False))
-        return
-    with pl.Config(tbl_rows=200, tbl_cols=40, fmt_str_lengths=60, tbl_width_chars=200, tbl_hide_dataframe_shape=True):
-        typer.echo(str(df))
+    typer.echo(json.dumps(st.to_dict()) if json_out else st.summary())
 
 
 @app.command("history")
@@ -346,6 +293,7 @@ def history_cmd(
 ) -> None:
     """List recent calibration runs, newest first."""
     from calib.queries import json_records, list_runs
+    from calib.ui.text import history_text
 
     _require_history(db)
     try:
@@ -353,33 +301,24 @@ def history_cmd(
                        source=source.value if source else None, limit=limit)
     except CalibError as e:
         _fail(e)
-    if df.height == 0 and not json_out:
-        typer.echo("No runs recorded yet: run `calib auto-calibrate --underlying BTC`.")
-        return
-    if json_out:  # the same records as GET /api/calibration/history
-        typer.echo(json.dumps(json_records(df), allow_nan=False))
-        return
-    typer.echo(f"{'created (UTC)':17} {'und':4} {'source':9} {'status':9} {'rec':>7} {'smoothed':>8} "
-               f"{'vMAE %':>7} {'MAE %':>7} {'samples':>8} {'applied':8} reason")
-    for r in df.iter_rows(named=True):
-        typer.echo(f"{r['created_at']:%Y-%m-%d %H:%M}  {r['underlying']:4} {r['source']:9} {r['status'].upper():9} "
-                   f"{_fmt(r['recommended_multiplier'], '.4f'):>7} {_fmt(r['smoothed_multiplier'], '.4f'):>8} "
-                   f"{_fmt(r['vega_weighted_mae_pct']):>7} {_fmt(r['mae_pct']):>7} {_fmt(r['n_samples'], ','):>8} "
-                   f"{'yes' if r['applied'] else 'no':8} {(r['policy_reason'] or r['reason'] or '-')[:70]}")
+    # --json: the same records as GET /api/calibration/history
+    typer.echo(json.dumps(json_records(df), allow_nan=False) if json_out else history_text(df))
 
 
 @app.command("sql")
 def sql_cmd(query: Annotated[str, typer.Argument(help="One read-only SQL statement.")],
             db: DbOpt = DEFAULT_DB, json_out: JsonOpt = False) -> None:
     """Run a read-only SQL query against the history file and print a table."""
+    from calib.engine.result import clean_json
     from calib.queries import run_sql
+    from calib.ui.text import frame_text
 
     _require_history(db)
     try:
         df = run_sql(db, query)
     except CalibError as e:
         _fail(e)
-    _print_frame(df, json_out)
+    typer.echo(json.dumps(clean_json(df.to_dicts()), default=str, allow_nan=False) if json_out else frame_text(df))
 
 
 @app.command("backtest")
@@ -403,14 +342,12 @@ def backtest_cmd(
 ) -> None:
     """Walk-forward backtest: calibrate each window, replay the update policy, score out of sample."""
     from calib.backtest import BacktestConfig, parse_duration, run_backtest
-    from calib.backtest.report import format_backtest, progress_line
     from calib.store.backtests import record_backtest
+    from calib.ui.text import backtest_text, progress_line
 
     settings = _settings()
     t0, t1 = _parse_ts(start, "--start"), _parse_ts(end, "--end")
-    if not data_dir.is_dir():
-        _err(f"data directory {data_dir} does not exist: run `calib demo-data` or `calib harvest` first", EXIT_USAGE)
-        raise typer.Exit(code=EXIT_USAGE)
+    _require_data_dir(data_dir)
     _check_writable(db)
     try:
         config = BacktestConfig(
@@ -425,10 +362,7 @@ def backtest_cmd(
         record_backtest(db, result)
     except CalibError as e:
         _fail(e)
-    if json_out:
-        typer.echo(json.dumps(result.to_dict(), allow_nan=False))
-    else:
-        typer.echo(format_backtest(result, str(db)))
+    typer.echo(json.dumps(result.to_dict(), allow_nan=False) if json_out else backtest_text(result, str(db)))
 
 
 @app.command("serve")
@@ -482,8 +416,7 @@ def demo_data(
         summary = generate_demo_harvest(out, spec)
     except (CalibError, ValueError) as e:
         _fail(e)
-    typer.echo(f"Wrote {summary.rows:,} quotes in {summary.snapshots:,} snapshots ({summary.files} files) for "
-               f"{', '.join(summary.underlyings)} to {out} [{scenario}] in {time.perf_counter() - t0:.1f} s")
+    typer.echo(summary.summary(out, time.perf_counter() - t0))
 
 
 @app.command("harvest")
@@ -561,14 +494,7 @@ def import_tardis_cmd(
                             index_fallback="nearest_forward" if index_file else "none")
     except CalibError as e:
         _fail(e)
-    if json_out:
-        typer.echo(json.dumps(res.to_dict()))
-        return
-    skipped = ", ".join(f"{k}={v:,}" for k, v in res.skipped.items() if v) or "none"
-    typer.echo(f"Read {res.rows_read:,} rows; wrote {res.snapshots_written:,} snapshots in {res.files_written} "
-               f"file(s) for {res.instruments:,} instruments to {data_dir}/{underlying.value}")
-    typer.echo(f"Snapshots {res.first_snapshot} -> {res.last_snapshot}; index from {res.index_source}")
-    typer.echo(f"Skipped rows: {skipped}")
+    typer.echo(json.dumps(res.to_dict()) if json_out else res.summary(data_dir, underlying.value))
 
 
 @app.command("demo-db")
@@ -586,13 +512,7 @@ def demo_db_cmd(
         summary = populate_demo_db(db, data_dir, now=_parse_ts(now), overwrite=overwrite, progress=_progress)
     except CalibError as e:
         _fail(e)
-    auto = ", ".join(f"{n} {k}" for k, n in summary.auto_runs.items())
-    live = ", ".join(f"{n} {k}" for k, n in summary.live_runs.items())
-    forced = f"; Force-Apply set {summary.forced.multiplier:.4f}" if summary.forced else ""
-    typer.echo(f"Wrote {summary.n_runs} runs to {db} in {summary.elapsed_s:.1f} s: auto-calibrate {auto}; "
-               f"live {live}{forced}")
-    prefix = "" if db == DEFAULT_DB else f"CALIB_DB={db} "
-    typer.echo(f"Open the dashboard: {prefix}streamlit run app.py")
+    typer.echo(summary.summary(db, default_db=DEFAULT_DB))
 
 
 @app.command("bench")

@@ -353,3 +353,21 @@ def load_settings(path: Path | None = None) -> Settings:
         lo, hi = doc["multiplier_bounds"]
         s = replace(s, multiplier_bounds=(float(lo), float(hi)))
     return s
+
+
+def parse_utc(text: str | None, name: str = "--as-of") -> datetime | None:
+    """An ISO-8601 time as an aware UTC datetime (naive means UTC; `Z` allowed); None stays None.
+
+    Raises InvalidInputError naming the option `name` for text that is no time, or a time
+    so early that the window and its RV warm-up (ten years back) would not be representable.
+    """
+    if text is None:
+        return None
+    try:
+        ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+        ts - timedelta(days=3660)  # the window and its RV warm-up must stay representable
+    except (ValueError, OverflowError):
+        raise InvalidInputError(f"`{name}` must be an ISO-8601 time after year 10, such as 2023-04-14T12:00:00Z; "
+                                f"got {text!r}") from None
+    return ts

@@ -63,6 +63,15 @@ class DemoDbSummary:
     def n_runs(self) -> int:
         return sum(self.auto_runs.values()) + sum(self.live_runs.values())
 
+    def summary(self, db: Path, *, default_db: Path) -> str:
+        """The two lines `calib demo-db` prints: what was written, then how to open the dashboard."""
+        auto = ", ".join(f"{n} {k}" for k, n in self.auto_runs.items())
+        live = ", ".join(f"{n} {k}" for k, n in self.live_runs.items())
+        forced = f"; Force-Apply set {self.forced.multiplier:.4f}" if self.forced else ""
+        prefix = "" if db == default_db else f"CALIB_DB={db} "
+        return (f"Wrote {self.n_runs} runs to {db} in {self.elapsed_s:.1f} s: auto-calibrate {auto}; "
+                f"live {live}{forced}\nOpen the dashboard: {prefix}streamlit run app.py")
+
 
 def _has_harvest(root: Path, underlyings: tuple[str, ...]) -> bool:
     return all(list_parquet_files(root, u) for u in underlyings)

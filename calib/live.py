@@ -40,6 +40,13 @@ class LiveRunRecord:
     outcome: PolicyOutcome
     applied_at: datetime | None
 
+    def to_dict(self) -> dict[str, Any]:
+        """`calibrate-live --json`: the result's `to_dict()` plus `applied` and the policy outcome."""
+        o = self.outcome
+        return {**self.result.to_dict(), "applied": self.applied_at is not None,
+                "policy": {"decision": o.decision, "reason": o.reason, "smoothed_multiplier": o.smoothed_multiplier,
+                           "smoothed_bands": o.smoothed_bands}}
+
 
 def newest_snapshot_ts(data_root: Path, underlying: str) -> datetime:
     """Newest `snapshot_ts` in a harvest directory (for `--replay`)."""
@@ -127,6 +134,20 @@ class ForceApplyResult:
     bands: dict[str, float]
     applied_at: datetime
     already_applied: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """`calib apply --force --json`."""
+        return {"run_id": self.run_id, "global_multiplier": self.multiplier, "bands": self.bands,
+                "applied_at": self.applied_at.isoformat() if self.applied_at else None,
+                "already_applied": self.already_applied, "reason": "Forced by user"}
+
+    def summary(self) -> str:
+        """The line `calib apply --force` prints."""
+        if self.already_applied:
+            return f"Run {self.run_id} is already applied (global {self.multiplier:.4f}); nothing changed."
+        bands = ", ".join(f"{k} {v:.4f}" for k, v in self.bands.items())
+        return (f"Applied run {self.run_id}: global {self.multiplier:.4f}" + (f"; {bands}" if bands else "")
+                + " (Forced by user)")
 
 
 def force_apply_latest(db_path: Path, underlying: str) -> ForceApplyResult:

@@ -9,6 +9,7 @@ was down and when, and the policy never applies it (failed runs are skipped).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +25,8 @@ from calib.engine.result import (
     GlobalMetrics,
     OptionTypeMetrics,
 )
-from calib.live import LiveRunRecord, record_live_run
+from calib.errors import SourceError
+from calib.live import LiveRunRecord, calibrate_live_and_record, record_live_run
 from calib.stages import new_run_id
 from calib.store.applied import applied_global
 
@@ -76,6 +78,20 @@ def record_source_outage(config: CalibrationConfig, db_path: Path, policy: Polic
     result = source_unavailable_result(replace(config, multiplier_tested=tested if tested is not None else 1.0),
                                        cause, source=source, waited_s=waited_s)
     return record_live_run(db_path, result, policy)
+
+
+def calibrate_live_from_exchange(config: CalibrationConfig, db_path: Path, policy: PolicyConfig, *,
+                                 base_url: str, budget_s: float) -> LiveRunRecord:
+    """`calib calibrate-live` without --replay: fetch the chain from `base_url` within `budget_s` and score it;
+    when no chain comes back, record the outage as a failed live run instead (SPEC: exit 3)."""
+    from calib.sources.live_chain import fetch_live_chain
+
+    t0 = time.monotonic()
+    try:
+        chain = fetch_live_chain(config.underlying, base_url=base_url, budget_s=budget_s)
+    except SourceError as e:
+        return record_source_outage(config, db_path, policy, str(e), source=base_url, waited_s=time.monotonic() - t0)
+    return calibrate_live_and_record(config, db_path, policy, chain=chain)
 
 
 def is_source_outage(result: dict[str, object]) -> bool:

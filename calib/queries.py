@@ -99,6 +99,19 @@ class AppliedMultipliers:
             "skew": self.skew.to_dict() if self.skew else None,
         }
 
+    def summary(self) -> str:
+        """The text `calib state` prints: the global multiplier, the bands, the skew in force."""
+        if self.global_multiplier is None:
+            return (f"No multipliers applied for {self.underlying} yet (the engine uses 1.0000). "
+                    "Run `calib calibrate-live` to let the policy apply one.")
+        lines = [f"Applied multipliers for {self.underlying} (updated {self.updated_at:%Y-%m-%d %H:%M:%S}Z, "
+                 f"run {self.run_id})", f"  global     {self.global_multiplier:.4f}"]
+        lines += [f"  {k:10} {v:.4f}" for k, v in self.bands.items()]
+        if self.skew is not None:
+            lines.append("  skew       " + "  ".join(
+                f"z={z:+g}: {r:.3f}" for z, r in zip(self.skew.anchors_z, self.skew.ratios, strict=True)))
+        return "\n".join(lines)
+
 
 AppliedState = AppliedMultipliers  # the name callers used before the read API
 

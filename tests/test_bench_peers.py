@@ -12,15 +12,15 @@ import pytest
 
 from calib.bench import (
     BENCH_END,
-    _run_measured,
     bench_peers,
     ensure_harvest,
     ensure_minimal_layout,
     format_peers,
     main,
     run_benchmark,
+    run_measured,
 )
-from calib.bench_peers import duckdb_peer, window_files
+from calib.bench.peers import duckdb_peer, window_files
 
 TINY = {"max_instruments": 40, "step_minutes": 30.0}
 
@@ -75,7 +75,7 @@ def test_main_rejects_an_unknown_layout(tmp_path: Path, capsys: pytest.CaptureFi
 def test_child_peak_rss_is_its_own() -> None:
     ballast = bytearray(300 * 1024 * 1024)  # a big parent: its size must not show up in the child's peak
     ballast[::4096] = b"x" * len(ballast[::4096])
-    *_, rss = _run_measured([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    *_, rss = run_measured([sys.executable, "-c", "import time; time.sleep(0.3)"])
     assert rss < 100
     del ballast
 
@@ -87,3 +87,18 @@ def test_cli_bench_passes_peers_through(tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert "--peers" in proc.stdout and "--layouts" in proc.stdout
 
+
+
+def test_the_peer_process_loads_the_peer_alone() -> None:
+    """`python -m calib.bench.peers` is timed against calib: the package must not load the whole benchmark with it."""
+    code = ("import sys; import calib.bench.peers; "
+            "print(sorted(m for m in sys.modules if m.startswith('calib.bench')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['calib.bench', 'calib.bench.peers']"
+
+
+def test_every_public_bench_name_resolves() -> None:
+    import calib.bench
+
+    assert sorted(calib.bench.__all__) == sorted(calib.bench._HOMES)
+    assert all(getattr(calib.bench, name) is not None for name in calib.bench.__all__)

@@ -98,3 +98,8 @@ class DemoSummary:
         d = asdict(self)
         return {**d, "underlyings": list(self.underlyings), "start": self.start.isoformat(),
                 "end": self.end.isoformat(), "data_root": str(self.data_root)}  # fmt: skip
+
+    def summary(self, out: Path, elapsed_s: float) -> str:
+        """The line `calib demo-data` prints."""
+        return (f"Wrote {self.rows:,} quotes in {self.snapshots:,} snapshots ({self.files} files) for "
+                f"{', '.join(self.underlyings)} to {out} [{self.scenario}] in {elapsed_s:.1f} s")

@@ -53,3 +53,13 @@ class TardisImportResult:
             "intervals_without_data": self.intervals_without_data,
             "files": [str(p) for p in self.files],
         }
+
+    def summary(self, data_dir: Path, underlying: str) -> str:
+        """The three lines `calib import-tardis` prints (rows, snapshots, skipped rows)."""
+        skipped = ", ".join(f"{k}={v:,}" for k, v in self.skipped.items() if v) or "none"
+        return "\n".join([
+            f"Read {self.rows_read:,} rows; wrote {self.snapshots_written:,} snapshots in {self.files_written} "
+            f"file(s) for {self.instruments:,} instruments to {data_dir}/{underlying}",
+            f"Snapshots {self.first_snapshot} -> {self.last_snapshot}; index from {self.index_source}",
+            f"Skipped rows: {skipped}",
+        ])

@@ -1,15 +1,47 @@
-"""Text rendering of a backtest and of its progress (the CLI prints these)."""
+"""Plain-text renderings the CLI prints: the run history, a table, a backtest and its progress.
+
+Strings only (no terminal or Typer import): cli.py parses, calls a service, echoes these.
+A calibration run renders itself (`CalibrationResult.summary()`, calib/engine/summary.py).
+"""
 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from calib.backtest.run import BacktestResult
+if TYPE_CHECKING:  # polars and the backtest load with a command, not with `calib --help`
+    import polars as pl
+
+    from calib.backtest.run import BacktestResult
 
 
 def _f(v: Any, spec: str = ".4f") -> str:
     return "-" if v is None else f"{v:{spec}}"
+
+
+NO_RUNS = "No runs recorded yet: run `calib auto-calibrate --underlying BTC`."
+
+
+def history_text(runs: pl.DataFrame) -> str:
+    """`calib history`: one line per run of `calib.queries.list_runs` (newest first), or a hint when empty."""
+    if runs.height == 0:
+        return NO_RUNS
+    lines = [f"{'created (UTC)':17} {'und':4} {'source':9} {'status':9} {'rec':>7} {'smoothed':>8} "
+             f"{'vMAE %':>7} {'MAE %':>7} {'samples':>8} {'applied':8} reason"]
+    lines += [f"{r['created_at']:%Y-%m-%d %H:%M}  {r['underlying']:4} {r['source']:9} {r['status'].upper():9} "
+              f"{_f(r['recommended_multiplier']):>7} {_f(r['smoothed_multiplier']):>8} "
+              f"{_f(r['vega_weighted_mae_pct'], '.2f'):>7} {_f(r['mae_pct'], '.2f'):>7} {_f(r['n_samples'], ','):>8} "
+              f"{'yes' if r['applied'] else 'no':8} {(r['policy_reason'] or r['reason'] or '-')[:70]}"
+              for r in runs.iter_rows(named=True)]
+    return "\n".join(lines)
+
+
+def frame_text(df: pl.DataFrame) -> str:
+    """`calib sql`: a result frame as one table (up to 200 rows and 40 columns, no shape line)."""
+    import polars as pl
+
+    with pl.Config(tbl_rows=200, tbl_cols=40, fmt_str_lengths=60, tbl_width_chars=200, tbl_hide_dataframe_shape=True):
+        return str(df)
 
 
 def duration_text(td: timedelta) -> str:
@@ -27,7 +59,7 @@ def progress_line(stage: str, done: int, total: int, elapsed_s: float) -> str:
     return f"backtest {stage:9} {done}/{total} steps  {elapsed_s:.1f} s elapsed  ETA {eta:.1f} s"
 
 
-def format_backtest(result: BacktestResult, db: str) -> str:
+def backtest_text(result: BacktestResult, db: str) -> str:
     """One line per step (multiplier with its interval, decision, out-of-sample vMAE), then the summary."""
     cfg, s = result.config, result.summary
     lines = [

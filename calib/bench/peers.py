@@ -3,7 +3,7 @@
 - The **floor**: a Python process that imports polars and reads the columns
   calib needs from the window's files, filtered to the window
   (`FLOOR_CODE`). No tool that reads the data can be faster than that.
-- The **DuckDB peer** (`python -m calib.bench_peers duckdb SPEC`): the same job
+- The **DuckDB peer** (`python -m calib.bench.peers duckdb SPEC`): the same job
   written the plain way, SQL for the data and scipy for the fit. DuckDB parses
   expiry, strike and type out of `instrument_name` with `regexp_extract` when
   the files lack them, takes the per-snapshot median index and a trailing 7-day
@@ -132,9 +132,9 @@ def duckdb_peer(data_dir: Path, underlying: str, start: datetime, end: datetime,
 
 
 def main(argv: list[str]) -> int:
-    """`python -m calib.bench_peers duckdb '{"data_dir": ..., "start": ISO, "end": ISO, "db": ...}'`."""
+    """`python -m calib.bench.peers duckdb '{"data_dir": ..., "start": ISO, "end": ISO, "db": ...}'`."""
     if len(argv) != 2 or argv[0] != "duckdb":
-        print("usage: python -m calib.bench_peers duckdb SPEC_JSON", file=sys.stderr)
+        print("usage: python -m calib.bench.peers duckdb SPEC_JSON", file=sys.stderr)
         return 2
     spec = json.loads(argv[1])
     out = duckdb_peer(Path(spec["data_dir"]), spec.get("underlying", "BTC"), datetime.fromisoformat(spec["start"]),

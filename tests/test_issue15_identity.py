@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from calib.config import CalibrationConfig
+from calib.engine.metrics import ErrorMapSums, MetricSums, QuoteErrors
 from calib.numerics.black76 import black76_price_coin
 from calib.stages import mark_iv_mismatches
 from calib.stages.quotes import _unit_forward_price
@@ -59,3 +60,42 @@ def test_mark_iv_mismatch_count_is_the_frozen_one_also_at_the_tolerance_edge(see
     want = _frozen_mark_iv_mismatches(mark, k, t, iv, call, cfg)
     assert 0 < want < mark.size
     assert mark_iv_mismatches(mark, k, t, iv, call, cfg) == want
+
+
+def _frozen_error_map_add(m: ErrorMapSums, errors: QuoteErrors, dte_days: np.ndarray, z: np.ndarray) -> None:
+    """`ErrorMapSums.add` as it was before issue 15."""
+    nd, nz = m.shape
+    di = np.searchsorted(m.dte_edges, dte_days, side="right") - 1
+    di[dte_days == m.dte_edges[-1]] = nd - 1
+    zi = np.searchsorted(m.z_edges[1:-1], z, side="right")
+    ok = (di >= 0) & (di < nd)
+    cell = di * nz + zi
+    ev, ep = errors.err_vol_points, errors.err_pct
+    if not ok.all():
+        cell, ev, ep = cell[ok], ev[ok], ep[ok]
+    size = nd * nz
+    m.n += np.bincount(cell, minlength=size)
+    m.err_vol += np.bincount(cell, weights=ev, minlength=size)
+    m.abs_vol += np.bincount(cell, weights=np.abs(ev), minlength=size)
+    m.err_pct += np.bincount(cell, weights=ep, minlength=size)
+    m.abs_pct += np.bincount(cell, weights=np.abs(ep), minlength=size)
+
+
+@pytest.mark.parametrize("beyond", [False, True], ids=["inside", "beyond_edges"])
+def test_error_map_with_shared_rows_and_abs_errors_is_the_frozen_one(beyond: bool) -> None:
+    rng = np.random.default_rng(4)
+    n = 50_000
+    dte = rng.uniform(0.0, 200.0 if beyond else 180.0, n)
+    dte[:10] = 180.0
+    z = rng.normal(0.0, 1.5, n)
+    errors = QuoteErrors(sigma=np.zeros(n), err_pct=rng.normal(0.0, 5.0, n), err_vol_points=rng.normal(0.0, 2.0, n))
+    edges = ([0.0, 3.0, 10.0, 45.0, 180.0], [-np.inf, -1.0, 0.0, 1.0, np.inf])
+    want, got, got_plain = (ErrorMapSums.zeros(*edges) for _ in range(3))
+    _frozen_error_map_add(want, errors, dte, z)
+    sums = MetricSums.zeros()
+    abs_errors = sums.add(errors, np.ones(n))
+    got.add(errors, dte, z, rows=got.dte_rows(dte), abs_errors=abs_errors)
+    got_plain.add(errors, dte, z)
+    for m in (got, got_plain):
+        for name in ("n", "err_vol", "abs_vol", "err_pct", "abs_pct"):
+            assert np.array_equal(getattr(m, name), getattr(want, name)), name

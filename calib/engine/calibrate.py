@@ -297,8 +297,10 @@ def _score_part(q: QuoteArrays, fit: EngineFit, config: CalibrationConfig, *, bl
         dte = qb.dte_days
         in_b = [(dte >= b.dte_min) & (dte < b.dte_max) for b in bands]
         err_tested = quote_errors(mb, m_tested, anchors, current, ext)
-        add_to_groups(err_tested, mb.vega_coin, [(out.tested, [g_mask[i:i + block]]), (out.band_tested, in_b)])
-        out.map_tested.add(err_tested, dte, mb.z1 / m_tested)
+        abs_tested = add_to_groups(err_tested, mb.vega_coin,
+                                   [(out.tested, [g_mask[i:i + block]]), (out.band_tested, in_b)])
+        rows = out.map_tested.dte_rows(dte)  # the same for both maps (same edges)
+        out.map_tested.add(err_tested, dte, mb.z1 / m_tested, rows=rows, abs_errors=abs_tested)
         # Each quote at its own band's multiplier (the global recommended one outside the bands);
         # with overlapping bands the last one wins, for the error map only.
         m_quote = np.full(len(qb), m_rec if m_rec is not None else m_tested)
@@ -306,11 +308,10 @@ def _score_part(q: QuoteArrays, fit: EngineFit, config: CalibrationConfig, *, bl
             if m is not None:
                 m_quote[mask] = m
         err_quote = quote_errors(mb, m_quote, anchors, fit.ratios, ext)
-        if m_rec is not None:
-            out.map_recommended.add(err_quote, dte, mb.z1 / m_quote)
+        abs_quote = None
         if disjoint:  # one pricing pass: each quote at its own band's multiplier
             # Bands without a multiplier are summed at the global one but never reported.
-            out.band_recommended.add(err_quote, mb.vega_coin, in_b)
+            abs_quote = out.band_recommended.add(err_quote, mb.vega_coin, in_b)
         else:
             for b, (mask, m) in enumerate(zip(in_b, band_m, strict=True)):
                 if m is not None and mask.any():
@@ -318,6 +319,8 @@ def _score_part(q: QuoteArrays, fit: EngineFit, config: CalibrationConfig, *, bl
                     masks: list[np.ndarray | None] = [np.zeros(len(bq), bool)] * len(bands)
                     masks[b] = np.ones(len(bq), bool)
                     out.band_recommended.add(quote_errors(bq, m, anchors, fit.ratios, ext), bq.vega_coin, masks)
+        if m_rec is not None:
+            out.map_recommended.add(err_quote, dte, mb.z1 / m_quote, rows=rows, abs_errors=abs_quote)
         gi = np.flatnonzero(g_mask[i:i + block])
         if gi.size == 0:
             continue

@@ -42,10 +42,11 @@ class QuoteErrors:
 
 
 def quote_errors(q: QuoteArrays | ModelInputs, multiplier: float | FloatArray, anchors_z: FloatArray,
-                 ratios: FloatArray, extrapolation: Extrapolation = "flat") -> QuoteErrors:
-    """err_pct = (model - mark)/mark x 100; err_vol_points = (sigma_model - IV) x 100."""
+                 ratios: FloatArray, extrapolation: Extrapolation = "flat", *,
+                 z: FloatArray | None = None) -> QuoteErrors:
+    """err_pct = (model - mark)/mark x 100; err_vol_points = (sigma_model - IV) x 100 (`z` as `model_sigma_price`)."""
     mi = as_model_inputs(q)
-    sigma, price = model_sigma_price(mi, multiplier, anchors_z, ratios, extrapolation)
+    sigma, price = model_sigma_price(mi, multiplier, anchors_z, ratios, extrapolation, z=z)
     price -= mi.mark_coin
     price /= mi.mark_coin
     price *= 100.0

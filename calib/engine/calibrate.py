@@ -296,21 +296,24 @@ def _score_part(q: QuoteArrays, fit: EngineFit, config: CalibrationConfig, *, bl
         mb = model_inputs(qb)
         dte = qb.dte_days
         in_b = [(dte >= b.dte_min) & (dte < b.dte_max) for b in bands]
-        err_tested = quote_errors(mb, m_tested, anchors, current, ext)
-        add_to_groups(err_tested, mb.vega_coin, [(out.tested, [g_mask[i:i + block]]), (out.band_tested, in_b)])
-        out.map_tested.add(err_tested, dte, mb.z1 / m_tested)
+        z_tested = mb.z1 / m_tested  # priced and bucketed: computed once
+        err_tested = quote_errors(mb, m_tested, anchors, current, ext, z=z_tested)
+        abs_tested = add_to_groups(err_tested, mb.vega_coin,
+                                   [(out.tested, [g_mask[i:i + block]]), (out.band_tested, in_b)])
+        rows = out.map_tested.dte_rows(dte)  # the same for both maps (same edges)
+        out.map_tested.add(err_tested, dte, z_tested, rows=rows, abs_errors=abs_tested)
         # Each quote at its own band's multiplier (the global recommended one outside the bands);
         # with overlapping bands the last one wins, for the error map only.
         m_quote = np.full(len(qb), m_rec if m_rec is not None else m_tested)
         for mask, m in zip(in_b, band_m, strict=True):
             if m is not None:
                 m_quote[mask] = m
-        err_quote = quote_errors(mb, m_quote, anchors, fit.ratios, ext)
-        if m_rec is not None:
-            out.map_recommended.add(err_quote, dte, mb.z1 / m_quote)
+        z_quote = mb.z1 / m_quote
+        err_quote = quote_errors(mb, m_quote, anchors, fit.ratios, ext, z=z_quote)
+        abs_quote = None
         if disjoint:  # one pricing pass: each quote at its own band's multiplier
             # Bands without a multiplier are summed at the global one but never reported.
-            out.band_recommended.add(err_quote, mb.vega_coin, in_b)
+            abs_quote = out.band_recommended.add(err_quote, mb.vega_coin, in_b)
         else:
             for b, (mask, m) in enumerate(zip(in_b, band_m, strict=True)):
                 if m is not None and mask.any():
@@ -318,6 +321,8 @@ def _score_part(q: QuoteArrays, fit: EngineFit, config: CalibrationConfig, *, bl
                     masks: list[np.ndarray | None] = [np.zeros(len(bq), bool)] * len(bands)
                     masks[b] = np.ones(len(bq), bool)
                     out.band_recommended.add(quote_errors(bq, m, anchors, fit.ratios, ext), bq.vega_coin, masks)
+        if m_rec is not None:
+            out.map_recommended.add(err_quote, dte, z_quote, rows=rows, abs_errors=abs_quote)
         gi = np.flatnonzero(g_mask[i:i + block])
         if gi.size == 0:
             continue
@@ -325,14 +330,15 @@ def _score_part(q: QuoteArrays, fit: EngineFit, config: CalibrationConfig, *, bl
         if m_rec is None:
             continue
         gm = mb.take(gi)
-        err_rec = quote_errors(gm, m_rec, anchors, fit.ratios, ext)
+        z_rec = gm.z1 / m_rec
+        err_rec = quote_errors(gm, m_rec, anchors, fit.ratios, ext, z=z_rec)
         z_lim = (anchors[0] * m_rec, anchors[-1] * m_rec)  # z = z1 / m beyond the outer anchors
         beyond = (gm.z1 < z_lim[0]) | (gm.z1 > z_lim[1])
         add_to_groups(err_rec, gm.vega_coin, [(out.at_recommended, [None]), (out.wings, [beyond, ~beyond])])
         call = gm.omega > 0
         out.by_type.add(err_rec, gm.vega_coin, [call if t == "C" else ~call for t in types])
         if fit.skew is not None:
-            left, frac = _hat_weights(gm.z1 / m_rec, anchors, ext)
+            left, frac = _hat_weights(z_rec, anchors, ext)
             out.anchor_counts += nearest_anchor_counts(left, frac, anchors.size)
     return out
 

@@ -42,10 +42,11 @@ class QuoteErrors:
 
 
 def quote_errors(q: QuoteArrays | ModelInputs, multiplier: float | FloatArray, anchors_z: FloatArray,
-                 ratios: FloatArray, extrapolation: Extrapolation = "flat") -> QuoteErrors:
-    """err_pct = (model - mark)/mark x 100; err_vol_points = (sigma_model - IV) x 100."""
+                 ratios: FloatArray, extrapolation: Extrapolation = "flat", *,
+                 z: FloatArray | None = None) -> QuoteErrors:
+    """err_pct = (model - mark)/mark x 100; err_vol_points = (sigma_model - IV) x 100 (`z` as `model_sigma_price`)."""
     mi = as_model_inputs(q)
-    sigma, price = model_sigma_price(mi, multiplier, anchors_z, ratios, extrapolation)
+    sigma, price = model_sigma_price(mi, multiplier, anchors_z, ratios, extrapolation, z=z)
     price -= mi.mark_coin
     price /= mi.mark_coin
     price *= 100.0
@@ -93,9 +94,10 @@ class MetricSums:
     def zeros(cls, groups: int = 1) -> MetricSums:
         return cls(np.zeros(groups, dtype=np.int64), *(np.zeros(groups) for _ in range(5)))
 
-    def add(self, errors: QuoteErrors, vega: FloatArray, masks: Sequence[np.ndarray | None] = (None,)) -> None:
-        """Add quotes to the groups: `masks[i]` selects group i's quotes (None = all of them)."""
-        add_to_groups(errors, vega, [(self, masks)])
+    def add(self, errors: QuoteErrors, vega: FloatArray,
+            masks: Sequence[np.ndarray | None] = (None,)) -> tuple[FloatArray, FloatArray]:
+        """Add quotes to the groups: `masks[i]` selects group i's quotes (None = all of them); as `add_to_groups`."""
+        return add_to_groups(errors, vega, [(self, masks)])
 
     def merge(self, other: MetricSums) -> None:
         for name in self.__slots__:  # type: ignore[attr-defined]
@@ -116,14 +118,15 @@ class MetricSums:
 
 
 def add_to_groups(errors: QuoteErrors, vega: FloatArray,
-                  targets: Sequence[tuple[MetricSums, Sequence[np.ndarray | None]]]) -> None:
+                  targets: Sequence[tuple[MetricSums, Sequence[np.ndarray | None]]]) -> tuple[FloatArray, FloatArray]:
     """Add one set of quote errors to several `MetricSums` (their groups chosen by masks; None = all quotes).
 
     The absolute errors are computed once for every target. Masked sums are dot
     products with the 0/1 mask (no copies). A non-finite error (never for
     quotes that passed the exclusions) would leak into every group through
     ``0 x NaN``, so then the masks select by copying; the check is two sums
-    (non-negative terms: finite sums mean finite terms).
+    (non-negative terms: finite sums mean finite terms). Returns the absolute
+    errors (|err vol points|, |err %|) for the error map (`ErrorMapSums.add`).
     """
     e, ev, w = errors.err_pct, errors.err_vol_points, vega
     abs_e = np.abs(e)
@@ -157,6 +160,7 @@ def add_to_groups(errors: QuoteErrors, vega: FloatArray,
             sums.w[i] += np.dot(m, w)
             sums.err[i] += np.dot(m, e)
             sums.abs_vol[i] += np.dot(m, abs_ev)
+    return abs_ev, abs_e
 
 
 @dataclass(slots=True)
@@ -187,22 +191,37 @@ class ErrorMapSums:
     def shape(self) -> tuple[int, int]:
         return self.dte_edges.size - 1, self.z_edges.size - 1
 
-    def add(self, errors: QuoteErrors, dte_days: FloatArray, z: FloatArray) -> None:
+    def dte_rows(self, dte_days: FloatArray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Each quote's first cell (DTE bucket x z buckets) and the mask of quotes inside the DTE edges (None: all).
+
+        Depends on DTE only: one block's two maps share it (`add(..., rows=)`).
+        """
         nd, nz = self.shape
         di = np.searchsorted(self.dte_edges, dte_days, side="right") - 1
         di[dte_days == self.dte_edges[-1]] = nd - 1
-        zi = np.searchsorted(self.z_edges[1:-1], z, side="right")
         ok = (di >= 0) & (di < nd)
-        cell = di * nz + zi
+        di *= nz
+        return di, None if ok.all() else ok
+
+    def add(self, errors: QuoteErrors, dte_days: FloatArray, z: FloatArray, *,
+            rows: tuple[np.ndarray, np.ndarray | None] | None = None,
+            abs_errors: tuple[FloatArray, FloatArray] | None = None) -> None:
+        """Add quotes by DTE and z; `rows` from `dte_rows(dte_days)` and `abs_errors` (|err vol|, |err %|)
+        when already at hand (the same values either way)."""
+        nd, nz = self.shape
+        base, ok = rows if rows is not None else self.dte_rows(dte_days)
+        cell = np.searchsorted(self.z_edges[1:-1], z, side="right")
+        cell += base
         ev, ep = errors.err_vol_points, errors.err_pct
-        if not ok.all():  # quotes beyond the DTE edges (rare): drop them; otherwise no copies
-            cell, ev, ep = cell[ok], ev[ok], ep[ok]
+        aev, aep = abs_errors if abs_errors is not None else (np.abs(ev), np.abs(ep))
+        if ok is not None:  # quotes beyond the DTE edges (rare): drop them; otherwise no copies
+            cell, ev, ep, aev, aep = cell[ok], ev[ok], ep[ok], aev[ok], aep[ok]
         size = nd * nz
         self.n += np.bincount(cell, minlength=size)
         self.err_vol += np.bincount(cell, weights=ev, minlength=size)
-        self.abs_vol += np.bincount(cell, weights=np.abs(ev), minlength=size)
+        self.abs_vol += np.bincount(cell, weights=aev, minlength=size)
         self.err_pct += np.bincount(cell, weights=ep, minlength=size)
-        self.abs_pct += np.bincount(cell, weights=np.abs(ep), minlength=size)
+        self.abs_pct += np.bincount(cell, weights=aep, minlength=size)
 
     def merge(self, other: ErrorMapSums) -> None:
         for name in ("n", "err_vol", "abs_vol", "err_pct", "abs_pct"):

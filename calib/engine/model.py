@@ -259,14 +259,16 @@ def as_fit_inputs(q: QuoteArrays | ModelInputs | FitInputs) -> ModelInputs | Fit
 
 
 def model_sigma_price(mi: ModelInputs, multiplier: float | FloatArray, anchors_z: FloatArray,
-                      ratios: FloatArray, extrapolation: Extrapolation = "flat") -> tuple[FloatArray, FloatArray]:
-    """sigma_model (fraction) and its Black-76 coin price, from precomputed inputs.
+                      ratios: FloatArray, extrapolation: Extrapolation = "flat", *,
+                      z: FloatArray | None = None) -> tuple[FloatArray, FloatArray]:
+    """sigma_model (fraction) and its Black-76 coin price, from precomputed inputs (`z`: ``z1 / multiplier``
+    when the caller has it already; not modified).
 
     ``sigma = RV m skew(z1 / m)``, priced as ``w (N(w d1) - k N(w d2))`` with
     ``d1 = -ln k / v + v / 2``, ``v = sigma sqrt(T)`` (the numerics kernel
     `black76_price_coin_at_total_vol`: `black76_price_coin`'s values to 1e-12).
     """
-    sk = skew_ratio(mi.z1 / multiplier, anchors_z, ratios, extrapolation)
+    sk = skew_ratio(mi.z1 / multiplier if z is None else z, anchors_z, ratios, extrapolation)
     sk *= multiplier
     sigma = mi.rv * sk
     tv = mi.s * sk

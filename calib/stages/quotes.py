@@ -25,8 +25,8 @@ from calib.engine.model import ROW_FIELDS, SNAP_DTYPE, QuoteArrays, SnapshotTabl
 from calib.engine.result import (
     DataQualityIssue,
 )
-from calib.numerics.black76 import black76_price_coin
 from calib.numerics.implied_vol import implied_vol
+from calib.numerics.normal import norm_cdf
 from calib.numerics.stats import distinct, median
 from calib.stages.common import (
     KERNEL_BLOCK,
@@ -318,14 +318,52 @@ def mark_iv_mismatches(mark_coin: FloatArray, k_rel: FloatArray, t_years: FloatA
     """
     q = config.quality
     n = mark_coin.size
-
-    def off(s: slice) -> FloatArray:
+    tick_tol = q.mark_iv_tolerance_ticks * config.min_tick_coin
+    pct = q.mark_iv_tolerance_pct / 100
+    bad = 0
+    for i in range(0, n, KERNEL_BLOCK):
+        s = slice(i, min(i + KERNEL_BLOCK, n))
+        model = _unit_forward_price(k_rel[s], t_years[s], iv[s], is_call[s])
+        mark = mark_coin[s]
+        tol = np.multiply(mark, pct)
+        np.maximum(tol, tick_tol, out=tol)
+        model -= mark
+        np.abs(model, out=model)
         with np.errstate(invalid="ignore"):
-            model = black76_price_coin(1.0, k_rel[s], t_years[s], iv[s], is_call[s])
-            tol = np.maximum(q.mark_iv_tolerance_ticks * config.min_tick_coin, q.mark_iv_tolerance_pct / 100 * mark_coin[s])
-            return (np.abs(model - mark_coin[s]) > tol).astype(np.float64)
+            bad += int(np.count_nonzero(model > tol))
+    return bad
 
-    return int(_blocked(off, n).sum()) if n else 0
+
+def _unit_forward_price(k_rel: FloatArray, t_years: FloatArray, sigma: FloatArray, is_call: np.ndarray) -> FloatArray:
+    """``black76_price_coin(1.0, k_rel, t_years, sigma, is_call)``, the same operations in place (bit for bit).
+
+    With F = 1 the kernel's ``K/F`` is `k_rel` itself; its ``ln(F/K)`` is ``ln(1/k)``
+    (kept, not ``-ln k``); the intrinsic value is only built when some
+    total vol is not positive. tests/test_issue15_identity.py checks it against the kernel.
+    """
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        tv = np.sqrt(t_years)
+        tv *= sigma  # sigma sqrt(T), as `_d1_d2`
+        d1 = np.divide(1.0, k_rel)
+        np.log(d1, out=d1)
+        half = tv * 0.5  # 0.5 * tv * tv in the kernel's order
+        half *= tv
+        d1 += half
+        d1 /= tv
+        d2 = np.subtract(d1, tv, out=half)
+        omega = np.where(is_call, 1.0, -1.0)
+        d1 *= omega
+        d2 *= omega
+        price = norm_cdf(d1)
+        n2 = norm_cdf(d2)
+        n2 *= k_rel
+        price -= n2
+        price *= omega
+    np.maximum(price, 0.0, out=price)
+    positive = tv > 0
+    if not positive.all():
+        price = np.where(positive, price, np.maximum(omega * (1.0 - k_rel), 0.0))
+    return price
 
 
 def _take_rows(column: pl.Series, rows: np.ndarray, out: np.ndarray) -> None:

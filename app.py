@@ -11,7 +11,6 @@ only write is Force-Apply Latest, which calls `calib.live.force_apply_latest`.
 
 from __future__ import annotations
 
-import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import streamlit as st
 
 from calib import queries
 from calib._typing import UNDERLYINGS
-from calib.config import DEFAULT_DB, Settings, config_path, load_settings
+from calib.config import DEFAULT_DB, Settings, config_path, history_path, load_settings
 from calib.errors import CalibError, StoreLockedError
 from calib.live import force_apply_latest
 from calib.live_outage import live_feed_outage
@@ -80,7 +79,7 @@ def file_stamp(path: Path) -> tuple[int, int] | None:
 
 
 def db_path() -> Path:
-    return Path(os.environ.get("CALIB_DB") or DEFAULT_DB)
+    return history_path()
 
 
 def bump_refresh() -> None:

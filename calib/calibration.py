@@ -23,7 +23,7 @@ from typing import Any
 
 import polars as pl
 
-from calib.config import CalibrationConfig
+from calib.config import CalibrationConfig, history_path
 from calib.data.quality import (
     required_columns_present,
 )
@@ -173,15 +173,15 @@ def _calibrate_in_memory(hf: HarvestFiles, config: CalibrationConfig, *, extra_i
 
 
 def resolve_multiplier_tested(config: CalibrationConfig, db_path: Path | None) -> CalibrationConfig:
-    """Fill `multiplier_tested` when None: the applied global multiplier of the history file
-    `db_path` (the caller's), else 1.0 (SPEC section 3). No `db_path`: 1.0, no lookup."""
+    """Fill `multiplier_tested` when None: the applied global multiplier of the history file, else 1.0
+    (SPEC section 3). The file is `db_path`, the caller's (`--db` of the command that records the run);
+    a library caller that passes none gets the user's history file (`calib.config.history_path`:
+    `$CALIB_DB`, else the default), as the CLI would."""
     if config.multiplier_tested is not None:
         return config
-    tested = None
-    if db_path is not None:
-        from calib.store.applied import applied_global
+    from calib.store.applied import applied_global
 
-        tested = applied_global(Path(db_path), config.underlying)
+    tested = applied_global(history_path(db_path), config.underlying)
     return replace(config, multiplier_tested=tested if tested is not None else 1.0)
 
 

@@ -15,12 +15,11 @@ cannot differ:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from calib._typing import UNDERLYINGS
-from calib.config import DEFAULT_DB
+from calib.config import history_path
 from calib.errors import InvalidInputError, StoreError
 from calib.queries import (
     AppliedMultipliers,
@@ -42,9 +41,7 @@ MAX_LIMIT = 100_000
 
 def resolve_db(db: Path | str | None) -> Path:
     """`db`, else `$CALIB_DB`, else the default `data/calibration.duckdb` (as the CLI does)."""
-    if db is not None:
-        return Path(db)
-    return Path(os.environ.get("CALIB_DB") or DEFAULT_DB)
+    return history_path(db)
 
 
 def check_underlying(underlying: str | None) -> str:

@@ -20,6 +20,16 @@ from calib.errors import InvalidInputError
 
 DEFAULT_DATA_DIR = Path("data/live_deribit")
 DEFAULT_DB = Path("data/calibration.duckdb")
+
+
+def history_path(db: Path | str | None = None) -> Path:
+    """The history file: `db` when given, else `$CALIB_DB`, else `DEFAULT_DB` (the CLI's `--db` rule).
+
+    The one place that reads `$CALIB_DB`: library calls, the read API and the app resolve through it.
+    """
+    if db is not None:
+        return Path(db)
+    return Path(os.environ.get("CALIB_DB") or DEFAULT_DB)
 MIN_TICK_COIN = 0.0001  # Deribit's minimum option price, in coin
 DAYS_PER_YEAR = 365.0  # crypto trades 24/7
 MAX_LOOKBACK_DAYS = 3650.0

@@ -29,7 +29,7 @@ def test_unset_multiplier_tested_is_the_applied_global(tmp_path: Path) -> None:
     _apply(db, 1.137)
     unset = CalibrationConfig(underlying="BTC", multiplier_tested=None)
     assert resolve_multiplier_tested(unset, db).multiplier_tested == pytest.approx(1.137)
-    assert resolve_multiplier_tested(unset, None).multiplier_tested == 1.0  # no history: no lookup
+    assert resolve_multiplier_tested(unset, tmp_path / "no.duckdb").multiplier_tested == 1.0  # no history file
     assert resolve_multiplier_tested(unset, tmp_path / "missing.duckdb").multiplier_tested == 1.0
     assert resolve_multiplier_tested(CalibrationConfig(underlying="ETH", multiplier_tested=None), db
                                      ).multiplier_tested == 1.0  # nothing applied for ETH
@@ -39,7 +39,7 @@ def test_unset_multiplier_tested_is_the_applied_global(tmp_path: Path) -> None:
 
 def test_a_run_with_unset_multiplier_reports_the_applied_one(exact_harvest: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """The run reads the history it is handed, never `$CALIB_DB` behind the caller's back."""
+    """The run reads the history it is handed; `$CALIB_DB` only when it is handed none (SPEC: the applied one)."""
     db, other = tmp_path / "h.duckdb", tmp_path / "other.duckdb"
     _apply(db, 1.137)
     _apply(other, 0.95)
@@ -48,7 +48,10 @@ def test_a_run_with_unset_multiplier_reports_the_applied_one(exact_harvest: Path
                                harvest=HarvestConfig(data_root=exact_harvest, end_time=END))
     result = run_historical_calibration_from_harvest(config, db_path=db)
     assert result.global_metrics.multiplier_tested == pytest.approx(1.137)
-    # No history handed in: 1.0, not the applied multiplier of whatever `$CALIB_DB` names.
+    # No history handed in: the user's history file, the one `$CALIB_DB` names (as the CLI without --db).
+    assert run_historical_calibration_from_harvest(config).global_metrics.multiplier_tested == pytest.approx(0.95)
+    monkeypatch.delenv("CALIB_DB")
+    monkeypatch.chdir(tmp_path)  # no data/calibration.duckdb here: nothing applied, 1.0
     assert run_historical_calibration_from_harvest(config).global_metrics.multiplier_tested == 1.0
 
 
@@ -63,7 +66,7 @@ def test_a_live_run_reads_the_history_it_is_given(exact_harvest: Path, tmp_path:
     config = CalibrationConfig(underlying="BTC", min_dte=0, multiplier_tested=None, replay=True,
                                harvest=HarvestConfig(data_root=exact_harvest))
     assert run_calibration_extended(config, db_path=db).global_metrics.multiplier_tested == pytest.approx(1.137)
-    assert run_calibration_extended(config).global_metrics.multiplier_tested == 1.0
+    assert run_calibration_extended(config).global_metrics.multiplier_tested == pytest.approx(0.95)
 
 
 def test_every_reader_agrees(tmp_path: Path) -> None:

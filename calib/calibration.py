@@ -2,14 +2,14 @@
 
 `run_historical_calibration_from_harvest` reads a lookback window of
 harvested snapshots; `run_calibration_extended` (in `calib.live`) hands one
-current chain to the same `calibrate_harvest_read`. Both grade data quality,
+current chain to the same `calibrate_read`. Both grade data quality,
 run the engine, apply the realism guardrails and return a CalibrationResult.
 Nothing here writes the history store.
 
 Large windows (more rows than `CHUNKED_THRESHOLD_ROWS` by the Parquet
 footers) run through `calib.streaming` partition by partition in bounded
 memory; the pieces both paths share live below both in `calib.stages`
-(`iter_prepared`, `QuoteTally`, `build_result`), so `calib.streaming` needs
+(`iter_chunk_arrays`, `QuoteTally`, `build_result`), so `calib.streaming` needs
 nothing from this module (no import cycle).
 """
 
@@ -53,8 +53,8 @@ from calib.stages import (
     RvState,
     WindowFacts,
     build_result,
-    prepare_window,
     rv_lookup,
+    window_arrays,
 )
 from calib.stages.sampler import sample_mask
 from calib.streaming import calibrate_chunked
@@ -120,15 +120,15 @@ def run_historical_calibration_from_harvest(
                 hf = find_harvest_files(h.data_root, config.underlying, window_start=snaps[-h.max_snapshots],
                                         window_end=end, warmup=h.rv_warmup, progress=progress)
         try:
-            return calibrate_files(hf)
+            return calibrate_listing(hf)
         except (pl.exceptions.PolarsError, OSError):
             # A file with an intact footer but corrupt pages: find it, skip it, report it.
             cleaned = without_corrupt_files(hf)
             if cleaned is None:
                 raise
-            return calibrate_files(cleaned)
+            return calibrate_listing(cleaned)
 
-    def calibrate_files(hf: HarvestFiles) -> CalibrationResult:
+    def calibrate_listing(hf: HarvestFiles) -> CalibrationResult:
         files = hf.quote_files()
         est_rows = max_rows(files)  # the sizes bound the rows: most windows need no footer count
         if est_rows > threshold:
@@ -153,7 +153,7 @@ def _calibrate_in_memory(hf: HarvestFiles, config: CalibrationConfig, *, extra_i
 
     def prepare(parse_names: bool, timings: dict[str, float]) -> tuple[QuoteTally, QuoteArrays]:
         chunks = (scan_quotes(hf, g, parse_names=parse_names) for g in groups)
-        return prepare_window(chunks, rv.lookup, config, has_mark_iv=has_mark_iv, capacity=est_rows,
+        return window_arrays(chunks, rv.lookup, config, has_mark_iv=has_mark_iv, capacity=est_rows,
                               timings=timings)
 
     prep_timings: dict[str, float] = {}
@@ -166,7 +166,7 @@ def _calibrate_in_memory(hf: HarvestFiles, config: CalibrationConfig, *, extra_i
     for k, v in prep_timings.items():
         timings[k] = timings.get(k, 0.0) + v
     rv.lookup()  # read even when no quote file was in the window
-    return calibrate_tally(
+    return calibrate_arrays(
         tally, arrays, rv.index, config, facts=WindowFacts.of(hf), extra_issues=extra_issues, rv_issues=rv.issues, timings=timings, progress=progress,
         extra_dq={"engine_path": "in_memory"},
     )
@@ -185,7 +185,7 @@ def resolve_multiplier_tested(config: CalibrationConfig, db_path: Path | None) -
     return replace(config, multiplier_tested=tested if tested is not None else 1.0)
 
 
-def calibrate_harvest_read(
+def calibrate_read(
     read: HarvestRead,
     config: CalibrationConfig,
     *,
@@ -202,17 +202,17 @@ def calibrate_harvest_read(
     t = time.perf_counter()
     lookup, rv_issues = rv_lookup(read.index)
     timings["rv"] = time.perf_counter() - t
-    tally, arrays = prepare_window([read.quotes.lazy()], lookup, config, has_mark_iv="mark_iv" in read.columns_present,
+    tally, arrays = window_arrays([read.quotes.lazy()], lookup, config, has_mark_iv="mark_iv" in read.columns_present,
                                    capacity=read.quotes.height, timings=timings)
     timings["scan"] += timings.pop("collect", 0.0)
-    return calibrate_tally(
+    return calibrate_arrays(
         tally, arrays, read.index, config, facts=WindowFacts.of(read, coverage_applies=coverage_applies),
         extra_issues=list(extra_issues or []), rv_issues=rv_issues,
         timings=timings, progress=progress, extra_dq={"engine_path": "in_memory"},
     )
 
 
-def calibrate_tally(
+def calibrate_arrays(
     tally: QuoteTally,
     arrays: QuoteArrays,
     index: pl.DataFrame,

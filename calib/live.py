@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from calib.calibration import calibrate_harvest_read, resolve_multiplier_tested
+from calib.calibration import calibrate_read, resolve_multiplier_tested
 from calib.config import CalibrationConfig, PolicyConfig
 from calib.data.reader import HarvestRead, newest_snapshot, read_harvest
 from calib.engine.result import CalibrationResult
@@ -80,7 +80,7 @@ def run_calibration_extended(config: CalibrationConfig, *, chain: HarvestRead | 
         ts = newest_snapshot_ts(config.harvest.data_root, config.underlying)
         chain = read_harvest(config.harvest.data_root, config.underlying, window_start=ts, window_end=ts,
                              warmup=config.harvest.rv_warmup)
-    return calibrate_harvest_read(chain, config, coverage_applies=False, db_path=db_path)
+    return calibrate_read(chain, config, coverage_applies=False, db_path=db_path)
 
 
 def policy_state(con: Any, underlying: str) -> PolicyState:

@@ -7,7 +7,7 @@ the order of work changes:
 
 1. the index series of the whole window (2 columns, one partition at a time)
    gives RV_7d at every snapshot up front;
-2. pass 1 prepares one partition at a time (`iter_prepared`: exclusion
+2. pass 1 prepares one partition at a time (`iter_chunk_arrays`: exclusion
    reasons, RV, IV, vega), adds its data-quality counts to a `QuoteTally`,
    and keeps a bounded, deterministic sample of the usable quotes for the
    fit (`HashSampler` of `calib.stages.sampler`: the quotes whose keyed
@@ -58,7 +58,7 @@ from calib.stages import (
     RvState,
     WindowFacts,
     build_result,
-    iter_prepared,
+    iter_chunk_arrays,
 )
 from calib.stages.sampler import BottomK, HashSampler, kept, quote_hashes
 
@@ -112,7 +112,7 @@ def calibrate_chunked(
     required_ok = required_columns_present(hf.columns_present)
 
     def chunks(parse_names: bool, count: bool = True) -> Iterator[tuple[QuoteTally, QuoteArrays]]:
-        return iter_prepared((scan_quotes(hf, g, parse_names=parse_names) for g in groups), rv.lookup, config,
+        return iter_chunk_arrays((scan_quotes(hf, g, parse_names=parse_names) for g in groups), rv.lookup, config,
                              has_mark_iv=has_mark_iv, timings=timings, count=count)
 
     parse_names = False

@@ -21,7 +21,7 @@ from calib.engine.model import model_inputs
 from calib.engine.result import CalibrationResult
 from calib.errors import InvalidInputError
 from calib.numerics.optimize import minimize_bounded
-from calib.stages import RvState, prepare_window
+from calib.stages import RvState, window_arrays
 
 MAX_STEPS = 5000  # a backtest longer than this is a typo in --step
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(m|min|h|d|w)\s*$", re.IGNORECASE)
@@ -109,7 +109,7 @@ def score_step(config: CalibrationConfig, as_of: datetime, horizon: timedelta, *
     files = hf.quote_files()
     chunks = (scan_quotes(hf, g) for g in partition_groups(files))
     with reading(hf):
-        _, q = prepare_window(chunks, rv.lookup, config, has_mark_iv="mark_iv" in hf.columns_present,
+        _, q = window_arrays(chunks, rv.lookup, config, has_mark_iv="mark_iv" in hf.columns_present,
                               capacity=max_rows(files))
     as_of_us = int(as_of.timestamp() * 1_000_000)
     dte = q.dte_days

@@ -8,9 +8,9 @@ Nothing here writes the history store.
 """
 
 from calib.stages.common import Progress
-from calib.stages.quotes import QuoteTally, iter_prepared, mark_iv_mismatches, prepare_window
+from calib.stages.quotes import QuoteTally, iter_chunk_arrays, mark_iv_mismatches, window_arrays
 from calib.stages.result import WindowFacts, build_result, new_run_id, stale_chain_issue
 from calib.stages.rv import RvState, rv_lookup
 
-__all__ = ["Progress", "QuoteTally", "RvState", "WindowFacts", "build_result", "iter_prepared", "mark_iv_mismatches",
-           "new_run_id", "prepare_window", "rv_lookup", "stale_chain_issue"]
+__all__ = ["Progress", "QuoteTally", "RvState", "WindowFacts", "build_result", "iter_chunk_arrays",
+           "mark_iv_mismatches", "new_run_id", "rv_lookup", "stale_chain_issue", "window_arrays"]

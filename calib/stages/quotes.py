@@ -119,7 +119,7 @@ def _median_of_counts(values: FloatArray, counts: np.ndarray) -> float:
     return float(lo + hi) / 2.0
 
 
-def iter_prepared(
+def iter_chunk_arrays(
     chunks: Iterable[pl.LazyFrame],
     lookup: Callable[[], RvLookup] | RvLookup,
     config: CalibrationConfig,
@@ -129,13 +129,13 @@ def iter_prepared(
     count: bool = True,
 ) -> Iterator[tuple[QuoteTally, QuoteArrays]]:
     """One exclusion reason per row (counted), then the usable rows as arrays with RV and IV, for
-    each of `chunks`, reading chunk i+1 while chunk i is processed (see `iter_frames`)."""
+    each of `chunks`, reading chunk i+1 while chunk i is processed (see `iter_coded_frames`)."""
     timings = timings if timings is not None else {}
-    for frame, rv in iter_frames(chunks, lookup, config, has_mark_iv=has_mark_iv, timings=timings):
-        yield process_quote_frame(frame, rv, config, has_mark_iv=has_mark_iv, timings=timings, count=count)
+    for frame, rv in iter_coded_frames(chunks, lookup, config, has_mark_iv=has_mark_iv, timings=timings):
+        yield frame_arrays(frame, rv, config, has_mark_iv=has_mark_iv, timings=timings, count=count)
 
 
-def iter_frames(
+def iter_coded_frames(
     chunks: Iterable[pl.LazyFrame],
     lookup: Callable[[], RvLookup] | RvLookup,
     config: CalibrationConfig,
@@ -143,7 +143,7 @@ def iter_frames(
     has_mark_iv: bool,
     timings: dict[str, float],
 ) -> Iterator[tuple[pl.DataFrame, RvLookup]]:
-    """Collected `quote_frame`s of `chunks` with the RV lookup, reading the next chunks while one is used.
+    """Collected `coded_frame`s of `chunks` with the RV lookup, reading the next chunks while one is used.
 
     Chunks are read `READ_BATCH` at a time (one `collect_all`). Polars reads on
     its own threads, numpy works on this one, so the two overlap. `lookup` may be a callable, called once after the first read
@@ -154,7 +154,7 @@ def iter_frames(
     exprs = quote_exprs(config, has_mark_iv=has_mark_iv)
 
     def read_batch() -> Future[list[pl.DataFrame]] | None:
-        plans = [quote_frame(c, config, has_mark_iv=has_mark_iv, exprs=exprs)
+        plans = [coded_frame(c, config, has_mark_iv=has_mark_iv, exprs=exprs)
                  for c in itertools.islice(it, READ_BATCH)]
         return pool.submit(pl.collect_all, plans) if plans else None
 
@@ -175,9 +175,9 @@ def iter_frames(
 READ_BATCH = 2  # chunks per polars collect: a pair keeps both cores busier than one (~10% less wall at 14 days)
 
 
-def quote_frame(quotes: pl.LazyFrame, config: CalibrationConfig, *, has_mark_iv: bool,
+def coded_frame(quotes: pl.LazyFrame, config: CalibrationConfig, *, has_mark_iv: bool,
                 exprs: QuoteExprs | None = None) -> pl.LazyFrame:
-    """The narrow frame `process_quote_frame` needs: reason code per row and the engine's columns.
+    """The narrow frame `frame_arrays` needs: reason code per row and the engine's columns.
 
     `exprs` (from `quote_exprs`) saves rebuilding the same expressions for every chunk.
     """
@@ -193,7 +193,7 @@ class QuoteExprs:
 
 
 def quote_exprs(config: CalibrationConfig, *, has_mark_iv: bool) -> QuoteExprs:
-    """The expressions of `quote_frame` (building them costs ~3 ms: once per window, not per chunk)."""
+    """The expressions of `coded_frame` (building them costs ~3 ms: once per window, not per chunk)."""
     dte_max_read = max([config.max_dte, *(b.dte_max for b in config.bands)])
     t_years = (pl.col("expiry_ts") - pl.col("snapshot_ts")).dt.total_microseconds() / US_PER_YEAR
     k_rel = pl.col("k_rel")
@@ -215,7 +215,7 @@ def _engine_columns(has_mark_iv: bool) -> list[str]:
     return ["k_rel", "t_years", "is_call", "mark_price", *(["mark_iv"] if has_mark_iv else [])]
 
 
-def process_quote_frame(
+def frame_arrays(
     frame: pl.DataFrame,
     lookup: RvLookup,
     config: CalibrationConfig,
@@ -226,7 +226,7 @@ def process_quote_frame(
     out: dict[str, np.ndarray] | None = None,
     offset: int = 0,
 ) -> tuple[QuoteTally, QuoteArrays]:
-    """Counts, unit medians and snapshots of a collected `quote_frame`; the usable rows as arrays.
+    """Counts, unit medians and snapshots of a collected `coded_frame`; the usable rows as arrays.
 
     With `count=False` (a second pass over data already counted) the tally
     holds only the row count and the per-row exclusions found here. With
@@ -397,7 +397,7 @@ def _compact_in_place(q: QuoteArrays, keep: np.ndarray) -> QuoteArrays:
     return q.with_rows(out)
 
 
-def prepare_window(
+def window_arrays(
     chunks: Iterable[pl.LazyFrame],
     lookup: Callable[[], RvLookup] | RvLookup,
     config: CalibrationConfig,
@@ -406,7 +406,7 @@ def prepare_window(
     capacity: int,
     timings: dict[str, float] | None = None,
 ) -> tuple[QuoteTally, QuoteArrays]:
-    """`iter_prepared` chunk by chunk (e.g. one partition each) into one set of arrays.
+    """`iter_chunk_arrays` chunk by chunk (e.g. one partition each) into one set of arrays.
 
     Polars memory stays at one chunk; the usable rows are written straight into
     arrays allocated once for `capacity` rows (an upper bound, e.g. from the
@@ -418,7 +418,7 @@ def prepare_window(
     buf: dict[str, np.ndarray] = {f: np.empty(max(capacity, 0), dtype=_DTYPES[f]) for f in _FIELDS}
     n = 0
     table = EMPTY_TABLE
-    for frame, rv in iter_frames(chunks, lookup, config, has_mark_iv=has_mark_iv, timings=timings):
+    for frame, rv in iter_coded_frames(chunks, lookup, config, has_mark_iv=has_mark_iv, timings=timings):
         table = rv.table
         if n + frame.height > buf["mark_coin"].size:  # capacity was too small: grow geometrically
             size = max(2 * buf["mark_coin"].size, n + frame.height)
@@ -426,7 +426,7 @@ def prepare_window(
             for f, a in buf.items():
                 grown[f][:n] = a[:n]
             buf = grown
-        part, arrays = process_quote_frame(frame, rv, config, has_mark_iv=has_mark_iv, timings=timings, out=buf,
+        part, arrays = frame_arrays(frame, rv, config, has_mark_iv=has_mark_iv, timings=timings, out=buf,
                                            offset=n)
         del frame
         tally.merge(part)
@@ -438,7 +438,7 @@ _FIELDS: tuple[str, ...] = ROW_FIELDS
 _DTYPES: dict[str, type] = {f: bool if f == "is_call" else SNAP_DTYPE if f == "snap" else np.float64
                             for f in _FIELDS}
 EMPTY_TABLE = SnapshotTable(ts_us=np.zeros(0, np.int64), rv=np.zeros(0))
-# QuoteArrays fields copied from `quote_frame` columns as they are (iv and snap are computed).
+# QuoteArrays fields copied from `coded_frame` columns as they are (iv and snap are computed).
 _FRAME_COLUMNS: dict[str, str] = {
     "k_rel": "k_rel", "t_years": "t_years", "is_call": "is_call", "mark_coin": "mark_price",
 }

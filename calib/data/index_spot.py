@@ -63,21 +63,13 @@ def index_spot_metadata(frame: pl.DataFrame) -> dict[str, str]:
 
 
 def read_index_metadata(path: str | Path) -> pl.DataFrame | None:
-    """`snapshot_ts` (us, UTC) and `index_spot` from the file's footer, or None when it has none."""
-    return read_index_footers([path])[0]
-
-
-def read_index_footers(paths: Sequence[str | Path]) -> list[pl.DataFrame | None]:
-    """`read_index_metadata` of each of `paths` (one footer read each)."""
-    out: list[pl.DataFrame | None] = []
-    for p in paths:
-        try:
-            footer = read_footer(p)
-        except Exception:  # noqa: BLE001 - unreadable here means scanned (and reported) by the reader
-            out.append(None)
-            continue
-        out.append(index_from_footer(footer))
-    return out
+    """`snapshot_ts` (us, UTC) and `index_spot` from the file's footer, or None when it has none
+    (or the file cannot be read here: the reader then scans it and reports it)."""
+    try:
+        footer = read_footer(path)
+    except Exception:  # noqa: BLE001 - unreadable here means scanned (and reported) by the reader
+        return None
+    return index_from_footer(footer)
 
 
 def index_from_footer(footer: ParquetFooter) -> pl.DataFrame | None:

@@ -133,11 +133,11 @@ class HashSampler:
             self._size += int(keep.sum())
         while self._size > self.cap:
             self.level += 1
-            t = np.uint64(1 << (64 - self.level))
+            t = level_threshold(self.level)
             pieces, self._pieces, self._size = self._pieces, [], 0
             while pieces:  # thin one piece at a time, so memory does not double
                 h, cols = pieces.pop(0)
-                idx = np.flatnonzero(h < t)
+                idx = np.flatnonzero(kept(h, t))
                 if idx.size:
                     self._pieces.append((h[idx], {f: a[idx] for f, a in cols.items()}))
                     self._size += idx.size

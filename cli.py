@@ -116,7 +116,10 @@ def _require_data_dir(data_dir: Path) -> None:
 
 
 def _check_writable(db: Path) -> None:
-    """Before any calibration: the run could not be recorded (unwritable, empty, newer schema): exit 1 now."""
+    """Before the work: it could not be recorded (unwritable, empty, newer schema): exit 1 now.
+
+    auto-calibrate and calibrate-live leave this to the library run, which checks on the
+    connection that also reads the applied multiplier (one open of the file fewer)."""
     from calib.store.connection import check_writable
 
     try:
@@ -189,8 +192,7 @@ def auto_calibrate(
     settings = _settings()
     end = _parse_ts(as_of)
     _require_data_dir(data_dir)
-    _check_writable(db)
-    try:
+    try:  # auto_calibrate refuses a history file it could not record in before any work
         config = auto_calibration_config(
             underlying.value, data_dir=data_dir, settings=settings, as_of=end, lookback_days=lookback_days,
             dte_min=dte_min, dte_max=dte_max, option_types=_option_types(option_types), max_samples=max_samples)
@@ -227,8 +229,7 @@ def calibrate_live(
     if replay is not None and not replay.is_dir():
         _err(f"replay directory {replay} does not exist", EXIT_USAGE)
         raise typer.Exit(code=EXIT_USAGE)
-    _check_writable(db)
-    try:
+    try:  # both paths refuse a history file they could not record in before any work (and the network)
         config = settings.calibration_config(
             underlying.value, source="live", min_dte=dte_min, max_dte=dte_max, replay=replay is not None,
             harvest=HarvestConfig(data_root=replay or DEFAULT_DATA_DIR),

@@ -53,14 +53,16 @@ def auto_calibrate(config: CalibrationConfig, db: Path, *,
                    progress: Callable[[str], None] | None = None) -> AutoCalibrationRun:
     """Calibrate at the applied global multiplier of `db` (1.0 if none) and record the graded run.
 
-    Raises StoreError (history file), NoDataError / InvalidInputError (harvest, options).
+    Raises StoreError (history file: before any work when the run could not be recorded there),
+    NoDataError / InvalidInputError (harvest, options). The file is opened twice: once read-only
+    to check it and read the applied multiplier, once to record the run.
     """
     # Imported here: DuckDB (the store) and the engine load when a run needs them, not with the module.
     from calib.calibration import resolve_multiplier_tested, run_historical_calibration_from_harvest
     from calib.store.history import record_run
 
     t0 = time.perf_counter()
-    config = resolve_multiplier_tested(replace(config, multiplier_tested=None), db)
+    config = resolve_multiplier_tested(replace(config, multiplier_tested=None), db, for_write=True)
     t1 = time.perf_counter()
     result = run_historical_calibration_from_harvest(config, progress=progress, db_path=db)
     t2 = time.perf_counter()

@@ -172,16 +172,25 @@ def _calibrate_in_memory(hf: HarvestFiles, config: CalibrationConfig, *, extra_i
     )
 
 
-def resolve_multiplier_tested(config: CalibrationConfig, db_path: Path | None) -> CalibrationConfig:
+def resolve_multiplier_tested(config: CalibrationConfig, db_path: Path | None, *,
+                              for_write: bool = False) -> CalibrationConfig:
     """Fill `multiplier_tested` when None: the applied global multiplier of the history file, else 1.0
     (SPEC section 3). The file is `db_path`, the caller's (`--db` of the command that records the run);
     a library caller that passes none gets the user's history file (`calib.config.history_path`:
-    `$CALIB_DB`, else the default), as the CLI would."""
-    if config.multiplier_tested is not None:
+    `$CALIB_DB`, else the default), as the CLI would.
+
+    `for_write`: the run will be recorded in that file, so refuse now (StoreError, before any
+    work) a file it could not be written to; check and read share one connection."""
+    if config.multiplier_tested is not None and not for_write:
         return config
     from calib.store.applied import applied_global
+    from calib.store.connection import check_writable
 
-    tested = applied_global(history_path(db_path), config.underlying)
+    path = history_path(db_path)
+    if config.multiplier_tested is not None:
+        check_writable(path)
+        return config
+    tested = applied_global(path, config.underlying, for_write=for_write)
     return replace(config, multiplier_tested=tested if tested is not None else 1.0)
 
 

@@ -100,8 +100,13 @@ def policy_state(con: Any, underlying: str) -> PolicyState:
 def calibrate_live_and_record(
     config: CalibrationConfig, db_path: Path, policy: PolicyConfig, *, chain: HarvestRead | None = None
 ) -> LiveRunRecord:
-    """Live run tested at the applied multiplier, policy decision, one-transaction record."""
-    config = resolve_multiplier_tested(replace(config, source="live", multiplier_tested=None), db_path)
+    """Live run tested at the applied multiplier, policy decision, one-transaction record.
+
+    `config.multiplier_tested` is replaced by the applied global multiplier of `db_path`, read on
+    the connection that first checks the run can be recorded there (StoreError before any work).
+    """
+    config = resolve_multiplier_tested(replace(config, source="live", multiplier_tested=None), db_path,
+                                       for_write=True)
     result = run_calibration_extended(config, chain=chain, db_path=db_path)
     return record_live_run(db_path, result, policy)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
+from calib.calibration import resolve_multiplier_tested
 from calib.config import CalibrationConfig, PolicyConfig
 from calib.engine.metrics import EMPTY
 from calib.engine.result import (
@@ -26,9 +27,8 @@ from calib.engine.result import (
     OptionTypeMetrics,
 )
 from calib.errors import SourceError
-from calib.live import LiveRunRecord, calibrate_live_and_record, record_live_run
+from calib.live import LiveRunRecord, record_live_run, run_calibration_extended
 from calib.stages import new_run_id
-from calib.store.applied import applied_global
 
 SOURCE_UNAVAILABLE = "source_unavailable"
 SOURCE_UNAVAILABLE_REASON = "Source unavailable"
@@ -73,10 +73,10 @@ def source_unavailable_result(config: CalibrationConfig, cause: str, *, source: 
 
 def record_source_outage(config: CalibrationConfig, db_path: Path, policy: PolicyConfig, cause: str, *,
                          source: str, waited_s: float) -> LiveRunRecord:
-    """Record the failed live run of an unreachable source, tested at the applied multiplier."""
-    tested = applied_global(db_path, config.underlying)
-    result = source_unavailable_result(replace(config, multiplier_tested=tested if tested is not None else 1.0),
-                                       cause, source=source, waited_s=waited_s)
+    """Record the failed live run of an unreachable source, tested at the applied multiplier
+    (`config.multiplier_tested` when set, else read from `db_path`)."""
+    config = resolve_multiplier_tested(config, db_path)
+    result = source_unavailable_result(config, cause, source=source, waited_s=waited_s)
     return record_live_run(db_path, result, policy)
 
 
@@ -86,12 +86,16 @@ def calibrate_live_from_exchange(config: CalibrationConfig, db_path: Path, polic
     when no chain comes back, record the outage as a failed live run instead (SPEC: exit 3)."""
     from calib.sources.live_chain import fetch_live_chain
 
+    # Before the network: refuse a history file the run could not be recorded in, and read the
+    # applied multiplier the chain is scored at, on one connection.
+    config = resolve_multiplier_tested(replace(config, source="live", multiplier_tested=None), db_path,
+                                       for_write=True)
     t0 = time.monotonic()
     try:
         chain = fetch_live_chain(config.underlying, base_url=base_url, budget_s=budget_s)
     except SourceError as e:
         return record_source_outage(config, db_path, policy, str(e), source=base_url, waited_s=time.monotonic() - t0)
-    return calibrate_live_and_record(config, db_path, policy, chain=chain)
+    return record_live_run(db_path, run_calibration_extended(config, chain=chain, db_path=db_path), policy)
 
 
 def is_source_outage(result: dict[str, object]) -> bool:

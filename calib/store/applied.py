@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 
 from calib.store.catalog import has_table
-from calib.store.connection import connect
+from calib.store.connection import check_writable, connect
 
 
 def write_clock(con: duckdb.DuckDBPyConnection, *floors: datetime | None) -> datetime:
@@ -80,10 +80,20 @@ def read_applied(con: duckdb.DuckDBPyConnection, underlying: str) -> dict[str, t
     return {scope: (float(m), ts, rid) for scope, m, ts, rid in rows}
 
 
-def applied_global(db_path: Path | str, underlying: str) -> float | None:
-    """The applied global multiplier in the history file `db_path` (None: no file, nothing applied)."""
+def applied_global(db_path: Path | str, underlying: str, *, for_write: bool = False) -> float | None:
+    """The applied global multiplier in the history file `db_path` (None: no file, nothing applied).
+
+    `for_write`: the caller will record a run there, so first refuse (StoreError) a file the
+    run could not be written to (`check_writable`), on the same read-only connection.
+    """
+    if for_write:
+        return check_writable(db_path, then=lambda con: _global(read_applied(con, underlying)))
     if not Path(db_path).exists():
         return None
     with connect(db_path, read_only=True) as con:
-        g = read_applied(con, underlying).get("global")
+        return _global(read_applied(con, underlying))
+
+
+def _global(applied: dict[str, tuple[float, datetime, str | None]]) -> float | None:
+    g = applied.get("global")
     return g[0] if g else None

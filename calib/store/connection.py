@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 
@@ -22,6 +23,8 @@ from calib.store.rollback import rollback_quietly
 # Files stay readable by the DuckDB 1.5 CLI (`pip install duckdb-cli==1.5.6`).
 STORAGE_COMPATIBILITY = "v1.5.0"
 LOCK_RETRY_SECONDS = 10.0
+
+T = TypeVar("T")
 
 
 def lock_retry_s() -> float:
@@ -182,13 +185,19 @@ def write_transaction(db_path: Path | str, what: str) -> Iterator[duckdb.DuckDBP
             raise
 
 
-def check_writable(db_path: Path | str) -> None:
+def check_writable(db_path: Path | str, *,
+                   then: Callable[[duckdb.DuckDBPyConnection], T] | None = None) -> T | None:
     """Fail fast, before any calibration runs, when a write to `db_path` is bound to fail.
 
     Raises StoreError when the file (or the directory that would hold a new
     one) cannot be written, when it is empty or not a DuckDB file, or when a
     newer calib wrote its schema (defect 6: never write a schema this code does
     not know). A lock held by another writer is no reason: the write retries.
+
+    `then(con)` runs on the same read-only connection once the file passed, and
+    its value is returned (None without `then`, or when there is no file yet):
+    a run reads what it needs before calibrating (the applied multiplier) on the
+    connection that checked the file, instead of opening it twice.
     """
     path = Path(db_path)
     if path.exists():
@@ -200,13 +209,11 @@ def check_writable(db_path: Path | str) -> None:
         parent = next((p for p in path.parents if p.exists()), None)
         if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
             raise StoreError(f"cannot create history file {path}: {parent} is not a writable directory")
-        return
-    from calib.store.migrations import SCHEMA_VERSION, newer_schema_error
+        return None
+    from calib.store.migrations import SCHEMA_VERSION, current_version, newer_schema_error
 
     with connect(path, read_only=True) as con:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        if "schema_migrations" not in tables:
-            return
-        row = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
-    if row and row[0] is not None and int(row[0]) > SCHEMA_VERSION:
-        raise StoreError(newer_schema_error(path, int(row[0])))
+        version = current_version(con)
+        if version > SCHEMA_VERSION:
+            raise StoreError(newer_schema_error(path, version))
+        return None if then is None else then(con)

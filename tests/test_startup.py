@@ -55,7 +55,7 @@ def test_library_run_imports_no_cli_framework_or_network(exact_harvest: Path, tm
             f"as_of=datetime.fromisoformat({END.isoformat()!r}), lookback_days=2.0, dte_min=0.0); "
             f"run = auto_calibrate(cfg, Path({str(tmp_path / 'h.duckdb')!r})); print(run.result.status)")
     mods, _ = _imports(["-c", code])
-    assert not _top(mods) & {"typer", "rich", "httpx", "cli", "pydantic", "scipy"}
+    assert not _top(mods) & {"typer", "rich", "httpx", "cli", "pydantic", "scipy", "pyarrow"}
     assert "duckdb" in _top(mods)  # the store, at the end
 
 

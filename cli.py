@@ -186,12 +186,13 @@ def auto_calibrate(
     json_out: JsonOpt = False,
 ) -> None:
     """Calibrate on a harvested lookback window and record the graded run (never applied)."""
-    from calib.auto import auto_calibrate as run_auto_calibration
-    from calib.auto import auto_calibration_config
-
     settings = _settings()
     end = _parse_ts(as_of)
     _require_data_dir(data_dir)
+    # After the cheap checks: a usage error loads neither the engine nor polars.
+    from calib.auto import auto_calibrate as run_auto_calibration
+    from calib.auto import auto_calibration_config
+
     try:  # auto_calibrate refuses a history file it could not record in before any work
         config = auto_calibration_config(
             underlying.value, data_dir=data_dir, settings=settings, as_of=end, lookback_days=lookback_days,
@@ -223,12 +224,12 @@ def calibrate_live(
     json_out: JsonOpt = False,
 ) -> None:
     """Score the current chain at the applied multiplier; the update policy decides whether to apply."""
-    from calib.live import calibrate_live_and_record
-
     settings = _settings()
     if replay is not None and not replay.is_dir():
         _err(f"replay directory {replay} does not exist", EXIT_USAGE)
         raise typer.Exit(code=EXIT_USAGE)
+    from calib.live import calibrate_live_and_record
+
     try:  # both paths refuse a history file they could not record in before any work (and the network)
         config = settings.calibration_config(
             underlying.value, source="live", min_dte=dte_min, max_dte=dte_max, replay=replay is not None,
@@ -256,13 +257,13 @@ def apply_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Force-Apply Latest: apply the newest live run's smoothed multipliers ("Forced by user")."""
-    from calib.live import force_apply_latest
-
     if not force:
         _err("only `calib apply --force` exists: the policy applies runs itself; --force overrides it", EXIT_USAGE)
         raise typer.Exit(code=EXIT_USAGE)
     _require_history(db)
     _check_writable(db)
+    from calib.live import force_apply_latest  # after the checks: a refusal loads no engine
+
     try:
         res = force_apply_latest(db, underlying.value)
     except CalibError as e:
@@ -273,9 +274,9 @@ def apply_cmd(
 @app.command("state")
 def state_cmd(underlying: UndOpt, db: DbOpt = DEFAULT_DB, json_out: JsonOpt = False) -> None:
     """Show the applied multipliers (the one source of truth the synthetic engine uses)."""
+    _require_history(db)  # before the import: a missing file loads no polars or DuckDB
     from calib.queries import applied_state
 
-    _require_history(db)
     try:
         st = applied_state(db, underlying.value)
     except CalibError as e:
@@ -293,10 +294,10 @@ def history_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """List recent calibration runs, newest first."""
+    _require_history(db)
     from calib.queries import json_records, list_runs
     from calib.ui.text import history_text
 
-    _require_history(db)
     try:
         df = list_runs(db, underlying=underlying.value if underlying else None,
                        source=source.value if source else None, limit=limit)
@@ -310,11 +311,11 @@ def history_cmd(
 def sql_cmd(query: Annotated[str, typer.Argument(help="One read-only SQL statement.")],
             db: DbOpt = DEFAULT_DB, json_out: JsonOpt = False) -> None:
     """Run a read-only SQL query against the history file and print a table."""
+    _require_history(db)
     from calib.engine.result import clean_json
     from calib.queries import run_sql
     from calib.ui.text import frame_text
 
-    _require_history(db)
     try:
         df = run_sql(db, query)
     except CalibError as e:

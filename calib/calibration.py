@@ -57,7 +57,6 @@ from calib.stages import (
     window_arrays,
 )
 from calib.stages.sampler import sample_mask
-from calib.streaming import calibrate_chunked
 
 CHUNKED_THRESHOLD_ROWS = 20_000_000  # quote rows (Parquet footers) above which a window streams
 
@@ -135,6 +134,8 @@ def run_historical_calibration_from_harvest(
             with reading(hf):
                 est_rows = estimate_rows(files)
         if est_rows > threshold:
+            from calib.streaming import calibrate_chunked  # only windows past the threshold stream
+
             return calibrate_chunked(hf, config, extra_issues=extra, progress=progress, t_start=t0,
                                      est_rows=est_rows)
         with reading(hf):

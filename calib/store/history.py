@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
 from calib.engine.result import CalibrationResult, clean_json
-from calib.policy import PolicyOutcome
 from calib.store.connection import write_transaction
+
+if TYPE_CHECKING:  # a type only: an auto-calibrate run, which has no policy decision, loads no calib.policy
+    from calib.policy import PolicyOutcome
 
 RUN_COLUMNS: tuple[str, ...] = (
     "run_id", "created_at", "source", "underlying", "dte_min", "dte_max", "lookback_days", "n_samples",

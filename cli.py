@@ -115,7 +115,7 @@ def _require_data_dir(data_dir: Path) -> None:
         raise typer.Exit(code=EXIT_USAGE)
 
 
-def _check_writable(db: Path) -> None:
+def _check_writable(db: Path, *, schema: bool = True) -> None:
     """Before the work: it could not be recorded (unwritable, empty, newer schema): exit 1 now.
 
     auto-calibrate and calibrate-live leave this to the library run, which checks on the
@@ -123,7 +123,7 @@ def _check_writable(db: Path) -> None:
     from calib.store.connection import check_writable
 
     try:
-        check_writable(db)
+        check_writable(db, schema=schema)
     except CalibError as e:
         _fail(e)
 
@@ -261,7 +261,7 @@ def apply_cmd(
         _err("only `calib apply --force` exists: the policy applies runs itself; --force overrides it", EXIT_USAGE)
         raise typer.Exit(code=EXIT_USAGE)
     _require_history(db)
-    _check_writable(db)
+    _check_writable(db, schema=False)  # the path; the write's own open refuses a newer schema (one open, not two)
     from calib.live import force_apply_latest  # after the checks: a refusal loads no engine
 
     try:

@@ -83,3 +83,19 @@ def test_an_unwritable_file_is_refused_before_the_exchange_is_asked(fake: FakeDe
     (line,) = res.stderr.splitlines()
     assert "is a directory" in line
     assert fake.calls(BOOK) == 0
+
+
+def test_force_apply_opens_the_file_once(market: Path, db_path: Path, opens: list[bool], tmp_path: Path) -> None:
+    """`calib apply --force` writes at once: its write transaction's open is also the check (a newer
+    schema is refused there, before any write: tests/test_store_guards.py)."""
+    live = _live(market, db_path)
+    assert runner.invoke(app, live).exit_code == 0
+    assert runner.invoke(app, live).exit_code == 0  # skipped (cooldown): Force-Apply has work
+    opens.clear()
+    res = runner.invoke(app, ["apply", "--force", "-u", "BTC", "--db", str(db_path)])
+    assert res.exit_code == 0, res.output
+    assert opens == [False]
+    res = runner.invoke(app, ["apply", "--force", "-u", "BTC", "--db", str(tmp_path)])  # a directory
+    assert res.exit_code == 1
+    (line,) = res.stderr.splitlines()
+    assert "is a directory" in line

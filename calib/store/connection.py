@@ -185,7 +185,7 @@ def write_transaction(db_path: Path | str, what: str) -> Iterator[duckdb.DuckDBP
             raise
 
 
-def check_writable(db_path: Path | str, *,
+def check_writable(db_path: Path | str, *, schema: bool = True,
                    then: Callable[[duckdb.DuckDBPyConnection], T] | None = None) -> T | None:
     """Fail fast, before any calibration runs, when a write to `db_path` is bound to fail.
 
@@ -198,6 +198,11 @@ def check_writable(db_path: Path | str, *,
     its value is returned (None without `then`, or when there is no file yet):
     a run reads what it needs before calibrating (the applied multiplier) on the
     connection that checked the file, instead of opening it twice.
+
+    `schema=False` checks the path only and opens nothing: for a caller whose
+    write transaction follows at once (`calib apply`), since the writer's own open
+    refuses an empty file, a non-DuckDB file and a newer schema (`migrate`) before
+    it writes anything.
     """
     path = Path(db_path)
     if path.exists():
@@ -209,6 +214,8 @@ def check_writable(db_path: Path | str, *,
         parent = next((p for p in path.parents if p.exists()), None)
         if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
             raise StoreError(f"cannot create history file {path}: {parent} is not a writable directory")
+        return None
+    if not schema:
         return None
     from calib.store.migrations import SCHEMA_VERSION, current_version, newer_schema_error
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
@@ -80,19 +81,48 @@ def parse_instrument_exprs(name: pl.Expr) -> dict[str, pl.Expr]:
 PARSED_COLUMNS: tuple[str, ...] = ("expiry_ts", "strike", "option_type")
 
 
-def parse_instrument_names(names: pl.Series) -> pl.DataFrame:
-    """`expiry_ts` (ms UTC), `strike`, `option_type` for every element of `names`, row for row.
+# Instrument names as a categorical of their own: a column cast into it hashes each row once (inside
+# the scan, on polars' threads) and a frame's distinct names are then its distinct codes.
+NAME_TYPE = pl.Categorical(pl.Categories("instrument_name", "calib"))
+# The types of the parsed columns: the reader's (us timestamps), so the rows it fills take them without a cast.
+PARSED_TYPES: dict[str, pl.DataType] = {"expiry_ts": pl.Datetime("us", "UTC"), "strike": pl.Float64(),
+                                        "option_type": pl.String()}
 
-    Each distinct name is parsed once (`parse_instrument_exprs`) and the rows
-    take their values through an Enum of the distinct names: two hash passes
-    over the rows instead of a regex per row (a harvest repeats ~1,500 names
-    ~2,000 times a day). Null or unparsable names give nulls.
+
+def parse_name_codes(names: pl.Series) -> pl.DataFrame:
+    """`expiry_ts` (us UTC), `strike`, `option_type` for every element of `names` (NAME_TYPE), row for row.
+
+    The distinct codes of `names` are found with one pass over them, their
+    names parsed once (`parse_instrument_exprs`), and the rows take their
+    values with one gather. Null or unparsable names give nulls. Codes are
+    only read against the categories of this series (a categorical's code of
+    a name holds while data using it is alive, not across frames).
     """
-    distinct = names.drop_nulls().unique()
+    codes = names.to_physical()
+    top = codes.max()
+    n_codes = 0 if top is None else int(top) + 1  # type: ignore[arg-type]
+    has_nulls = codes.null_count() > 0
+    code = (codes.fill_null(n_codes) if has_nulls else codes).to_numpy()
+    seen = np.zeros(n_codes + 1, dtype=bool)  # the last slot stands for null names
+    seen[code] = True
+    ids = np.flatnonzero(seen[:n_codes])
+    position = np.zeros(n_codes + 1, dtype=np.uint32)
+    position[ids] = np.arange(ids.size, dtype=np.uint32)
+    distinct = names.dtype.categories.to_series().gather(ids)  # type: ignore[attr-defined]
     parsed = pl.DataFrame({"n": distinct}).select(
-        **{c: e for c, e in parse_instrument_exprs(pl.col("n")).items() if c in PARSED_COLUMNS})
-    codes = names.cast(pl.Enum(distinct)).to_physical()
-    return parsed.select(pl.all().gather(codes))
+        **{c: e.cast(PARSED_TYPES[c]) for c, e in parse_instrument_exprs(pl.col("n")).items()
+           if c in PARSED_COLUMNS}).rechunk()  # a gather from one chunk is ~10x faster (strings)
+    rows = pl.Series(position[code])
+    if has_nulls:  # a null index gathers a null row
+        rows = pl.select(pl.when(codes.is_not_null()).then(rows)).to_series()
+    return parsed.gather(rows)
+
+
+def parse_instrument_names(names: pl.Series) -> pl.DataFrame:
+    """`expiry_ts` (ms UTC), `strike`, `option_type` of a String series, row for row (`parse_name_codes`
+    after one hash per row into NAME_TYPE)."""
+    parsed = parse_name_codes(names.cast(pl.String, strict=False).cast(NAME_TYPE))
+    return parsed.with_columns(pl.col("expiry_ts").cast(HARVEST_SCHEMA["expiry_ts"]))
 
 
 def with_parsed_columns(frame: pl.DataFrame) -> pl.DataFrame:
@@ -106,5 +136,5 @@ def with_parsed_columns(frame: pl.DataFrame) -> pl.DataFrame:
     absent = [c for c in PARSED_COLUMNS if c not in frame.columns]
     if not absent or "instrument_name" not in frame.columns:
         return frame
-    parsed = parse_instrument_names(frame["instrument_name"].cast(pl.String, strict=False))
+    parsed = parse_instrument_names(frame["instrument_name"])
     return frame.with_columns(parsed[c].cast(HARVEST_SCHEMA[c]).alias(c) for c in absent)

@@ -317,9 +317,20 @@ def partition_groups(files: Sequence[HarvestFile]) -> list[list[HarvestFile]]:
     return [by_day[d] for d in sorted(by_day, key=lambda d: (d is not None, d or date.min))]
 
 
+def names_parse_more(files: Sequence[HarvestFile]) -> bool:
+    """True when `scan_quotes(..., parse_names=True)` would read `files` differently than without it.
+
+    Files lacking expiry, strike or type always have them parsed from the name;
+    `parse_names` adds only the files that store all three (and the name), to
+    fill their nulls. A window with none of those (the minimal layout) gains
+    nothing from a second read with `parse_names`: its unparsable names stay unparsable.
+    """
+    return any("instrument_name" in f.schema and all(c in f.schema for c in _PARSED) for f in files)
+
+
 def _has_parse_gaps(quotes: pl.DataFrame, hf: HarvestFiles) -> bool:
     """True when rows have a null expiry/strike/type that their instrument name could fill."""
-    if "instrument_name" not in hf.columns_present or quotes.height == 0:
+    if not names_parse_more(hf.quote_files()) or quotes.height == 0:
         return False
     return bool(quotes.select(pl.any_horizontal(pl.col(c).is_null() for c in _PARSED).any()).item())
 

@@ -28,7 +28,7 @@ from calib.data.compact import effective_parquet_files
 from calib.data.footer import read_footer
 from calib.data.index_spot import index_from_footer, index_spot_per_snapshot, usable_index_price
 from calib.data.layout import list_parquet_files
-from calib.data.schema import HARVEST_SCHEMA, NAME_TYPE, PARSED_COLUMNS, parse_name_codes
+from calib.data.schema import HARVEST_SCHEMA, PARSED_COLUMNS, fill_from_name
 from calib.errors import NoDataError
 
 TS_TYPE = pl.Datetime("us", "UTC")
@@ -292,7 +292,7 @@ def scan_quotes(
         lf = lf.filter(pl.col("snapshot_ts").is_between(lo, hi))
         lacking = any(c not in schema for c in _PARSED)
         if "instrument_name" in schema and (parse_names or lacking):
-            lf = _fill_from_name(lf, [c for c in _PARSED if c not in schema]).with_columns(
+            lf = fill_from_name(lf, [c for c in _PARSED if c not in schema]).with_columns(
                 pl.col("instrument_name").cast(pl.String))
         frames.append(lf.select(columns))
     return pl.concat(frames, how="vertical") if frames else _empty(columns)
@@ -515,7 +515,7 @@ def _index_finish(hf: HarvestFiles, files: Sequence[HarvestFile], index: pl.Data
         for schema, paths in _by_schema(files):
             scan = pl.scan_parquet(paths, hive_partitioning=False, glob=False)
             lf = scan.select(_ts_expr("snapshot_ts", schema["snapshot_ts"]), *_normalize(schema, cols[1:]))
-            frames.append(_fill_from_name(lf.filter(pl.col("snapshot_ts").is_in(missing.implode())),
+            frames.append(fill_from_name(lf.filter(pl.col("snapshot_ts").is_in(missing.implode())),
                                           [c for c in _PARSED if c not in schema]))
         nearest_fwd = pl.col("underlying_price").filter(
             pl.col("expiry_ts") == pl.col("expiry_ts").filter(pl.col("expiry_ts") > pl.col("snapshot_ts")).min()
@@ -536,40 +536,6 @@ def _index_finish(hf: HarvestFiles, files: Sequence[HarvestFile], index: pl.Data
         .select("snapshot_ts", "index_usd", "index_source")
         .sort("snapshot_ts")
     )
-
-
-def _fill_from_name(lf: pl.LazyFrame, absent: Sequence[str] = ()) -> pl.LazyFrame:
-    """Expiry, strike and type come from the instrument name where the columns are null.
-
-    The name is read into NAME_TYPE inside the scan (one hash per row, on
-    polars' threads); `parse_name_codes` then fills the three columns by code,
-    each name parsed once per process, in a `map_batches` node (the rows
-    arrive filtered by time; no optimization moves through it). Columns in
-    `absent` (not in the files: all null) take the parsed values as they are,
-    the others keep their values where not null. The name comes out as
-    NAME_TYPE: `scan_quotes` casts it back to String when asked for it.
-    """
-    schema = lf.collect_schema()
-    targets = tuple(c for c in _PARSED if c in schema)
-    if not targets:
-        return lf
-    lf = lf.with_columns(pl.col("instrument_name").cast(pl.String, strict=False).cast(NAME_TYPE))
-    fill = functools.partial(_fill_parsed, targets=targets, absent=frozenset(absent))
-    return lf.map_batches(fill, schema=dict(lf.collect_schema()))
-
-
-def _fill_parsed(frame: pl.DataFrame, *, targets: tuple[str, ...], absent: frozenset[str]) -> pl.DataFrame:
-    if frame.height == 0:
-        return frame
-    if not absent and not frame.select(pl.any_horizontal(pl.col(c).is_null() for c in targets).any()).item():
-        return frame  # nothing to fill (present, non-null columns)
-    parsed = parse_name_codes(frame["instrument_name"])
-
-    def filled(c: str) -> pl.Series:
-        p = parsed[c] if parsed[c].dtype == frame.schema[c] else parsed[c].cast(frame.schema[c])
-        return p if c in absent else frame[c].fill_null(p)
-
-    return frame.with_columns(filled(c).alias(c) for c in targets)
 
 
 def default_window(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
+
 import numpy as np
 import polars as pl
 
@@ -123,6 +126,40 @@ def parse_instrument_names(names: pl.Series) -> pl.DataFrame:
     after one hash per row into NAME_TYPE)."""
     parsed = parse_name_codes(names.cast(pl.String, strict=False).cast(NAME_TYPE))
     return parsed.with_columns(pl.col("expiry_ts").cast(HARVEST_SCHEMA["expiry_ts"]))
+
+
+def fill_from_name(lf: pl.LazyFrame, absent: Sequence[str] = ()) -> pl.LazyFrame:
+    """Expiry, strike and type come from the instrument name where the columns are null.
+
+    The name is read into NAME_TYPE inside the scan (one hash per row, on
+    polars' threads); `parse_name_codes` then fills the three columns by code,
+    each distinct name parsed once per frame, in a `map_batches` node (the rows
+    arrive filtered by time; no optimization moves through it). Columns in
+    `absent` (not in the files: all null) take the parsed values as they are,
+    the others keep their values where not null. The name comes out as
+    NAME_TYPE: the reader's `scan_quotes` casts it back to String when asked for it.
+    """
+    schema = lf.collect_schema()
+    targets = tuple(c for c in PARSED_COLUMNS if c in schema)
+    if not targets:
+        return lf
+    lf = lf.with_columns(pl.col("instrument_name").cast(pl.String, strict=False).cast(NAME_TYPE))
+    fill = functools.partial(_fill_parsed, targets=targets, absent=frozenset(absent))
+    return lf.map_batches(fill, schema=dict(lf.collect_schema()))
+
+
+def _fill_parsed(frame: pl.DataFrame, *, targets: tuple[str, ...], absent: frozenset[str]) -> pl.DataFrame:
+    if frame.height == 0:
+        return frame
+    if not absent and not frame.select(pl.any_horizontal(pl.col(c).is_null() for c in targets).any()).item():
+        return frame  # nothing to fill (present, non-null columns)
+    parsed = parse_name_codes(frame["instrument_name"])
+
+    def filled(c: str) -> pl.Series:
+        p = parsed[c] if parsed[c].dtype == frame.schema[c] else parsed[c].cast(frame.schema[c])
+        return p if c in absent else frame[c].fill_null(p)
+
+    return frame.with_columns(filled(c).alias(c) for c in targets)
 
 
 def with_parsed_columns(frame: pl.DataFrame) -> pl.DataFrame:

@@ -34,6 +34,7 @@ from calib.data.reader import (
     estimate_rows,
     find_harvest_files,
     max_rows,
+    names_parse_more,
     partition_groups,
     reading,
     relisting,
@@ -159,7 +160,7 @@ def _calibrate_in_memory(hf: HarvestFiles, config: CalibrationConfig, *, extra_i
 
     prep_timings: dict[str, float] = {}
     tally, arrays = prepare(False, prep_timings)
-    if tally.excluded.get("unparsable_instrument") and "instrument_name" in hf.columns_present:
+    if tally.excluded.get("unparsable_instrument") and names_parse_more(hf.quote_files()):
         # Null expiry/strike/type inside files that have those columns: parse the names (slow path).
         prep_timings = {}
         tally, arrays = prepare(True, prep_timings)

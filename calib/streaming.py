@@ -42,7 +42,7 @@ import numpy as np
 
 from calib.config import CalibrationConfig
 from calib.data.quality import required_columns_present
-from calib.data.reader import HarvestFiles, partition_groups, scan_quotes
+from calib.data.reader import HarvestFiles, names_parse_more, partition_groups, scan_quotes
 from calib.engine.calibrate import (
     EngineOutput,
     EngineScores,
@@ -137,8 +137,8 @@ def calibrate_chunked(
             n_usable += len(arrays)
             if progress and (i + 1) % 30 == 0:
                 progress(f"pass {passes}: {i + 1}/{len(groups)} partitions, {tally.rows:,} rows")
-        if parse_names or not tally.excluded.get("unparsable_instrument") or "instrument_name" not in hf.columns_present:
-            break
+        if parse_names or not tally.excluded.get("unparsable_instrument") or not names_parse_more(hf.quote_files()):
+            break  # (files without the parsed columns had their names parsed already: no second pass for them)
         parse_names = True
 
     if required_ok and config.max_samples is not None and n_usable > config.max_samples:

@@ -20,7 +20,8 @@ The package, by job: `common` (sizes, stage names, result rows), `harvest` (the
 cached demo harvests and their layouts), `measure` (fresh processes, wall time and
 peak RSS), `run` (the worker, the size runs, the peer rounds, the small-files and
 implied-vol measurements), `peers` (the floor and the DuckDB peer calib is set
-against: `python -m calib.bench.peers duckdb SPEC`), `format` (the tables) and
+against: `python -m calib.bench.peers duckdb SPEC`), `targets` (issue 15's targets judged from a run's
+figures, and the start-up import times they need), `format` (the tables) and
 `command` (`main`: the flags of `python -m calib.bench` and `calib bench`).
 """
 
@@ -61,6 +62,13 @@ if TYPE_CHECKING:
         run_benchmark,
         worker,
     )
+    from calib.bench.targets import (
+        StartupRow,
+        TargetRow,
+        bench_startup,
+        evaluate_targets,
+        format_targets,
+    )
 
 # Each public name -> its module, imported on first use: `python -m calib.bench.peers` (a measured
 # peer process) then loads the peer alone, not the whole benchmark.
@@ -77,14 +85,19 @@ _HOMES: dict[str, str] = {
     "RV_WARMUP_DAYS": "common",
     "STAGES": "common",
     "SmallFilesRow": "common",
+    "StartupRow": "targets",
+    "TargetRow": "targets",
     "bench_implied_vol": "run",
     "bench_peers": "run",
     "bench_size": "run",
     "bench_small_files": "run",
+    "bench_startup": "targets",
     "ensure_harvest": "harvest",
     "ensure_minimal_layout": "harvest",
+    "evaluate_targets": "targets",
     "format_peers": "format",
     "format_table": "format",
+    "format_targets": "targets",
     "layout_root": "harvest",
     "main": "command",
     "parse_size": "common",
@@ -105,14 +118,19 @@ __all__ = [
     "PeerRow",
     "Progress",
     "SmallFilesRow",
+    "StartupRow",
+    "TargetRow",
     "bench_implied_vol",
     "bench_peers",
     "bench_size",
     "bench_small_files",
+    "bench_startup",
     "ensure_harvest",
     "ensure_minimal_layout",
+    "evaluate_targets",
     "format_peers",
     "format_table",
+    "format_targets",
     "layout_root",
     "main",
     "parse_size",

@@ -13,6 +13,7 @@ from pathlib import Path
 from calib.bench.common import DEFAULT_CACHE_DIR, DEFAULT_SIZES, LAYOUTS, parse_size
 from calib.bench.format import report_json, report_text
 from calib.bench.run import bench_implied_vol, bench_peers, bench_small_files, run_benchmark, worker
+from calib.bench.targets import bench_startup, evaluate_targets
 
 DESCRIPTION = "`python -m calib.bench`: speed and memory of the real auto-calibration, by harvest size."
 
@@ -34,7 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "instrument_name) (default: %(default)s)")
     parser.add_argument("--peers", action="store_true",
                         help="also run the floor (python + polars read of the window) and the DuckDB SQL + "
-                             "scipy peer against calib end to end, per layout")
+                             "scipy peer against calib end to end, per layout, the start-up import times, and "
+                             "judge issue 15's targets from them")
     parser.add_argument("--peer-size", default="14d", help="window of the peer comparison (default: %(default)s)")
     parser.add_argument("--peer-rounds", type=int, default=3, help="interleaved rounds of the peer comparison")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
@@ -66,14 +68,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                          cli=not args.no_cli, repeat=args.repeat, layouts=layouts, progress=say)
     peers = (bench_peers(args.peer_size, cache_dir=args.cache_dir, rounds=args.peer_rounds,
                          max_instruments=args.max_instruments, progress=say) if args.peers else [])
+    startup = (bench_startup(args.peer_size, cache_dir=args.cache_dir, max_instruments=args.max_instruments,
+                             progress=say) if args.peers else None)
+    targets = evaluate_targets(rows, peers, startup) if args.peers else []
     small = None if args.no_small_files else bench_small_files(args.cache_dir, max_instruments=args.max_instruments,
                                                                progress=say)
     ivr = None if args.no_iv else bench_implied_vol(args.cache_dir, max_instruments=args.max_instruments,
                                                      progress=say)
     if args.json:
-        print(json.dumps(report_json(rows, peers, small, ivr), default=str))
+        print(json.dumps(report_json(rows, peers, small, ivr, targets=targets, startup=startup), default=str))
         return 0
-    print(report_text(rows, peers, small, ivr, header=(
+    print(report_text(rows, peers, small, ivr, targets=targets, header=(
         f"calib bench - {os.cpu_count()} CPU(s), python {sys.version.split()[0]}, "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M}Z; seconds per stage (worker process), calib = scan to stored result")))
     return 0

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 from calib.bench.common import STAGES, BenchRow, ImpliedVolRow, PeerRow, SmallFilesRow
+from calib.bench.targets import StartupRow, TargetRow, format_targets
 
 
 def _fmt_s(v: float | None) -> str:
@@ -47,13 +48,18 @@ def format_peers(rows: Sequence[PeerRow]) -> str:
 
 
 def report_text(rows: Sequence[BenchRow], peers: Sequence[PeerRow], small: SmallFilesRow | None,
-                ivr: ImpliedVolRow | None, *, header: str) -> str:
-    """The whole text report: `header`, the size table, then the peers, small-files and implied-vol lines run."""
+                ivr: ImpliedVolRow | None, *, header: str, targets: Sequence[TargetRow] = ()) -> str:
+    """The whole text report: `header`, the size table, then the peers, targets, small-files and implied-vol
+    lines run."""
     lines = [header, format_table(rows)]
     if peers:
         lines.append(f"\npeers on the {peers[0].size} window (end to end, each a fresh process; floor = python + import "
                      "polars + read and filter the needed columns; DuckDB peer = SQL + scipy minimize_scalar):")
         lines.append(format_peers(peers))
+    if targets:
+        window = f"; peers ran on the {peers[0].size} window" if peers and peers[0].size != "14d" else ""
+        lines.append(f"\ntargets (issue 15, set on the 14-day window{window}), judged from the figures of this run:")
+        lines.append(format_targets(targets))
     if small:
         lines.append(f"\nsmall files: 1 day, {small.rows:,} rows: {small.files_snapshot} snapshot files "
                      f"{small.scan_snapshot_s:.3f} s vs {small.files_compact} compacted file "
@@ -68,10 +74,14 @@ def report_text(rows: Sequence[BenchRow], peers: Sequence[PeerRow], small: Small
 
 
 def report_json(rows: Sequence[BenchRow], peers: Sequence[PeerRow], small: SmallFilesRow | None,
-                ivr: ImpliedVolRow | None) -> dict[str, Any]:
-    """The --json document: rows, peers (with their ratios), small_files and implied_vol (null when skipped)."""
+                ivr: ImpliedVolRow | None, *, targets: Sequence[TargetRow] = (),
+                startup: StartupRow | None = None) -> dict[str, Any]:
+    """The --json document: rows, peers (with their ratios), targets (with held: true / false / null for not
+    run), startup, small_files and implied_vol (null when skipped)."""
     return {"rows": [asdict(r) for r in rows],
             "peers": [{**asdict(p), "calib_over_floor": p.calib_over_floor,
                        "duckdb_over_calib": p.duckdb_over_calib} for p in peers],
+            "targets": [{**asdict(t), "held": t.held, "verdict": t.verdict} for t in targets],
+            "startup": asdict(startup) if startup else None,
             "small_files": asdict(small) if small else None,
             "implied_vol": asdict(ivr) if ivr else None}

@@ -80,6 +80,24 @@ def vm_hwm_kb(pid: int, argv: bytes) -> int:
     return 0
 
 
+def import_time_s(cmd: list[str], *, ok_codes: tuple[int, ...] = (0,)) -> float:
+    """Seconds a fresh `cmd` (a python command line) spends importing: `-X importtime` self times summed.
+
+    Every import the process makes is counted, when it happens (deferred ones too).
+    """
+    proc = subprocess.run([cmd[0], "-X", "importtime", *cmd[1:]], capture_output=True, text=True, env=child_env(),
+                          check=False)
+    if proc.returncode not in ok_codes:
+        raise RuntimeError(f"{' '.join(cmd[1:3])} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    total_us = 0
+    for line in proc.stderr.splitlines():
+        if line.startswith("import time:"):
+            self_us = line.split(":", 1)[1].split("|", 1)[0].strip()
+            if self_us.isdigit():  # the header line says "self [us]"
+                total_us += int(self_us)
+    return total_us / 1e6
+
+
 def cli_args(data_dir: Path, window_days: float, db: Path) -> list[str]:
     return ["auto-calibrate", "--underlying", "BTC", "--data-dir", str(data_dir),
             "--as-of", BENCH_END.isoformat().replace("+00:00", "Z"), "--lookback-days", f"{window_days:g}",

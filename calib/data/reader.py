@@ -28,7 +28,7 @@ from calib.data.compact import effective_parquet_files
 from calib.data.footer import read_footer
 from calib.data.index_spot import index_from_footer, index_spot_per_snapshot, usable_index_price
 from calib.data.layout import list_parquet_files
-from calib.data.schema import HARVEST_SCHEMA, PARSED_COLUMNS, parse_instrument_names
+from calib.data.schema import HARVEST_SCHEMA, PARSED_COLUMNS, fill_from_name
 from calib.errors import NoDataError
 
 TS_TYPE = pl.Datetime("us", "UTC")
@@ -292,7 +292,8 @@ def scan_quotes(
         lf = lf.filter(pl.col("snapshot_ts").is_between(lo, hi))
         lacking = any(c not in schema for c in _PARSED)
         if "instrument_name" in schema and (parse_names or lacking):
-            lf = _fill_from_name(lf)
+            lf = fill_from_name(lf, [c for c in _PARSED if c not in schema]).with_columns(
+                pl.col("instrument_name").cast(pl.String))
         frames.append(lf.select(columns))
     return pl.concat(frames, how="vertical") if frames else _empty(columns)
 
@@ -316,9 +317,20 @@ def partition_groups(files: Sequence[HarvestFile]) -> list[list[HarvestFile]]:
     return [by_day[d] for d in sorted(by_day, key=lambda d: (d is not None, d or date.min))]
 
 
+def names_parse_more(files: Sequence[HarvestFile]) -> bool:
+    """True when `scan_quotes(..., parse_names=True)` would read `files` differently than without it.
+
+    Files lacking expiry, strike or type always have them parsed from the name;
+    `parse_names` adds only the files that store all three (and the name), to
+    fill their nulls. A window with none of those (the minimal layout) gains
+    nothing from a second read with `parse_names`: its unparsable names stay unparsable.
+    """
+    return any("instrument_name" in f.schema and all(c in f.schema for c in _PARSED) for f in files)
+
+
 def _has_parse_gaps(quotes: pl.DataFrame, hf: HarvestFiles) -> bool:
     """True when rows have a null expiry/strike/type that their instrument name could fill."""
-    if "instrument_name" not in hf.columns_present or quotes.height == 0:
+    if not names_parse_more(hf.quote_files()) or quotes.height == 0:
         return False
     return bool(quotes.select(pl.any_horizontal(pl.col(c).is_null() for c in _PARSED).any()).item())
 
@@ -503,7 +515,8 @@ def _index_finish(hf: HarvestFiles, files: Sequence[HarvestFile], index: pl.Data
         for schema, paths in _by_schema(files):
             scan = pl.scan_parquet(paths, hive_partitioning=False, glob=False)
             lf = scan.select(_ts_expr("snapshot_ts", schema["snapshot_ts"]), *_normalize(schema, cols[1:]))
-            frames.append(_fill_from_name(lf.filter(pl.col("snapshot_ts").is_in(missing.implode()))))
+            frames.append(fill_from_name(lf.filter(pl.col("snapshot_ts").is_in(missing.implode())),
+                                          [c for c in _PARSED if c not in schema]))
         nearest_fwd = pl.col("underlying_price").filter(
             pl.col("expiry_ts") == pl.col("expiry_ts").filter(pl.col("expiry_ts") > pl.col("snapshot_ts")).min()
         ).median()
@@ -523,29 +536,6 @@ def _index_finish(hf: HarvestFiles, files: Sequence[HarvestFile], index: pl.Data
         .select("snapshot_ts", "index_usd", "index_source")
         .sort("snapshot_ts")
     )
-
-
-def _fill_from_name(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """Expiry, strike and type come from the instrument name where the columns are null.
-
-    Each distinct name is parsed once per collected frame (`parse_instrument_names`,
-    inside the plan as a `map_batches` node: the rows arrive filtered by time, the
-    schema is unchanged, and no optimization moves through it).
-    """
-    schema = lf.collect_schema()
-    targets = tuple(c for c in _PARSED if c in schema)
-    if not targets:
-        return lf
-    return lf.map_batches(functools.partial(_fill_parsed, targets=targets), schema=dict(schema))
-
-
-def _fill_parsed(frame: pl.DataFrame, *, targets: tuple[str, ...]) -> pl.DataFrame:
-    need = pl.any_horizontal(pl.col(c).is_null() for c in targets)
-    if frame.height == 0 or not frame.select(need.any()).item():  # nothing to fill (present, non-null columns)
-        return frame
-    parsed = parse_instrument_names(frame["instrument_name"])
-    return frame.with_columns(
-        pl.coalesce(pl.col(c), parsed[c].cast(frame.schema[c])).alias(c) for c in targets)
 
 
 def default_window(

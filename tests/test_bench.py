@@ -71,3 +71,19 @@ def test_parse_size(text: str | float, days: float) -> None:
     assert parse_size(text) == days
     with pytest.raises(ValueError, match="must be positive"):
         parse_size("0d")
+
+
+def test_compile_bytecode_writes_what_a_first_run_leaves(tmp_path: Path) -> None:
+    import importlib.util
+
+    from calib.bench.measure import compile_bytecode
+
+    (tmp_path / "calib").mkdir()
+    src = tmp_path / "calib" / "mod.py"
+    src.write_text("X = 1\n")
+    (tmp_path / "cli.py").write_text("Y = 2\n")
+    assert compile_bytecode(tmp_path) == 0
+    assert Path(importlib.util.cache_from_source(str(src))).is_file()
+    assert Path(importlib.util.cache_from_source(str(tmp_path / "cli.py"))).is_file()
+    (tmp_path / "calib" / "bad.py").write_text("def (\n")
+    assert compile_bytecode(tmp_path) == 1  # a source that does not compile is reported, not hidden

@@ -59,6 +59,12 @@ class QuoteTally:
     iv_medians: list[tuple[float, int]] = field(default_factory=list)
     span_days: FloatArray | None = None  # RvLookup.span_days
     span_counts: np.ndarray | None = None  # usable quotes per RvLookup entry
+    mismatch_jobs: list[Future[int]] = field(default_factory=list)  # `iv_mismatch` counts still running
+
+    def settle(self) -> None:
+        """Add the counts of `mismatch_jobs` to `iv_mismatch` (waits for them)."""
+        jobs, self.mismatch_jobs = self.mismatch_jobs, []
+        self.iv_mismatch += sum(j.result() for j in jobs)
 
     def merge(self, other: QuoteTally) -> None:
         self.rows += other.rows
@@ -67,6 +73,7 @@ class QuoteTally:
         self.inverted += other.inverted
         self.iv_checked += other.iv_checked
         self.iv_mismatch += other.iv_mismatch
+        self.mismatch_jobs.extend(other.mismatch_jobs)
         self.snapshots_us.extend(other.snapshots_us)
         self.mark_medians.extend(other.mark_medians)
         self.iv_medians.extend(other.iv_medians)
@@ -225,6 +232,7 @@ def frame_arrays(
     count: bool = True,
     out: dict[str, np.ndarray] | None = None,
     offset: int = 0,
+    pool: ThreadPoolExecutor | None = None,
 ) -> tuple[QuoteTally, QuoteArrays]:
     """Counts, unit medians and snapshots of a collected `coded_frame`; the usable rows as arrays.
 
@@ -232,7 +240,10 @@ def frame_arrays(
     holds only the row count and the per-row exclusions found here. With
     `out` (arrays per `QuoteArrays` field, room for `frame.height` rows from
     `offset`), the usable rows are written there and the result views them:
-    a window's rows land in their final place with one copy.
+    a window's rows land in their final place with one copy. With `pool`,
+    the mark_iv reprice (`mark_iv_mismatches`, the costliest check) runs on
+    it while the caller goes on: the count is in `tally.mismatch_jobs` until
+    `QuoteTally.settle` (the rows are moved in place only after it is done).
     """
     timings = timings if timings is not None else {}
     t = time.perf_counter()
@@ -268,8 +279,11 @@ def frame_arrays(
         dst["iv"] /= 100.0
         if count:
             tally.iv_checked = m
-            tally.iv_mismatch = mark_iv_mismatches(dst["mark_coin"], dst["k_rel"], dst["t_years"], dst["iv"],
-                                                   dst["is_call"], config)
+            args = (dst["mark_coin"], dst["k_rel"], dst["t_years"], dst["iv"], dst["is_call"], config)
+            if pool is None:
+                tally.iv_mismatch = mark_iv_mismatches(*args)
+            else:
+                tally.mismatch_jobs.append(pool.submit(mark_iv_mismatches, *args))
     del frame
     timings["data_quality"] = timings.get("data_quality", 0.0) + time.perf_counter() - t
 
@@ -278,6 +292,7 @@ def frame_arrays(
     np.take(lookup.find(snap_all), rows, out=dst["snap"], mode="clip")
     n_no_rv = int(np.count_nonzero(dst["snap"] < 0))
     if n_no_rv:  # rare: keep the rows with an RV, in place
+        tally.settle()  # the reprice reads these rows
         has_rv = dst["snap"] >= 0
         tally.excluded["no_rv"] = n_no_rv
         kept = m - n_no_rv
@@ -302,6 +317,7 @@ def frame_arrays(
         tally.excluded["iv_inversion_failed"] = n_fail
     arrays = QuoteArrays(**dst, table=lookup.table)
     if n_fail:
+        tally.settle()
         arrays = _compact_in_place(arrays, ok)
     timings["pricing"] = timings.get("pricing", 0.0) + time.perf_counter() - t
     return tally, arrays
@@ -415,6 +431,30 @@ def window_arrays(
     """
     timings = timings if timings is not None else {}
     tally = QuoteTally()
+    # The mark_iv reprice of each chunk runs on this thread while the next chunk is prepared.
+    checks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calib-check") if has_mark_iv else None
+    try:
+        return _window_arrays(chunks, lookup, config, has_mark_iv=has_mark_iv, capacity=capacity,
+                              timings=timings, tally=tally, pool=checks)
+    finally:
+        if checks is not None:
+            t = time.perf_counter()
+            tally.settle()
+            checks.shutdown()
+            timings["data_quality"] = timings.get("data_quality", 0.0) + time.perf_counter() - t
+
+
+def _window_arrays(
+    chunks: Iterable[pl.LazyFrame],
+    lookup: Callable[[], RvLookup] | RvLookup,
+    config: CalibrationConfig,
+    *,
+    has_mark_iv: bool,
+    capacity: int,
+    timings: dict[str, float],
+    tally: QuoteTally,
+    pool: ThreadPoolExecutor | None,
+) -> tuple[QuoteTally, QuoteArrays]:
     buf: dict[str, np.ndarray] = {f: np.empty(max(capacity, 0), dtype=_DTYPES[f]) for f in _FIELDS}
     n = 0
     table = EMPTY_TABLE
@@ -427,7 +467,7 @@ def window_arrays(
                 grown[f][:n] = a[:n]
             buf = grown
         part, arrays = frame_arrays(frame, rv, config, has_mark_iv=has_mark_iv, timings=timings, out=buf,
-                                           offset=n)
+                                    offset=n, pool=pool)
         del frame
         tally.merge(part)
         n += len(arrays)

@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 
 from calib.config import CalibrationConfig
+from calib.engine.metrics import bucket_index
 from calib.numerics.black76 import black76_price_coin
 from calib.stages.common import USABLE
 from calib.stages.quotes import frame_arrays
@@ -57,3 +58,13 @@ def test_deferred_mark_iv_check_gives_the_same_tally_and_rows(unknown_snapshots:
     assert ("no_rv" in tally.excluded) == unknown_snapshots
     for f in ("k_rel", "t_years", "is_call", "mark_coin", "iv", "snap"):
         assert np.array_equal(getattr(got, f), getattr(want, f)), f
+
+
+@pytest.mark.parametrize("n_edges", [1, 4, 6, 16, 17, 40])
+def test_bucket_index_is_searchsorted_right_with_ties_nan_and_infinities(n_edges: int) -> None:
+    rng = np.random.default_rng(n_edges)
+    edges = np.sort(rng.normal(0.0, 1.0, n_edges))
+    values = np.concatenate([rng.normal(0.0, 1.5, 5_000), edges, np.nextafter(edges, -np.inf),
+                             np.nextafter(edges, np.inf), [np.nan, np.inf, -np.inf, 0.0, -0.0]])
+    got = bucket_index(edges, values)
+    assert np.array_equal(got, np.searchsorted(edges, values, side="right"))

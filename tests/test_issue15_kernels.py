@@ -68,3 +68,18 @@ def test_bucket_index_is_searchsorted_right_with_ties_nan_and_infinities(n_edges
                              np.nextafter(edges, np.inf), [np.nan, np.inf, -np.inf, 0.0, -0.0]])
     got = bucket_index(edges, values)
     assert np.array_equal(got, np.searchsorted(edges, values, side="right"))
+
+
+def test_chunked_iteration_with_deferred_checks_yields_each_chunk_settled(monkeypatch: pytest.MonkeyPatch) -> None:
+    import calib.stages.quotes as quotes
+
+    cfg = CalibrationConfig(underlying="BTC")
+    frames = [_coded_frame(8_000, seed, unknown_snapshots=seed == 8) for seed in (6, 7, 8)]
+    monkeypatch.setattr(quotes, "iter_coded_frames", lambda *a, **k: iter(frames))
+    got = list(quotes.iter_chunk_arrays([], frames[0][1], cfg, has_mark_iv=True))
+    assert len(got) == len(frames)
+    for (tally, arrays), (frame, lookup) in zip(got, frames, strict=True):
+        want_tally, want = frame_arrays(frame, lookup, cfg, has_mark_iv=True)
+        assert not tally.mismatch_jobs
+        assert (tally.iv_mismatch, tally.excluded) == (want_tally.iv_mismatch, want_tally.excluded)
+        assert np.array_equal(arrays.mark_coin, want.mark_coin)

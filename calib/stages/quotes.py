@@ -136,10 +136,36 @@ def iter_chunk_arrays(
     count: bool = True,
 ) -> Iterator[tuple[QuoteTally, QuoteArrays]]:
     """One exclusion reason per row (counted), then the usable rows as arrays with RV and IV, for
-    each of `chunks`, reading chunk i+1 while chunk i is processed (see `iter_coded_frames`)."""
+    each of `chunks`, reading chunk i+1 while chunk i is processed (see `iter_coded_frames`).
+
+    When counting with mark_iv, chunk i's reprice (`mark_iv_mismatches`) runs on a
+    helper thread while chunk i+1 is read and prepared; chunk i is yielded with
+    its count settled, so the caller's tallies are complete as they arrive.
+    """
     timings = timings if timings is not None else {}
-    for frame, rv in iter_coded_frames(chunks, lookup, config, has_mark_iv=has_mark_iv, timings=timings):
-        yield frame_arrays(frame, rv, config, has_mark_iv=has_mark_iv, timings=timings, count=count)
+    frames = iter_coded_frames(chunks, lookup, config, has_mark_iv=has_mark_iv, timings=timings)
+    if not (has_mark_iv and count):
+        for frame, rv in frames:
+            yield frame_arrays(frame, rv, config, has_mark_iv=has_mark_iv, timings=timings, count=count)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="calib-check") as pool:
+        held: tuple[QuoteTally, QuoteArrays] | None = None
+        for frame, rv in frames:
+            part = frame_arrays(frame, rv, config, has_mark_iv=True, timings=timings, pool=pool)
+            del frame
+            if held is not None:
+                yield _settled(held, timings)
+            held = part
+        if held is not None:
+            yield _settled(held, timings)
+
+
+def _settled(part: tuple[QuoteTally, QuoteArrays], timings: dict[str, float]) -> tuple[QuoteTally, QuoteArrays]:
+    """`part` once its tally's pending counts are in (the wait counted in data_quality)."""
+    t = time.perf_counter()
+    part[0].settle()
+    timings["data_quality"] = timings.get("data_quality", 0.0) + time.perf_counter() - t
+    return part
 
 
 def iter_coded_frames(

@@ -83,3 +83,58 @@ def test_chunked_iteration_with_deferred_checks_yields_each_chunk_settled(monkey
         assert not tally.mismatch_jobs
         assert (tally.iv_mismatch, tally.excluded) == (want_tally.iv_mismatch, want_tally.excluded)
         assert np.array_equal(arrays.mark_coin, want.mark_coin)
+
+
+def _frozen_reason_codes(rules: list[tuple[str, pl.Expr]], codes: dict[str, int], usable: int) -> pl.Expr:
+    """`row_reason_code_expr`'s combination before issue 15's second round: rank-packed minimum."""
+    ranked = [pl.when(cond.fill_null(False)).then(pl.lit((rank << 4) | codes[reason], dtype=pl.UInt8))
+              .otherwise(pl.lit(255, dtype=pl.UInt8)) for rank, (reason, cond) in enumerate(rules)]
+    first = pl.min_horizontal(ranked)
+    return pl.when(first == 255).then(pl.lit(usable, dtype=pl.UInt8)).otherwise(first & 15).alias("reason_code")
+
+
+def _messy_quotes(n: int, seed: int) -> pl.DataFrame:
+    """Rows that trip every rule, several at once, with nulls and NaNs in every column a rule reads."""
+    rng = np.random.default_rng(seed)
+
+    def pick(values: np.ndarray, p_null: float = 0.03) -> list[object]:
+        out: list[object] = values.tolist()
+        for i in np.flatnonzero(rng.random(n) < p_null):
+            out[i] = None
+        return out
+
+    def num(lo: float, hi: float, p_nan: float = 0.03, p_neg: float = 0.03) -> list[object]:
+        v = rng.uniform(lo, hi, n)
+        v[rng.random(n) < p_nan] = np.nan
+        v[rng.random(n) < p_neg] *= -1
+        v[rng.random(n) < 0.03] = 0.0
+        return pick(v)
+
+    t_years = rng.uniform(-0.01, 0.6, n)
+    t_years[rng.random(n) < 0.05] = 0.0
+    expiry = pick(np.full(n, 1_750_000_000_000_000, dtype=np.int64))
+    return pl.DataFrame({
+        "mark_price": num(0.0, 0.3), "underlying_price": num(50_000, 120_000), "strike": num(20_000, 200_000),
+        "expiry_ts": expiry, "option_type": pick(rng.choice(["C", "P", "X"], n)), "mark_iv": num(1.0, 600.0),
+        "bid_price": num(0.0, 0.3), "ask_price": num(0.0, 0.3), "t_years": pick(t_years),
+        "dte_days": pick(t_years * 365.0 * rng.choice([1.0, 1.0, 3.0], n)), "intrinsic_coin": num(0.0, 0.2),
+    }, schema_overrides={"expiry_ts": pl.Int64}).with_columns(
+        pl.col("expiry_ts").cast(pl.Datetime("us", "UTC")),
+        (pl.col("option_type") == "C").fill_null(False).alias("is_call"))
+
+
+@pytest.mark.parametrize(("has_mark_iv", "types"), [(True, ("C", "P")), (False, ("C", "P")), (True, ("P",))])
+def test_reason_code_chain_is_the_frozen_rank_minimum(has_mark_iv: bool, types: tuple[str, ...]) -> None:
+    from calib.data.quality import _rules, row_reason_code_expr
+    from calib.stages.common import REASON_CODES
+
+    cfg = CalibrationConfig(underlying="BTC")
+    kw = {"has_mark_iv": has_mark_iv, "option_types": types, "dte_max_read": 180.0,
+          "min_tick_coin": cfg.min_tick_coin, "th": cfg.quality}
+    frame = _messy_quotes(20_000, 9)
+    got = frame.select(row_reason_code_expr(**kw, codes=REASON_CODES, usable=USABLE))["reason_code"]
+    want = frame.select(_frozen_reason_codes(_rules(**kw), REASON_CODES, USABLE))["reason_code"]
+    assert got.dtype == pl.UInt8
+    assert got.equals(want)
+    counts = want.value_counts()
+    assert counts.height >= len(_rules(**kw))  # every rule names some rows, and some rows are usable

@@ -138,3 +138,17 @@ def test_reason_code_chain_is_the_frozen_rank_minimum(has_mark_iv: bool, types: 
     assert got.equals(want)
     counts = want.value_counts()
     assert counts.height >= len(_rules(**kw))  # every rule names some rows, and some rows are usable
+
+
+def test_window_arrays_settles_every_deferred_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    import calib.stages.quotes as quotes
+
+    cfg = CalibrationConfig(underlying="BTC")
+    frames = [_coded_frame(8_000, seed, unknown_snapshots=seed == 11) for seed in (10, 11, 12)]
+    monkeypatch.setattr(quotes, "iter_coded_frames", lambda *a, **k: iter(frames))
+    tally, arrays = quotes.window_arrays([], frames[0][1], cfg, has_mark_iv=True, capacity=1_000)  # grows
+    wants = [frame_arrays(f, lk, cfg, has_mark_iv=True) for f, lk in frames]
+    assert not tally.mismatch_jobs
+    assert tally.iv_mismatch == sum(t.iv_mismatch for t, _ in wants) > 0
+    assert tally.iv_checked == sum(t.iv_checked for t, _ in wants)
+    assert np.array_equal(arrays.iv, np.concatenate([a.iv for _, a in wants]))

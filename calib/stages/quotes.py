@@ -460,14 +460,15 @@ def window_arrays(
     # The mark_iv reprice of each chunk runs on this thread while the next chunk is prepared.
     checks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calib-check") if has_mark_iv else None
     try:
-        return _window_arrays(chunks, lookup, config, has_mark_iv=has_mark_iv, capacity=capacity,
-                              timings=timings, tally=tally, pool=checks)
+        out = _window_arrays(chunks, lookup, config, has_mark_iv=has_mark_iv, capacity=capacity,
+                             timings=timings, tally=tally, pool=checks)
+        t = time.perf_counter()
+        tally.settle()
+        timings["data_quality"] = timings.get("data_quality", 0.0) + time.perf_counter() - t
+        return out
     finally:
         if checks is not None:
-            t = time.perf_counter()
-            tally.settle()
             checks.shutdown()
-            timings["data_quality"] = timings.get("data_quality", 0.0) + time.perf_counter() - t
 
 
 def _window_arrays(

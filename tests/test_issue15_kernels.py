@@ -9,6 +9,7 @@ tests/data/golden_results.json (tests/test_name_parsing.py).
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 
 import numpy as np
 import polars as pl
@@ -152,3 +153,47 @@ def test_window_arrays_settles_every_deferred_count(monkeypatch: pytest.MonkeyPa
     assert tally.iv_mismatch == sum(t.iv_mismatch for t, _ in wants) > 0
     assert tally.iv_checked == sum(t.iv_checked for t, _ in wants)
     assert np.array_equal(arrays.iv, np.concatenate([a.iv for _, a in wants]))
+
+
+def _frozen_tally_parts(frame: pl.DataFrame, lookup: RvLookup) -> tuple[object, ...]:
+    """What frame_arrays took from whole columns before issue 15's second round (`to_numpy` of each)."""
+    from calib.numerics.stats import distinct, median
+    from calib.stages.common import ROW_REASONS, UNIT_CHECK_SAMPLE
+
+    codes = frame["reason_code"].to_numpy()
+    counts = np.bincount(codes, minlength=USABLE + 1)
+    excluded = {ROW_REASONS[i]: int(n) for i, n in enumerate(counts[:len(ROW_REASONS)]) if n}
+    medians = []
+    for name in ("mark_price", "mark_iv"):
+        values = frame[name].to_numpy()
+        sample = values[::-(-values.size // UNIT_CHECK_SAMPLE)] if values.size else values
+        with np.errstate(invalid="ignore"):
+            n_pos = int(np.count_nonzero(values > 0))
+            sample = sample[sample > 0]
+        medians.append([(median(sample), n_pos)] if n_pos and sample.size else [])
+    snap_all = frame["snapshot_us"].to_numpy()
+    rows = np.flatnonzero(codes == USABLE)
+    return excluded, medians, distinct(snap_all), lookup.find(snap_all)[rows]
+
+
+@pytest.mark.parametrize("layout", ["one_chunk", "aligned_chunks", "columns_chunked_apart"])
+def test_tally_from_chunks_is_the_whole_column_one(layout: str) -> None:
+    cfg = CalibrationConfig(underlying="BTC")
+    frame, lookup = _coded_frame(40_000, 13, unknown_snapshots=True)
+    frame = frame.with_columns(pl.when(pl.int_range(pl.len()) % 97 == 0).then(-1.0).otherwise(pl.col("mark_price"))
+                               .alias("mark_price"))
+    if layout != "one_chunk":
+        cuts = [0, 7_001, 19_999, 33_333, frame.height]
+        frame = pl.concat([frame[a:b] for a, b in pairwise(cuts)], rechunk=False)
+    if layout == "columns_chunked_apart":  # chunk boundaries that differ between columns
+        def split(name: str, at: int) -> pl.Series:
+            return pl.concat([frame[name][:at], frame[name][at:]], rechunk=False)
+
+        frame = frame.with_columns(frame["mark_iv"].rechunk(), split("snapshot_us", 12_345), split("mark_price", 3_001))
+        assert len({frame[c].n_chunks() for c in ("mark_iv", "snapshot_us", "reason_code")}) == 3
+    excluded, medians, snaps, snap_idx = _frozen_tally_parts(frame, lookup)
+    tally, arrays = frame_arrays(frame, lookup, cfg, has_mark_iv=True)
+    assert {k: v for k, v in tally.excluded.items() if k != "no_rv"} == excluded
+    assert [tally.mark_medians, tally.iv_medians] == medians
+    assert np.array_equal(tally.snapshots_us[0], snaps)
+    assert np.array_equal(arrays.snap, snap_idx[snap_idx >= 0])

@@ -274,30 +274,36 @@ def frame_arrays(
     timings = timings if timings is not None else {}
     t = time.perf_counter()
     tally = QuoteTally(rows=frame.height)
-    codes = frame["reason_code"].to_numpy()
+    # Column by column as the frame's chunks (zero-copy views): no copy of a whole column into one buffer.
+    code_parts = _column_chunks(frame["reason_code"])
+    starts = np.cumsum([0, *(p.size for p in code_parts)])
     if count:
-        counts = np.bincount(codes, minlength=USABLE + 1)
+        counts = sum((np.bincount(p, minlength=USABLE + 1) for p in code_parts), np.zeros(USABLE + 1, np.int64))
         tally.excluded = {ROW_REASONS[i]: int(n) for i, n in enumerate(counts[:len(ROW_REASONS)]) if n}
+        step = -(-frame.height // UNIT_CHECK_SAMPLE)  # every step-th row of the frame
         for name, target in (("mark_price", tally.mark_medians), ("mark_iv", tally.iv_medians)):
-            values = frame[name].to_numpy()
-            sample = values[::-(-values.size // UNIT_CHECK_SAMPLE)] if values.size else values
+            parts = _column_chunks(frame[name])
+            if not frame.height:
+                continue
+            at = np.cumsum([0, *(p.size for p in parts)])  # this column's own chunk starts
+            sample = np.concatenate([p[(-int(a)) % step::step] for p, a in zip(parts, at, strict=False)])
             with np.errstate(invalid="ignore"):
-                n_pos = int(np.count_nonzero(values > 0))
+                n_pos = sum(int(np.count_nonzero(p > 0)) for p in parts)
                 sample = sample[sample > 0]
             if n_pos and sample.size:
                 target.append((median(sample), n_pos))
-    snap_all = frame["snapshot_us"].to_numpy()
-    if count and snap_all.size:
-        tally.snapshots_us.append(distinct(snap_all))
+    snap_parts = _column_chunks(frame["snapshot_us"])
+    if count and frame.height:
+        tally.snapshots_us.append(distinct(snap_parts[0]) if len(snap_parts) == 1 else
+                                  distinct(np.concatenate([distinct(p) for p in snap_parts])))
     # The usable rows go from the frame's buffers (zero-copy views where polars allows) straight into
     # numpy arrays (or `out`): no filtered polars frame in between.
-    usable = codes == USABLE
-    m = int(np.count_nonzero(usable))
+    rows = np.concatenate([np.flatnonzero(p == USABLE) + int(a) for p, a in zip(code_parts, starts, strict=False)])
+    m = int(rows.size)
     if out is None:
         out = {f: np.empty(m, dtype=_DTYPES[f]) for f in _FIELDS}
         offset = 0
     dst = {f: out[f][offset:offset + m] for f in _FIELDS}
-    rows = np.flatnonzero(usable)
     for name, col in _FRAME_COLUMNS.items():
         _take_rows(frame[col], rows, dst[name])
     if has_mark_iv:
@@ -315,7 +321,8 @@ def frame_arrays(
 
     # Each quote keeps an index into the window's snapshot table, not its own RV and time.
     t = time.perf_counter()
-    np.take(lookup.find(snap_all), rows, out=dst["snap"], mode="clip")
+    found = [lookup.find(p) for p in snap_parts]
+    np.take(found[0] if len(found) == 1 else np.concatenate(found), rows, out=dst["snap"], mode="clip")
     n_no_rv = int(np.count_nonzero(dst["snap"] < 0))
     if n_no_rv:  # rare: keep the rows with an RV, in place
         tally.settle()  # the reprice reads these rows
@@ -406,6 +413,11 @@ def _unit_forward_price(k_rel: FloatArray, t_years: FloatArray, sigma: FloatArra
     if not positive.all():
         price = np.where(positive, price, np.maximum(omega * (1.0 - k_rel), 0.0))
     return price
+
+
+def _column_chunks(column: pl.Series) -> list[np.ndarray]:
+    """The chunks of `column` as numpy arrays (zero-copy where polars allows), in order."""
+    return [column.to_numpy()] if column.n_chunks() == 1 else [c.to_numpy() for c in column.get_chunks()]
 
 
 def _take_rows(column: pl.Series, rows: np.ndarray, out: np.ndarray) -> None:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import polars as pl
+from polars.expr.whenthen import ChainedThen, Then
 
 from calib._typing import Severity, Status
 from calib.config import QualityThresholds
@@ -58,11 +59,28 @@ def row_reason_code_expr(
     mark_iv, bid_price, ask_price, t_years, dte_days, intrinsic_coin, and
     is_call (``option_type == "C"``, null as False).
 
-    The first rule that holds names the row's reason. Rather than a nested
-    when/then chain of strings (~70% of the scan's time), each rule gives
-    ``rank << 4 | code`` where it holds (255 elsewhere), the row-wise minimum
-    picks the first rule by rank, and ``& 15`` recovers the code.
+    The first rule that holds names the row's reason: one when/then chain of
+    UInt8 literals (a null test, e.g. a comparison with a null bid, does not
+    hold). Cheaper than the rank-packing it replaced (each rule's
+    ``rank << 4 | code`` column, their row-wise minimum, ``& 15``): for the
+    3.2 M rows of a 14-day window 0.090 against 0.098 CPU s in the lazy plan
+    (0.033 against 0.062 s on a collected frame); a chain of string literals
+    was the slow form (~70% of the scan's time).
     """
+    rules = _rules(has_mark_iv=has_mark_iv, option_types=option_types, dte_max_read=dte_max_read,
+                   min_tick_coin=min_tick_coin, th=th)
+    if any(not 0 <= codes[r] < 256 for r, _ in rules) or not 0 <= usable < 256:
+        raise ValueError("row_reason_code_expr: codes are UInt8, 0..255")
+    (reason, cond), *rest = rules
+    chain: Then | ChainedThen = pl.when(cond).then(pl.lit(codes[reason], dtype=pl.UInt8))
+    for reason, cond in rest:
+        chain = chain.when(cond).then(pl.lit(codes[reason], dtype=pl.UInt8))
+    return chain.otherwise(pl.lit(usable, dtype=pl.UInt8)).alias("reason_code")
+
+
+def _rules(*, has_mark_iv: bool, option_types: tuple[str, ...], dte_max_read: float, min_tick_coin: float,
+           th: QualityThresholds) -> list[tuple[str, pl.Expr]]:
+    """The exclusion rules in order, each a reason and the condition that excludes a row for it."""
     mark = pl.col("mark_price")
     fwd = pl.col("underlying_price")
     iv = pl.col("mark_iv")
@@ -85,13 +103,7 @@ def row_reason_code_expr(
         ("below_intrinsic", mark < pl.col("intrinsic_coin") - min_tick_coin),
         ("crossed_book", crossed),
     ]
-    if len(rules) > 15 or any(not 0 <= codes[r] < 16 for r, _ in rules):
-        raise ValueError("row_reason_code_expr packs rank and code into one byte: at most 15 rules and 16 codes")
-    # A null test (e.g. a comparison with a null bid) does not hold, as in when/then.
-    ranked = [pl.when(cond.fill_null(False)).then(pl.lit((rank << 4) | codes[reason], dtype=pl.UInt8))
-              .otherwise(pl.lit(255, dtype=pl.UInt8)) for rank, (reason, cond) in enumerate(rules)]
-    first = pl.min_horizontal(ranked)
-    return pl.when(first == 255).then(pl.lit(usable, dtype=pl.UInt8)).otherwise(first & 15).alias("reason_code")
+    return rules
 
 
 def _selected_type(option_types: tuple[str, ...]) -> pl.Expr:

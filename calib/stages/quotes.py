@@ -59,6 +59,12 @@ class QuoteTally:
     iv_medians: list[tuple[float, int]] = field(default_factory=list)
     span_days: FloatArray | None = None  # RvLookup.span_days
     span_counts: np.ndarray | None = None  # usable quotes per RvLookup entry
+    mismatch_jobs: list[Future[int]] = field(default_factory=list)  # `iv_mismatch` counts still running
+
+    def settle(self) -> None:
+        """Add the counts of `mismatch_jobs` to `iv_mismatch` (waits for them)."""
+        jobs, self.mismatch_jobs = self.mismatch_jobs, []
+        self.iv_mismatch += sum(j.result() for j in jobs)
 
     def merge(self, other: QuoteTally) -> None:
         self.rows += other.rows
@@ -67,6 +73,7 @@ class QuoteTally:
         self.inverted += other.inverted
         self.iv_checked += other.iv_checked
         self.iv_mismatch += other.iv_mismatch
+        self.mismatch_jobs.extend(other.mismatch_jobs)
         self.snapshots_us.extend(other.snapshots_us)
         self.mark_medians.extend(other.mark_medians)
         self.iv_medians.extend(other.iv_medians)
@@ -129,10 +136,36 @@ def iter_chunk_arrays(
     count: bool = True,
 ) -> Iterator[tuple[QuoteTally, QuoteArrays]]:
     """One exclusion reason per row (counted), then the usable rows as arrays with RV and IV, for
-    each of `chunks`, reading chunk i+1 while chunk i is processed (see `iter_coded_frames`)."""
+    each of `chunks`, reading chunk i+1 while chunk i is processed (see `iter_coded_frames`).
+
+    When counting with mark_iv, chunk i's reprice (`mark_iv_mismatches`) runs on a
+    helper thread while chunk i+1 is read and prepared; chunk i is yielded with
+    its count settled, so the caller's tallies are complete as they arrive.
+    """
     timings = timings if timings is not None else {}
-    for frame, rv in iter_coded_frames(chunks, lookup, config, has_mark_iv=has_mark_iv, timings=timings):
-        yield frame_arrays(frame, rv, config, has_mark_iv=has_mark_iv, timings=timings, count=count)
+    frames = iter_coded_frames(chunks, lookup, config, has_mark_iv=has_mark_iv, timings=timings)
+    if not (has_mark_iv and count):
+        for frame, rv in frames:
+            yield frame_arrays(frame, rv, config, has_mark_iv=has_mark_iv, timings=timings, count=count)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="calib-check") as pool:
+        held: tuple[QuoteTally, QuoteArrays] | None = None
+        for frame, rv in frames:
+            part = frame_arrays(frame, rv, config, has_mark_iv=True, timings=timings, pool=pool)
+            del frame
+            if held is not None:
+                yield _settled(held, timings)
+            held = part
+        if held is not None:
+            yield _settled(held, timings)
+
+
+def _settled(part: tuple[QuoteTally, QuoteArrays], timings: dict[str, float]) -> tuple[QuoteTally, QuoteArrays]:
+    """`part` once its tally's pending counts are in (the wait counted in data_quality)."""
+    t = time.perf_counter()
+    part[0].settle()
+    timings["data_quality"] = timings.get("data_quality", 0.0) + time.perf_counter() - t
+    return part
 
 
 def iter_coded_frames(
@@ -225,6 +258,7 @@ def frame_arrays(
     count: bool = True,
     out: dict[str, np.ndarray] | None = None,
     offset: int = 0,
+    pool: ThreadPoolExecutor | None = None,
 ) -> tuple[QuoteTally, QuoteArrays]:
     """Counts, unit medians and snapshots of a collected `coded_frame`; the usable rows as arrays.
 
@@ -232,35 +266,44 @@ def frame_arrays(
     holds only the row count and the per-row exclusions found here. With
     `out` (arrays per `QuoteArrays` field, room for `frame.height` rows from
     `offset`), the usable rows are written there and the result views them:
-    a window's rows land in their final place with one copy.
+    a window's rows land in their final place with one copy. With `pool`,
+    the mark_iv reprice (`mark_iv_mismatches`, the costliest check) runs on
+    it while the caller goes on: the count is in `tally.mismatch_jobs` until
+    `QuoteTally.settle` (the rows are moved in place only after it is done).
     """
     timings = timings if timings is not None else {}
     t = time.perf_counter()
     tally = QuoteTally(rows=frame.height)
-    codes = frame["reason_code"].to_numpy()
+    # Column by column as the frame's chunks (zero-copy views): no copy of a whole column into one buffer.
+    code_parts = _column_chunks(frame["reason_code"])
+    starts = np.cumsum([0, *(p.size for p in code_parts)])
     if count:
-        counts = np.bincount(codes, minlength=USABLE + 1)
+        counts = sum((np.bincount(p, minlength=USABLE + 1) for p in code_parts), np.zeros(USABLE + 1, np.int64))
         tally.excluded = {ROW_REASONS[i]: int(n) for i, n in enumerate(counts[:len(ROW_REASONS)]) if n}
+        step = -(-frame.height // UNIT_CHECK_SAMPLE)  # every step-th row of the frame
         for name, target in (("mark_price", tally.mark_medians), ("mark_iv", tally.iv_medians)):
-            values = frame[name].to_numpy()
-            sample = values[::-(-values.size // UNIT_CHECK_SAMPLE)] if values.size else values
+            parts = _column_chunks(frame[name])
+            if not frame.height:
+                continue
+            at = np.cumsum([0, *(p.size for p in parts)])  # this column's own chunk starts
+            sample = np.concatenate([p[(-int(a)) % step::step] for p, a in zip(parts, at, strict=False)])
             with np.errstate(invalid="ignore"):
-                n_pos = int(np.count_nonzero(values > 0))
+                n_pos = sum(int(np.count_nonzero(p > 0)) for p in parts)
                 sample = sample[sample > 0]
             if n_pos and sample.size:
                 target.append((median(sample), n_pos))
-    snap_all = frame["snapshot_us"].to_numpy()
-    if count and snap_all.size:
-        tally.snapshots_us.append(distinct(snap_all))
+    snap_parts = _column_chunks(frame["snapshot_us"])
+    if count and frame.height:
+        tally.snapshots_us.append(distinct(snap_parts[0]) if len(snap_parts) == 1 else
+                                  distinct(np.concatenate([distinct(p) for p in snap_parts])))
     # The usable rows go from the frame's buffers (zero-copy views where polars allows) straight into
     # numpy arrays (or `out`): no filtered polars frame in between.
-    usable = codes == USABLE
-    m = int(np.count_nonzero(usable))
+    rows = np.concatenate([np.flatnonzero(p == USABLE) + int(a) for p, a in zip(code_parts, starts, strict=False)])
+    m = int(rows.size)
     if out is None:
         out = {f: np.empty(m, dtype=_DTYPES[f]) for f in _FIELDS}
         offset = 0
     dst = {f: out[f][offset:offset + m] for f in _FIELDS}
-    rows = np.flatnonzero(usable)
     for name, col in _FRAME_COLUMNS.items():
         _take_rows(frame[col], rows, dst[name])
     if has_mark_iv:
@@ -268,16 +311,21 @@ def frame_arrays(
         dst["iv"] /= 100.0
         if count:
             tally.iv_checked = m
-            tally.iv_mismatch = mark_iv_mismatches(dst["mark_coin"], dst["k_rel"], dst["t_years"], dst["iv"],
-                                                   dst["is_call"], config)
+            args = (dst["mark_coin"], dst["k_rel"], dst["t_years"], dst["iv"], dst["is_call"], config)
+            if pool is None:
+                tally.iv_mismatch = mark_iv_mismatches(*args)
+            else:
+                tally.mismatch_jobs.append(pool.submit(mark_iv_mismatches, *args))
     del frame
     timings["data_quality"] = timings.get("data_quality", 0.0) + time.perf_counter() - t
 
     # Each quote keeps an index into the window's snapshot table, not its own RV and time.
     t = time.perf_counter()
-    np.take(lookup.find(snap_all), rows, out=dst["snap"], mode="clip")
+    found = [lookup.find(p) for p in snap_parts]
+    np.take(found[0] if len(found) == 1 else np.concatenate(found), rows, out=dst["snap"], mode="clip")
     n_no_rv = int(np.count_nonzero(dst["snap"] < 0))
     if n_no_rv:  # rare: keep the rows with an RV, in place
+        tally.settle()  # the reprice reads these rows
         has_rv = dst["snap"] >= 0
         tally.excluded["no_rv"] = n_no_rv
         kept = m - n_no_rv
@@ -302,6 +350,7 @@ def frame_arrays(
         tally.excluded["iv_inversion_failed"] = n_fail
     arrays = QuoteArrays(**dst, table=lookup.table)
     if n_fail:
+        tally.settle()
         arrays = _compact_in_place(arrays, ok)
     timings["pricing"] = timings.get("pricing", 0.0) + time.perf_counter() - t
     return tally, arrays
@@ -366,6 +415,11 @@ def _unit_forward_price(k_rel: FloatArray, t_years: FloatArray, sigma: FloatArra
     return price
 
 
+def _column_chunks(column: pl.Series) -> list[np.ndarray]:
+    """The chunks of `column` as numpy arrays (zero-copy where polars allows), in order."""
+    return [column.to_numpy()] if column.n_chunks() == 1 else [c.to_numpy() for c in column.get_chunks()]
+
+
 def _take_rows(column: pl.Series, rows: np.ndarray, out: np.ndarray) -> None:
     """``out[:] = column[rows]`` (`rows` increasing), chunk by chunk: no copy of a multi-chunk column.
 
@@ -415,6 +469,31 @@ def window_arrays(
     """
     timings = timings if timings is not None else {}
     tally = QuoteTally()
+    # The mark_iv reprice of each chunk runs on this thread while the next chunk is prepared.
+    checks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calib-check") if has_mark_iv else None
+    try:
+        out = _window_arrays(chunks, lookup, config, has_mark_iv=has_mark_iv, capacity=capacity,
+                             timings=timings, tally=tally, pool=checks)
+        t = time.perf_counter()
+        tally.settle()
+        timings["data_quality"] = timings.get("data_quality", 0.0) + time.perf_counter() - t
+        return out
+    finally:
+        if checks is not None:
+            checks.shutdown()
+
+
+def _window_arrays(
+    chunks: Iterable[pl.LazyFrame],
+    lookup: Callable[[], RvLookup] | RvLookup,
+    config: CalibrationConfig,
+    *,
+    has_mark_iv: bool,
+    capacity: int,
+    timings: dict[str, float],
+    tally: QuoteTally,
+    pool: ThreadPoolExecutor | None,
+) -> tuple[QuoteTally, QuoteArrays]:
     buf: dict[str, np.ndarray] = {f: np.empty(max(capacity, 0), dtype=_DTYPES[f]) for f in _FIELDS}
     n = 0
     table = EMPTY_TABLE
@@ -427,7 +506,7 @@ def window_arrays(
                 grown[f][:n] = a[:n]
             buf = grown
         part, arrays = frame_arrays(frame, rv, config, has_mark_iv=has_mark_iv, timings=timings, out=buf,
-                                           offset=n)
+                                    offset=n, pool=pool)
         del frame
         tally.merge(part)
         n += len(arrays)

@@ -292,8 +292,7 @@ def scan_quotes(
         lf = lf.filter(pl.col("snapshot_ts").is_between(lo, hi))
         lacking = any(c not in schema for c in _PARSED)
         if "instrument_name" in schema and (parse_names or lacking):
-            lf = fill_from_name(lf, [c for c in _PARSED if c not in schema]).with_columns(
-                pl.col("instrument_name").cast(pl.String))
+            lf = fill_from_name(lf, [c for c in _PARSED if c not in schema])
         frames.append(lf.select(columns))
     return pl.concat(frames, how="vertical") if frames else _empty(columns)
 

@@ -128,8 +128,9 @@ def fill_from_name(lf: pl.LazyFrame, absent: Sequence[str] = ()) -> pl.LazyFrame
     each distinct name parsed once per frame, in a `map_batches` node (the rows
     arrive filtered by time; no optimization moves through it). Columns in
     `absent` (not in the files: all null) take the parsed values as they are,
-    the others keep their values where not null. The name comes out as
-    that categorical: the reader's `scan_quotes` casts it back to String when asked for it.
+    the others keep their values where not null. The name comes out as String
+    again: the categories are this scan's own, so two scans' categoricals
+    could not be concatenated (the reader concats one scan per file schema).
     """
     schema = lf.collect_schema()
     targets = tuple(c for c in PARSED_COLUMNS if c in schema)
@@ -137,7 +138,8 @@ def fill_from_name(lf: pl.LazyFrame, absent: Sequence[str] = ()) -> pl.LazyFrame
         return lf
     lf = lf.with_columns(pl.col("instrument_name").cast(pl.String, strict=False).cast(name_type()))
     fill = functools.partial(_fill_parsed, targets=targets, absent=frozenset(absent))
-    return lf.map_batches(fill, schema=dict(lf.collect_schema()))
+    return lf.map_batches(fill, schema=dict(lf.collect_schema())).with_columns(
+        pl.col("instrument_name").cast(pl.String))
 
 
 def _fill_parsed(frame: pl.DataFrame, *, targets: tuple[str, ...], absent: frozenset[str]) -> pl.DataFrame:

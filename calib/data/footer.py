@@ -50,14 +50,19 @@ def read_footer_bytes(path: str | Path) -> bytes:
 
 
 def read_footer(path: str | Path) -> ParquetFooter:
-    """One read of `path`'s footer. Raises FileNotFoundError on a missing file; another error on a
-    truncated or non-Parquet one."""
+    """One read of `path`'s footer. Raises FileNotFoundError on a missing file; ValueError (or another
+    Exception) on a truncated, damaged or non-Parquet one."""
     tail = read_footer_bytes(path)
-    schema = {name: pl.String() if isinstance(dtype, pl.Categorical | pl.Enum) else dtype
-              for name, dtype in pl.read_parquet_schema(tail).items()}
-    raw = pl.read_parquet_metadata(tail).get(INDEX_METADATA_KEY)
-    # The row count from the footer's row groups (polars reads no data page for a bare count).
-    num_rows = int(pl.scan_parquet(tail).select(pl.len()).collect().item())
+    try:
+        schema = {name: pl.String() if isinstance(dtype, pl.Categorical | pl.Enum) else dtype
+                  for name, dtype in pl.read_parquet_schema(tail).items()}
+        raw = pl.read_parquet_metadata(tail).get(INDEX_METADATA_KEY)
+        # The row count from the footer's row groups (polars reads no data page for a bare count).
+        num_rows = int(pl.scan_parquet(tail).select(pl.len()).collect().item())
+    except pl.exceptions.PanicException as e:
+        # Some damaged footers make polars' Thrift decoding panic; a PanicException is a
+        # BaseException, which the listing's "report the file, keep going" would let through.
+        raise ValueError(f"{path}: its Parquet footer could not be parsed ({e})") from None
     return ParquetFooter(schema=pl.Schema(schema), num_rows=num_rows, index_meta=raw)
 
 

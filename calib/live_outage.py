@@ -85,16 +85,18 @@ def calibrate_live_from_exchange(config: CalibrationConfig, db_path: Path, polic
     """`calib calibrate-live` without --replay: fetch the chain from `base_url` within `budget_s` and score it;
     when no chain comes back, record the outage as a failed live run instead (SPEC: exit 3)."""
     from calib.sources.live_chain import fetch_live_chain
+    from calib.store.connection import check_writable
 
-    # Before the network: refuse a history file the run could not be recorded in, and read the
-    # applied multiplier the chain is scored at, on one connection.
-    config = resolve_multiplier_tested(replace(config, source="live", multiplier_tested=None), db_path,
-                                       for_write=True)
+    check_writable(db_path)  # before the network: refuse a history file the run could not be recorded in
+    config = replace(config, source="live", multiplier_tested=None)
     t0 = time.monotonic()
     try:
         chain = fetch_live_chain(config.underlying, base_url=base_url, budget_s=budget_s)
     except SourceError as e:
         return record_source_outage(config, db_path, policy, str(e), source=base_url, waited_s=time.monotonic() - t0)
+    # The applied multiplier is read once the chain is in, not before the network wait (up to
+    # `budget_s`): a Force-Apply during the fetch is what the chain is tested at.
+    config = resolve_multiplier_tested(config, db_path)
     return record_live_run(db_path, run_calibration_extended(config, chain=chain, db_path=db_path), policy)
 
 

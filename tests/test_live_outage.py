@@ -100,3 +100,40 @@ def test_default_budget_is_at_most_20_s() -> None:
     assert inspect.signature(fetch_live_chain).parameters["budget_s"].default == LIVE_SOURCE_BUDGET_S
     res = runner.invoke(app, ["calibrate-live", "--help"])
     assert "--source-timeout" in res.stdout and "15.0" in res.stdout
+
+
+def test_a_force_apply_during_the_fetch_is_what_the_chain_is_tested_at(fake: FakeDeribit, tmp_path: Path) -> None:
+    """The applied multiplier is read once the chain is in, not before the network wait.
+
+    A Force-Apply (here: a write of the applied table in its own transaction) that lands
+    while the exchange is slow must be the multiplier the chain is scored at.
+    """
+    import threading
+    from datetime import UTC, datetime
+
+    from calib.config import CalibrationConfig, PolicyConfig
+    from calib.live_outage import calibrate_live_from_exchange
+    from calib.store.applied import write_applied
+    from calib.store.connection import connect, write_transaction
+
+    db = tmp_path / "h.duckdb"
+    with connect(db, read_only=False):
+        pass
+    fake.script(BOOK, [Fail.slow(1.0)])
+    out: dict[str, object] = {}
+
+    def live() -> None:
+        cfg = CalibrationConfig(underlying="BTC", source="live", min_dte=0.0, max_dte=40.0)
+        out["record"] = calibrate_live_from_exchange(cfg, db, PolicyConfig(), base_url=fake.base_url, budget_s=10.0)
+
+    t = threading.Thread(target=live)
+    t.start()
+    deadline = time.monotonic() + 5.0
+    while fake.calls(BOOK) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake.calls(BOOK) == 1  # the live run is waiting on the slow exchange now
+    with write_transaction(db, "force-apply during the fetch") as con:
+        write_applied(con, "BTC", 1.23, {}, run_id="forced", at=datetime.now(UTC), reason="Forced by user")
+    t.join(20.0)
+    record = out["record"]
+    assert record.result.global_metrics.multiplier_tested == pytest.approx(1.23)  # type: ignore[attr-defined]

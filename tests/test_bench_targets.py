@@ -73,7 +73,9 @@ def test_targets_without_their_figures_are_not_run_never_held() -> None:
 
 def test_import_time_sums_the_self_times_of_a_fresh_process() -> None:
     bare = import_time_s([sys.executable, "-c", "pass"])
-    more = import_time_s([sys.executable, "-c", "import json, decimal, email.parser"])
+    # A set of modules that costs far more than start-up's own noise (a few ms under load).
+    more = import_time_s([sys.executable, "-c", "import asyncio, unittest, decimal, email.parser, http.server, "
+                                                "xml.etree.ElementTree, json, argparse, logging"])
     assert 0 < bare < more < 5
     with pytest.raises(RuntimeError, match="exit 3"):
         import_time_s([sys.executable, "-c", "raise SystemExit(3)"])
@@ -89,6 +91,7 @@ def test_main_with_peers_prints_the_targets_block_and_json(tmp_path: Path, capsy
         next(p for p in doc["peers"] if p["layout"] == "minimal")["calib_over_floor"])
     assert targets["calib --help: import time"]["measured"] == pytest.approx(doc["startup"]["help_import_s"])
     assert doc["startup"]["run_import_s"] > 0
+    assert doc["startup"]["rounds"] == 1  # --peer-rounds
     assert targets["columns layout: rows/s at 90d / at 14d"]["held"] is None  # sizes not run
     assert {t["verdict"] for t in doc["targets"]} <= {"held", "missed", "not run"}
     assert main(args) == 0

@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "scipy peer against calib end to end, per layout, the start-up import times, and "
                              "judge issue 15's targets from them")
     parser.add_argument("--peer-size", default="14d", help="window of the peer comparison (default: %(default)s)")
-    parser.add_argument("--peer-rounds", type=int, default=3, help="interleaved rounds of the peer comparison")
+    parser.add_argument("--peer-rounds", type=int, default=3, help="interleaved rounds of the peer comparison and of the start-up import timing")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     peers = (bench_peers(args.peer_size, cache_dir=args.cache_dir, rounds=args.peer_rounds,
                          max_instruments=args.max_instruments, progress=say) if args.peers else [])
     startup = (bench_startup(args.peer_size, cache_dir=args.cache_dir, max_instruments=args.max_instruments,
-                             progress=say) if args.peers else None)
+                             rounds=args.peer_rounds, progress=say) if args.peers else None)
     targets = evaluate_targets(rows, peers, startup) if args.peers else []
     small = None if args.no_small_files else bench_small_files(args.cache_dir, max_instruments=args.max_instruments,
                                                                progress=say)

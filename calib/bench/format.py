@@ -42,7 +42,7 @@ def format_peers(rows: Sequence[PeerRow]) -> str:
     lines += ["  ".join(c.rjust(w) for c, w in zip(b, widths, strict=True)) for b in body]
     if rows:
         la = rows[0].load_avg
-        lines.append(f"medians of {rows[0].rounds} interleaved rounds, fresh processes; load average "
+        lines.append(f"times: medians of {rows[0].rounds} interleaved rounds, RSS: the highest; fresh processes; load average "
                      f"{la[0]:.1f} / {la[1]:.1f} / {la[2]:.1f} (1/5/15 min) at the end")
     return "\n".join(lines)
 

@@ -74,3 +74,18 @@ def test_a_footer_that_makes_polars_panic_is_a_skipped_file(tmp_path: Path) -> N
                             window_end=datetime(2025, 6, 30, tzinfo=UTC))
     assert [s.path for s in hf.skipped] == [str(bad)]
     assert "could not be parsed" in hf.skipped[0].error
+
+
+def test_an_encrypted_footer_is_named_as_such(tmp_path: Path) -> None:
+    """Parquet modular encryption ends a file with "PARE": say that, not "cut short"."""
+    path = tmp_path / "enc.parquet"
+    pl.DataFrame({"a": [1, 2, 3]}).write_parquet(path)
+    data = bytearray(path.read_bytes())
+    data[-4:] = b"PARE"
+    path.write_bytes(bytes(data))
+    try:
+        read_footer(path)
+    except ValueError as e:
+        assert "encrypted" in str(e)
+    else:
+        raise AssertionError("an encrypted footer was read as plain")

@@ -20,6 +20,7 @@ import polars as pl
 
 INDEX_METADATA_KEY = "calib.index_spot"
 _MAGIC = b"PAR1"
+_ENCRYPTED_MAGIC = b"PARE"  # Parquet modular encryption with an encrypted footer
 _TAIL = struct.Struct("<I4s")  # a Parquet file ends with the footer's length (4 bytes LE) and "PAR1"
 
 
@@ -42,6 +43,8 @@ def read_footer_bytes(path: str | Path) -> bytes:
             raise ValueError(f"{path} is not a Parquet file ({size} bytes)")
         f.seek(size - _TAIL.size)
         length, magic = _TAIL.unpack(f.read(_TAIL.size))
+        if magic == _ENCRYPTED_MAGIC:
+            raise ValueError(f"{path} has an encrypted Parquet footer: calib reads plain Parquet only")
         if magic != _MAGIC or length + _TAIL.size + len(_MAGIC) > size:
             raise ValueError(f"{path} is not a Parquet file or was cut short (no footer at its end)")
         f.seek(size - _TAIL.size - length)

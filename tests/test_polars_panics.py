@@ -86,6 +86,6 @@ def test_an_encrypted_footer_is_named_as_such(tmp_path: Path) -> None:
     try:
         read_footer(path)
     except ValueError as e:
-        assert "encrypted" in str(e)
+        assert "encrypted" in str(e).replace(str(path), "")  # the test directory is named after the test
     else:
         raise AssertionError("an encrypted footer was read as plain")

@@ -6,6 +6,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -161,11 +162,16 @@ def iter_chunk_arrays(
 
 
 def _settled(part: tuple[QuoteTally, QuoteArrays], timings: dict[str, float]) -> tuple[QuoteTally, QuoteArrays]:
-    """`part` once its tally's pending counts are in (the wait counted in data_quality)."""
-    t = time.perf_counter()
-    part[0].settle()
-    timings["data_quality"] = timings.get("data_quality", 0.0) + time.perf_counter() - t
+    """`part` once its tally's pending counts are in."""
+    _settle_timed(part[0], timings)
     return part
+
+
+def _settle_timed(tally: QuoteTally, timings: dict[str, float]) -> None:
+    """`tally.settle()`, the wait counted in data_quality."""
+    t = time.perf_counter()
+    tally.settle()
+    timings["data_quality"] = timings.get("data_quality", 0.0) + time.perf_counter() - t
 
 
 def iter_coded_frames(
@@ -469,18 +475,14 @@ def window_arrays(
     """
     timings = timings if timings is not None else {}
     tally = QuoteTally()
-    # The mark_iv reprice of each chunk runs on this thread while the next chunk is prepared.
-    checks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calib-check") if has_mark_iv else None
-    try:
-        out = _window_arrays(chunks, lookup, config, has_mark_iv=has_mark_iv, capacity=capacity,
-                             timings=timings, tally=tally, pool=checks)
-        t = time.perf_counter()
-        tally.settle()
-        timings["data_quality"] = timings.get("data_quality", 0.0) + time.perf_counter() - t
-        return out
-    finally:
-        if checks is not None:
-            checks.shutdown()
+    # The mark_iv reprice of each chunk runs on a helper thread while the next chunk is prepared;
+    # the counts are settled on the normal path only (an error while reading is not masked by the wait).
+    with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="calib-check") if has_mark_iv
+          else nullcontext()) as checks:
+        arrays = _window_arrays(chunks, lookup, config, has_mark_iv=has_mark_iv, capacity=capacity,
+                                timings=timings, tally=tally, pool=checks)
+        _settle_timed(tally, timings)
+    return tally, arrays
 
 
 def _window_arrays(
@@ -493,7 +495,7 @@ def _window_arrays(
     timings: dict[str, float],
     tally: QuoteTally,
     pool: ThreadPoolExecutor | None,
-) -> tuple[QuoteTally, QuoteArrays]:
+) -> QuoteArrays:
     buf: dict[str, np.ndarray] = {f: np.empty(max(capacity, 0), dtype=_DTYPES[f]) for f in _FIELDS}
     n = 0
     table = EMPTY_TABLE
@@ -510,7 +512,7 @@ def _window_arrays(
         del frame
         tally.merge(part)
         n += len(arrays)
-    return tally, QuoteArrays(**{f: buf[f][:n] for f in _FIELDS}, table=table)
+    return QuoteArrays(**{f: buf[f][:n] for f in _FIELDS}, table=table)
 
 
 _FIELDS: tuple[str, ...] = ROW_FIELDS

@@ -23,6 +23,16 @@ def _apply(db: Path, mult: float) -> None:
                       reason="test")
 
 
+@pytest.fixture
+def two_histories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A history file with 1.137 applied (the run's) and another with 0.95 that `$CALIB_DB` names."""
+    db, other = tmp_path / "h.duckdb", tmp_path / "other.duckdb"
+    _apply(db, 1.137)
+    _apply(other, 0.95)
+    monkeypatch.setenv("CALIB_DB", str(other))
+    return db, other
+
+
 def test_unset_multiplier_tested_is_the_applied_global(tmp_path: Path) -> None:
     """A library caller passing multiplier_tested=None is tested at the applied multiplier, not 1.0."""
     db = tmp_path / "h.duckdb"
@@ -38,12 +48,10 @@ def test_unset_multiplier_tested_is_the_applied_global(tmp_path: Path) -> None:
 
 
 def test_a_run_with_unset_multiplier_reports_the_applied_one(exact_harvest: Path, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             two_histories: tuple[Path, Path]) -> None:
     """The run reads the history it is handed; `$CALIB_DB` only when it is handed none (SPEC: the applied one)."""
-    db, other = tmp_path / "h.duckdb", tmp_path / "other.duckdb"
-    _apply(db, 1.137)
-    _apply(other, 0.95)
-    monkeypatch.setenv("CALIB_DB", str(other))
+    db, _ = two_histories
     config = CalibrationConfig(underlying="BTC", min_dte=0, lookback_days=2, multiplier_tested=None,
                                harvest=HarvestConfig(data_root=exact_harvest, end_time=END))
     result = run_historical_calibration_from_harvest(config, db_path=db)
@@ -55,14 +63,10 @@ def test_a_run_with_unset_multiplier_reports_the_applied_one(exact_harvest: Path
     assert run_historical_calibration_from_harvest(config).global_metrics.multiplier_tested == 1.0
 
 
-def test_a_live_run_reads_the_history_it_is_given(exact_harvest: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_live_run_reads_the_history_it_is_given(exact_harvest: Path, two_histories: tuple[Path, Path]) -> None:
     from calib.live import run_calibration_extended
 
-    db, other = tmp_path / "h.duckdb", tmp_path / "other.duckdb"
-    _apply(db, 1.137)
-    _apply(other, 0.95)
-    monkeypatch.setenv("CALIB_DB", str(other))
+    db, _ = two_histories
     config = CalibrationConfig(underlying="BTC", min_dte=0, multiplier_tested=None, replay=True,
                                harvest=HarvestConfig(data_root=exact_harvest))
     assert run_calibration_extended(config, db_path=db).global_metrics.multiplier_tested == pytest.approx(1.137)

@@ -153,7 +153,7 @@ def bench_peers(
     Every run is a fresh process; each round runs, for each layout, `calib
     auto-calibrate`, the floor (`calib.bench.peers.FLOOR_CODE`) and the DuckDB
     peer (`calib.bench.peers.duckdb_peer`), so the load of a shared machine
-    touches all of them alike. Medians over `rounds`.
+    touches all of them alike. Times are medians over `rounds`, peak RSS the highest.
     """
     window_days = parse_size(size)
     data_dir = ensure_harvest(Path(cache_dir), window_days + RV_WARMUP_DAYS, max_instruments=max_instruments,
